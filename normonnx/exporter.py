@@ -1,0 +1,478 @@
+"""Export a torch model to ONNX with every norm lowered by normonnx's selector.
+
+Pipeline (each step returns a value; errors are :class:`~normonnx.errors.ExportError` or
+:class:`~normonnx.errors.InputError`, never a raw torch traceback for user mistakes):
+
+1. refuse a model in training mode (or switch to eval with ``force_eval=True`` and a warning
+   naming the modules that changed);
+2. run it once on the example inputs (a wrong shape fails here, readably);
+3. ``torch.export`` with the requested dynamic axes;
+4. scan the aten norm calls → :class:`~normonnx.spec.NormSpec` s, and choose the opset that gives
+   the best valid lowering for the target (not blindly the newest);
+5. ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` where each aten norm
+   becomes a portable ``normonnx.<Op>`` node;
+6. :func:`~normonnx.lowering.graph.lower_model` replaces those by the selected strategy, recording
+   strategy and reasons in node and model metadata;
+7. check the model and write it atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import io
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import onnx
+
+from . import io as nio
+from .errors import ExportError, InputError, NormOnnxError
+from .lowering import MAX_OPSET, MIN_OPSET, PREFERENCE, check_opset, check_provider, select
+from .lowering.graph import LoweringRecord, lower_model
+from .norms import KINDS
+from .spec import DTYPES, NormSpec
+
+#: opsets considered when choosing a default (each adds a native norm op)
+CANDIDATE_OPSETS = (17, 18, 21, 23)
+_IR_DTYPES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What :func:`export` did."""
+
+    path: str
+    opset: int
+    target: str
+    lowerings: list[LoweringRecord]
+    specs: list[NormSpec]
+    seconds: float
+    input_names: list[str]
+    output_names: list[str]
+    dynamic: dict[str, dict[int, str]]
+    opset_reason: str
+    warnings: list[str]
+
+    @property
+    def strategies(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.lowerings:
+            key = f"{r.kind}:{r.strategy}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+def training_modules(model: Any) -> list[str]:
+    """Names of submodules in training mode ("" is the root)."""
+    return [name or "<root>" for name, m in model.named_modules() if m.training]
+
+
+def _check_inputs(example_inputs: Any) -> tuple[Any, ...]:
+    import torch
+
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise InputError("example_inputs must be a tensor or a non-empty tuple of tensors")
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"example input {i} is a {type(t).__name__}, not a torch.Tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InputError(
+                f"example input {i} contains NaN or Inf", note="export and verification need finite inputs"
+            )
+    return tuple(example_inputs)
+
+
+def input_names_of(model: Any, n: int) -> list[str]:
+    """Names of forward's first ``n`` positional parameters (x, ... ) for ONNX input names."""
+    try:
+        params = [
+            p
+            for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        names = [p.name for p in params[:n]]
+        if len(names) == n:
+            return names
+    except (TypeError, ValueError):
+        pass
+    return [f"input_{i}" for i in range(n)]
+
+
+def normalize_dynamic(
+    dynamic: Mapping[str, Mapping[int, str]] | Sequence[str] | str | None, names: Sequence[str], ranks: Sequence[int]
+) -> dict[str, dict[int, str]]:
+    """Accept ``{"x": {0: "batch", 2: "h"}}`` or the CLI's ``"batch,h,w"`` (axes 0, 2, 3... of every input)."""
+    if dynamic is None:
+        return {}
+    if isinstance(dynamic, str):
+        dynamic = [d for d in dynamic.split(",") if d]
+    if isinstance(dynamic, Mapping):
+        out: dict[str, dict[int, str]] = {}
+        for name, axes in dynamic.items():
+            if name not in names:
+                raise InputError(f"dynamic axes given for unknown input {name!r}", note=f"inputs: {', '.join(names)}")
+            r = ranks[list(names).index(name)]
+            for a in axes:
+                if not -r <= int(a) < r:
+                    raise InputError(f"dynamic axis {a} out of range for rank-{r} input {name!r}")
+            out[name] = {int(a) % r: str(v) for a, v in axes.items()}
+        return out
+    labels = list(dynamic)
+    out = {}
+    for name, r in zip(names, ranks):
+        # batch is axis 0; the remaining labels name the trailing spatial/sequence axes (2.. or 1..)
+        axes: dict[int, str] = {}
+        rest = [lab for lab in labels if lab != "batch"]
+        if "batch" in labels:
+            axes[0] = "batch"
+        first = 2 if r >= 3 else 1
+        for lab, a in zip(rest, range(first, r)):
+            axes[a] = lab
+        if rest and r - first < len(rest):
+            raise InputError(
+                f"{len(rest)} dynamic non-batch axes named ({', '.join(rest)}) but input {name!r} has rank {r}"
+            )
+        out[name] = axes
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# aten → normonnx translation
+
+
+def _dtype_name(value: Any) -> str:
+    dt = getattr(value, "dtype", None)
+    try:
+        return _IR_DTYPES[int(dt)]
+    except (KeyError, TypeError, ValueError):
+        raise ExportError(
+            f"normonnx cannot lower a norm on {dt} tensors", note=f"supported: {', '.join(DTYPES)}"
+        ) from None
+
+
+def _shape_of(value: Any) -> list[Any]:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        raise ExportError("the exporter gave a norm input without a known rank")
+    return [d if isinstance(d, int) else str(d) for d in shape]
+
+
+def _aten_overload(name: str) -> Any:
+    import torch
+
+    packet, _, overload = name.partition(".")
+    return getattr(getattr(torch.ops.aten, packet), overload or "default")
+
+
+def make_translation_table(opset: int) -> dict[Callable[..., Any], Callable[..., Any]]:
+    """aten norm overloads → onnxscript functions emitting ``normonnx.<Op>`` nodes."""
+    import onnxscript
+
+    from .lowering.function import DOMAIN, VERSION, register_schemas
+
+    register_schemas()
+    nop = onnxscript.values.Opset(DOMAIN, VERSION)
+    std = onnxscript.values.Opset("", opset)
+    table: dict[Callable[..., Any], Callable[..., Any]] = {}
+    for kind in KINDS.values():
+        for aten in kind.aten_ops:
+
+            def translate(x: Any, *args: Any, _kind: Any = kind, _aten: str = aten) -> Any:
+                spec = _kind.from_aten(_aten, args, _shape_of(x), _dtype_name(x))
+                named = _kind.aten_params(_aten, args)
+                inputs = [named.get(s) if s else None for s in _kind.op_inputs(spec)]
+                y = getattr(nop, _kind.normonnx_op)(x, *inputs, **_kind.attributes(spec))
+                extra = _kind.aten_outputs(_aten) - 1
+                if not extra:
+                    return y
+                # saved mean / rstd of the private batch-norm overloads: never read in eval
+                empty = std.CastLike(std.Constant(value_float=0.0), x)
+                return (y, *([empty] * extra))
+
+            table[_aten_overload(aten)] = translate
+    return table
+
+
+def scan_specs(exported_program: Any) -> list[NormSpec]:
+    """Specs of the aten norm calls in a ``torch.export`` program (before ONNX conversion)."""
+    import torch
+
+    by_target = {_aten_overload(a): (k, a) for k in KINDS.values() for a in k.aten_ops}
+    specs = []
+    for node in exported_program.graph.nodes:
+        if node.op != "call_function" or node.target not in by_target:
+            continue
+        kind, aten = by_target[node.target]
+        val = node.args[0].meta.get("val")
+        dtype = str(val.dtype).removeprefix("torch.")
+        args = [a if not isinstance(a, torch.fx.Node) else True for a in node.args[1:]]
+        defaults = {
+            "layer_norm": [None, None, None, 1e-5],
+            "group_norm": [None, None, None, 1e-5],
+            "rms_norm": [None, None, None],
+        }
+        if aten in defaults:
+            d = defaults[aten]
+            args = args + d[len(args) :]
+            for k, v in node.kwargs.items():
+                idx = {"weight": 1, "bias": 2, "eps": 3 if aten != "rms_norm" else 2}.get(k)
+                if idx is not None:
+                    args[idx] = True if isinstance(v, torch.fx.Node) else v
+        if dtype not in DTYPES:
+            continue
+        specs.append(kind.from_aten(aten, args, [int(d) if str(d).isdigit() else str(d) for d in val.shape], dtype))
+    return specs
+
+
+def choose_opset(
+    specs: Sequence[NormSpec],
+    target: str,
+    *,
+    max_opset: int | None = None,
+    prefer: Iterable[str] | None = None,
+    allow_unstable: bool = False,
+) -> tuple[int, str]:
+    """The lowest candidate opset that lowers the most norms natively (fast), with the reason."""
+    hi = min(MAX_OPSET, max_opset or MAX_OPSET)
+    cands = [o for o in CANDIDATE_OPSETS if o <= hi] or [hi]
+    if not specs:
+        return (18 if 18 in cands else cands[-1]), "no norms found; torch's default opset"
+    order = tuple(prefer) if prefer is not None else PREFERENCE[target]
+    best: tuple[tuple[int, ...], int] | None = None
+    for o in cands:
+        try:
+            chosen = [select(s, o, target, prefer=order, allow_unstable=allow_unstable).strategy for s in specs]
+        except NormOnnxError:
+            continue
+        # score: how many norms got each rank of preference (earlier = better), lowest opset on ties
+        score = tuple(sum(1 for c in chosen if c == name) for name in order)
+        if best is None or score > best[0]:
+            best = (score, o)
+    if best is None:
+        raise ExportError(
+            f"no candidate opset ({', '.join(map(str, cands))}) can lower every norm of this model for {target}"
+        )
+    counts = ", ".join(f"{n}×{c}" for n, c in zip(order, best[0]) if c)
+    return best[1], f"lowest opset with the best lowering for {target} ({counts})"
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def export(
+    model: Any,
+    example_inputs: Any,
+    path: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+    target: str = "cpu",
+    dynamic: Mapping[str, Mapping[int, str]] | Sequence[str] | str | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    prefer: Iterable[str] | None = None,
+    allow_unstable: bool = False,
+    force_eval: bool = False,
+    external_data: bool | None = None,
+) -> ExportResult:
+    """Export ``model`` (an ``nn.Module`` or ``torch.export.ExportedProgram``) to ``path``.
+
+    opset:          default-domain opset; None picks the lowest of 17/18/21/23 that gives the best
+                    valid lowering for ``target`` (capped by the installed onnxruntime).
+    target:         "cpu" or "cuda": which execution provider the lowering is chosen for.
+    dynamic:        ``{"x": {0: "batch", 2: "h", 3: "w"}}`` or ``"batch,h,w"``.
+    prefer:         strategy order overriding the default (e.g. ``["function"]``).
+    allow_unstable: accept strategies marked numerically unstable in the capability table.
+    force_eval:     put a model found in training mode into eval mode (with a warning naming
+                    the modules) instead of refusing it.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    check_provider(target)
+    if opset is not None:
+        check_opset(opset)
+    notes: list[str] = []
+    is_program = isinstance(model, torch.export.ExportedProgram)
+    if not is_program and not isinstance(model, torch.nn.Module):
+        raise ExportError(f"expected a torch.nn.Module or ExportedProgram, got {type(model).__name__}")
+    args = _check_inputs(example_inputs)
+    if not is_program:
+        training = training_modules(model)
+        if training:
+            shown = ", ".join(training[:8]) + (f" and {len(training) - 8} more" if len(training) > 8 else "")
+            if not force_eval:
+                raise ExportError(
+                    f"the model is in training mode ({len(training)} modules: {shown}); BatchNorm/InstanceNorm would "
+                    "export batch statistics and dropout would stay active",
+                    note="call model.eval() before exporting, or pass force_eval=True (CLI: --eval)",
+                )
+            model.eval()
+            msg = f"model was in training mode; switched to eval: {shown}"
+            warnings.warn(msg, stacklevel=2)
+            notes.append(msg)
+        with torch.no_grad():
+            try:
+                model(*args)
+            except Exception as e:
+                shapes = ", ".join(f"{list(a.shape)}:{str(a.dtype).removeprefix('torch.')}" for a in args)
+                raise InputError(
+                    f"the model rejected example inputs of shape {shapes}: {_first_line(e)}",
+                    note="pass inputs of the shape the model expects (CLI: --input name:1x3x224x224)",
+                ) from None
+    names = list(input_names) if input_names else input_names_of(model if not is_program else model.module(), len(args))
+    if len(names) != len(args):
+        raise InputError(f"{len(names)} input names for {len(args)} inputs")
+    dyn = normalize_dynamic(dynamic, names, [a.dim() for a in args])
+    ep = model if is_program else _torch_export(model, args, names, dyn)
+    specs = scan_specs(ep)
+    if opset is None:
+        from .runtime.probe import ort_max_opset
+
+        opset, why = choose_opset(
+            specs,
+            target,
+            max_opset=ort_max_opset() if target == "cpu" else None,
+            prefer=prefer,
+            allow_unstable=allow_unstable,
+        )
+    else:
+        why = "requested"
+        if opset < MIN_OPSET:
+            raise ExportError(f"opset {opset} is below {MIN_OPSET}")
+    proto = _onnx_export(ep, args, opset, names, output_names)
+    _name_dynamic_dims(proto, dyn)
+    lowered, records = lower_model(proto, provider=target, prefer=prefer, allow_unstable=allow_unstable)
+    import torch as _t
+
+    for k, v in {
+        "normonnx.version": _version(),
+        "normonnx.target": target,
+        "normonnx.opset_reason": why,
+        "torch.version": _t.__version__,
+    }.items():
+        lowered.metadata_props.add(key=k, value=v)
+    try:
+        onnx.checker.check_model(lowered, full_check=False)
+    except Exception as e:  # a bug of ours, not the user's: report it as such
+        raise RuntimeError(f"normonnx produced an invalid model (please report): {_first_line(e)}") from e
+    out = nio.save(lowered, path, external_data=external_data)
+    return ExportResult(
+        out,
+        opset,
+        target,
+        records,
+        specs,
+        time.perf_counter() - t0,
+        names,
+        [o.name for o in lowered.graph.output],
+        dyn,
+        why,
+        notes,
+    )
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _torch_export(model: Any, args: tuple[Any, ...], names: Sequence[str], dyn: Mapping[str, Mapping[int, str]]) -> Any:
+    import torch
+
+    shapes = None
+    if dyn:
+        shapes = tuple({a: torch.export.Dim.DYNAMIC for a in dyn.get(n, {})} or None for n in names)
+    try:
+        with _quiet():
+            return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
+    except Exception as e:
+        text = str(e)
+        hint = "a dynamic axis was specialised by the model (e.g. a fixed reshape or positional table); drop it from --dynamic"
+        raise ExportError(
+            f"torch.export could not capture the model: {_first_line(e)}",
+            note=hint
+            if dyn and ("Constraint" in text or "specializ" in text or "guard" in text.lower())
+            else "make the forward pass traceable by torch.export (no data-dependent Python control flow)",
+        ) from None
+
+
+def _onnx_export(
+    ep: Any, args: tuple[Any, ...], opset: int, names: Sequence[str], output_names: Sequence[str] | None
+) -> onnx.ModelProto:
+    import torch
+
+    table = make_translation_table(opset)
+    try:
+        with _quiet():
+            prog = torch.onnx.export(
+                ep,
+                args,
+                dynamo=True,
+                opset_version=opset,
+                custom_translation_table=table,
+                input_names=list(names),
+                output_names=list(output_names) if output_names else None,
+                optimize=True,
+                verbose=False,
+            )
+    except NormOnnxError:
+        raise
+    except Exception as e:
+        cause = e
+        while cause.__cause__ is not None:
+            if isinstance(cause.__cause__, NormOnnxError):
+                raise cause.__cause__ from None
+            cause = cause.__cause__
+        raise ExportError(f"torch.onnx.export failed at opset {opset}: {_first_line(cause)}") from e
+    assert prog is not None
+    return prog.model_proto
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence torch's exporter chatter (progress lines, torchvision warnings)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _name_dynamic_dims(model: onnx.ModelProto, dyn: Mapping[str, Mapping[int, str]]) -> None:
+    """Rename the exporter's symbolic dims (``s77``) to the user's names (``batch``) everywhere."""
+    rename: dict[str, str] = {}
+    for vi in model.graph.input:
+        for axis, label in dyn.get(vi.name, {}).items():
+            dims = vi.type.tensor_type.shape.dim
+            if axis < len(dims) and dims[axis].dim_param:
+                rename.setdefault(dims[axis].dim_param, label)
+    if not rename:
+        return
+    for vi in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]

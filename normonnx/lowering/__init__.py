@@ -1,0 +1,219 @@
+"""Lowering strategies, the capability table, and the selector.
+
+``STRATEGIES`` is ordered by default preference per provider (``PREFERENCE``). ``select`` walks it,
+asks each strategy ``check``, and returns the first that accepts together with every rejection and
+its reason. ``capability_table()`` is the same data as rows, for printing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import LoweringError
+from ..norms import KINDS, get_kind
+from ..spec import NormSpec
+from . import decomposed, function, native, via_instance
+from .base import MIN_OPSET, PROVIDERS, Capability, Strategy, Verdict
+from .builder import Builder
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s for s in (native.STRATEGY, decomposed.STRATEGY, function.STRATEGY, via_instance.STRATEGY)
+}
+#: default order of preference per provider: the first valid *and stable* strategy wins.
+PREFERENCE: dict[str, tuple[str, ...]] = {
+    "cpu": ("native", "decomposed", "function", "via_instance"),
+    "cuda": ("native", "decomposed", "function", "via_instance"),
+}
+#: highest default-domain opset normonnx targets (onnx may define newer ones; runtimes lag).
+MAX_OPSET = 23
+OPSETS = tuple(range(MIN_OPSET, MAX_OPSET + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The chosen strategy for one spec, and why each other candidate was not chosen."""
+
+    spec: NormSpec
+    opset: int
+    provider: str
+    strategy: str
+    rejected: tuple[tuple[str, str], ...]
+
+    def explain(self) -> str:
+        why = "; ".join(f"{n}: {r}" for n, r in self.rejected) or "first choice"
+        return f"{self.strategy} (rejected: {why})" if self.rejected else self.strategy
+
+
+def check_opset(opset: int) -> None:
+    if not isinstance(opset, int) or not (MIN_OPSET <= opset <= MAX_OPSET):
+        raise LoweringError(
+            f"opset {opset} is not supported",
+            note=f"normonnx emits opsets {MIN_OPSET}..{MAX_OPSET}",
+        )
+
+
+def check_provider(provider: str) -> None:
+    if provider not in PROVIDERS:
+        raise LoweringError(f"unknown provider {provider!r}", note=f"valid providers: {', '.join(PROVIDERS)}")
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise LoweringError(
+            f"unknown lowering strategy {name!r}", note=f"valid strategies: {', '.join(STRATEGIES)}"
+        ) from None
+
+
+def select(
+    spec: NormSpec,
+    opset: int,
+    provider: str = "cpu",
+    *,
+    prefer: Iterable[str] | None = None,
+    allow_unstable: bool = False,
+) -> Selection:
+    """Pick the best valid strategy for ``spec``; raise :class:`LoweringError` if there is none.
+
+    ``prefer`` replaces the default order (e.g. ``["via_instance"]`` to force one strategy; add
+    ``allow_unstable=True`` to accept a strategy marked numerically unstable).
+    """
+    get_kind(spec.kind).validate(spec)
+    check_opset(opset)
+    check_provider(provider)
+    order = tuple(prefer) if prefer is not None else PREFERENCE[provider]
+    rejected: list[tuple[str, str]] = []
+    for name in order:
+        verdict = get_strategy(name).check(spec, opset, provider, allow_unstable=allow_unstable)
+        if verdict:
+            return Selection(spec, opset, provider, name, tuple(rejected))
+        rejected.append((name, verdict.reason))
+    reasons = "\n  ".join(f"{n}: {r}" for n, r in rejected)
+    valid = [n for n in STRATEGIES if STRATEGIES[n].check(spec, opset, provider, allow_unstable=True)]
+    raise LoweringError(
+        f"no strategy can lower {spec.kind} norm ({spec.dtype}, opset {opset}, {provider}):\n  {reasons}",
+        note=(f"strategies valid for this spec: {', '.join(valid)}" if valid else "change the opset or dtype"),
+    )
+
+
+def check(spec: NormSpec, strategy: str, opset: int, provider: str = "cpu", *, allow_unstable: bool = True) -> Verdict:
+    """Verdict of one named strategy for ``spec`` (unstable ones allowed unless told otherwise)."""
+    return get_strategy(strategy).check(spec, opset, provider, allow_unstable=allow_unstable)
+
+
+def capability_table(providers: Iterable[str] = PROVIDERS) -> list[dict[str, object]]:
+    """One row per (kind, strategy, provider): min opset, dtypes, stability, note."""
+    rows: list[dict[str, object]] = []
+    for kind in KINDS:
+        for s in STRATEGIES.values():
+            cap: Capability | None = s.capabilities.get(kind)
+            if cap is None:
+                continue
+            for p in providers:
+                rows.append(
+                    {
+                        "kind": kind,
+                        "strategy": s.name,
+                        "provider": p,
+                        "min_opset": cap.min_opset,
+                        "dtypes": sorted(cap.dtypes.get(p, ())),
+                        "stable": cap.stable,
+                        "note": cap.note,
+                    }
+                )
+    return rows
+
+
+def format_capability_table(providers: Iterable[str] = ("cpu",)) -> str:
+    """The capability table as aligned text (what ``normonnx doctor``/``capabilities`` print)."""
+    rows = capability_table(providers)
+    head = ("kind", "strategy", "provider", "opset", "stable", "dtypes", "note")
+    cells = [
+        (
+            str(r["kind"]),
+            str(r["strategy"]),
+            str(r["provider"]),
+            f">={r['min_opset']}",
+            "yes" if r["stable"] else "no",
+            ",".join(r["dtypes"]),
+            str(r["note"]),
+        )  # type: ignore[arg-type]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells])
+
+
+def build_model(
+    spec: NormSpec,
+    params: Mapping[str, np.ndarray],
+    opset: int,
+    strategy: str | None = None,
+    provider: str = "cpu",
+    *,
+    params_as_inputs: bool = False,
+    allow_unstable: bool = False,
+) -> onnx.ModelProto:
+    """A one-norm ONNX model ``X → Y`` lowered by ``strategy`` (or the selected one).
+
+    Parameters become initializers in the spec's dtype (or graph inputs with
+    ``params_as_inputs``). Used by tests, benchmarks and the capability report.
+    """
+    if strategy is None:
+        strategy = select(spec, opset, provider, allow_unstable=allow_unstable).strategy
+    s = get_strategy(strategy)
+    get_kind(spec.kind).validate(spec)
+    check_opset(opset)
+    verdict = s.check(spec, opset, provider, allow_unstable=True)
+    if not verdict:
+        raise LoweringError(f"strategy {strategy!r} cannot lower this {spec.kind} norm: {verdict.reason}")
+    np_dt = helper.tensor_dtype_to_np_dtype(spec.onnx_dtype)
+    b = Builder(opset, prefix=spec.kind)
+    names = {k: f"p_{k}" for k in get_kind(spec.kind).param_names(spec)}
+    y = s.build(b, spec, "X", names)
+    nodes = [*b.nodes, helper.make_node("Identity", [y], ["Y"], name="output")]
+    tensors = {k: numpy_helper.from_array(np.asarray(params[k]).astype(np_dt), name=n) for k, n in names.items()}
+    rank = spec.rank
+    x_shape = [f"d{i}" for i in range(rank)] if rank is not None else None
+    inputs = [helper.make_tensor_value_info("X", spec.onnx_dtype, x_shape)]
+    initializers: list[onnx.TensorProto] = []
+    if params_as_inputs:
+        inputs += [helper.make_tensor_value_info(t.name, spec.onnx_dtype, list(t.dims)) for t in tensors.values()]
+    else:
+        initializers = list(tensors.values())
+    graph = helper.make_graph(
+        nodes,
+        f"{spec.kind}_{strategy}",
+        inputs,
+        [helper.make_tensor_value_info("Y", spec.onnx_dtype, x_shape)],
+        initializers,
+    )
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in s.extra_opsets().items()]
+    if s.extra_opsets():
+        function.register_schemas()
+    model = helper.make_model(graph, opset_imports=opsets, functions=s.functions(spec, opset), producer_name="normonnx")
+    model.ir_version = 10  # function overloads need IR 10; onnxruntime 1.17+ reads it
+    return model
+
+
+__all__ = [
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "OPSETS",
+    "PREFERENCE",
+    "STRATEGIES",
+    "Selection",
+    "build_model",
+    "capability_table",
+    "check",
+    "format_capability_table",
+    "get_strategy",
+    "select",
+]

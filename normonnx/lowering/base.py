@@ -1,0 +1,115 @@
+"""What a lowering strategy is: capabilities as data, a check that explains, a graph builder.
+
+A strategy turns one :class:`~normonnx.spec.NormSpec` into ONNX nodes. Which (kind, opset, dtype,
+provider) it can serve is declared in ``capabilities`` next to the code, so the selector and the
+printed capability table read the same facts the builder relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import onnx
+
+from ..spec import NormSpec
+from .builder import Builder
+
+PROVIDERS = ("cpu", "cuda")
+ALL_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
+#: lowest opset normonnx emits: ReduceMean/Slice/Reshape forms used by the decompositions.
+MIN_OPSET = 13
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether a strategy can lower a spec; ``reason`` says why not (or a caveat if ok)."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+OK = Verdict(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Capability:
+    """What a strategy supports for one kind.
+
+    min_opset: lowest default-domain opset at which the emitted ops have the needed semantics.
+    dtypes:    per provider, the element types onnxruntime runs (kernels or inserted casts).
+    stable:    accurate on stress inputs (offset 1e3, zero variance, 1M-element groups) to within
+               2× torch-fp32's own error vs float64; measured by ``tests/test_stress.py``.
+    stable_up_to: when set, the strategy is stable only while the elements per normalised group
+               are known and at most this many (onnxruntime kernels that accumulate in fp32).
+    note:      the fact behind the entry, printed in the capability table.
+    """
+
+    min_opset: int
+    dtypes: Mapping[str, frozenset[str]]
+    stable: bool = True
+    note: str = ""
+    stable_up_to: int | None = None
+
+
+def same_dtypes(dtypes: frozenset[str] | set[str]) -> dict[str, frozenset[str]]:
+    return {p: frozenset(dtypes) for p in PROVIDERS}
+
+
+class Strategy:
+    """Base class; subclasses set ``name``, ``capabilities`` and implement ``build``."""
+
+    name: str = ""
+    description: str = ""
+    capabilities: Mapping[str, Capability] = {}
+
+    def check(self, spec: NormSpec, opset: int, provider: str = "cpu", *, allow_unstable: bool = False) -> Verdict:
+        """Can this strategy lower ``spec`` at ``opset`` for ``provider``? Never raises."""
+        cap = self.capabilities.get(spec.kind)
+        if cap is None:
+            return Verdict(False, f"{self.name} has no lowering for {spec.kind} norm")
+        if opset < cap.min_opset:
+            return Verdict(False, f"needs opset >= {cap.min_opset} ({cap.note or self.name}), got {opset}")
+        allowed = cap.dtypes.get(provider, frozenset())
+        if spec.dtype not in allowed:
+            return Verdict(
+                False, f"{spec.dtype} not supported on {provider} (supported: {', '.join(sorted(allowed)) or 'none'})"
+            )
+        why = self.check_spec(spec, opset, provider)
+        if not why:
+            return why
+        if not allow_unstable:
+            if not cap.stable:
+                return Verdict(False, f"numerically unstable: {cap.note}")
+            if cap.stable_up_to is not None:
+                n = spec.reduction_size
+                if n is None or n > cap.stable_up_to:
+                    size = "unknown" if n is None else str(n)
+                    return Verdict(
+                        False,
+                        f"accurate only up to {cap.stable_up_to} elements per normalised group, this one has {size} ({cap.note})",
+                    )
+        return OK
+
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+        """Spec-specific restrictions beyond the capability table (override)."""
+        return OK
+
+    def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        """Append the nodes computing the norm of ``x`` to ``b``; return the output value name.
+
+        ``params`` maps "weight"/"bias"/"mean"/"var" to value names (absent when the spec has none).
+        Parameters have the spec's dtype.
+        """
+        raise NotImplementedError
+
+    def functions(self, spec: NormSpec, opset: int) -> list[onnx.FunctionProto]:
+        """Model-local functions the built nodes need (only the function strategy has any)."""
+        return []
+
+    def extra_opsets(self) -> dict[str, int]:
+        """Non-default domains the built nodes use, with their versions."""
+        return {}

@@ -1,0 +1,127 @@
+"""The portable fallback: a ``normonnx``-domain op carried with its own ONNX function body.
+
+The node is ``normonnx.<Op>(X, weight, bias[, mean, var])`` with the spec in its attributes and
+``overload = spec.key()``; the model carries a model-local ``FunctionProto`` of the same
+(domain, name, overload) whose body is the stable decomposition. Any runtime that inlines
+functions (onnxruntime does; so does ``onnx.inliner``) runs it with no library of ours, and a
+native kernel library can register the same op to replace the body.
+
+The op schemas are also registered with ``onnx.defs`` so that the checker and onnxscript (used
+inside torch's exporter) know the ops.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import onnx
+from onnx import helper
+from onnx.defs import OpSchema
+
+from ..norms import KINDS
+from ..spec import NormSpec
+from .base import ALL_DTYPES, MIN_OPSET, Capability, Strategy, Verdict, same_dtypes
+from .builder import Builder
+from .decomposed import STRATEGY as DECOMPOSED
+from .decomposed import build_decomposed
+
+DOMAIN = "normonnx"
+VERSION = 1
+_CAP = Capability(MIN_OPSET, same_dtypes(ALL_DTYPES), True, "normonnx-domain op with a stable function body")
+_INPUTS = ("X", "weight", "bias", "mean", "var")
+_TYPES = ["tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"]
+
+
+@functools.cache
+def register_schemas() -> None:
+    """Register ``normonnx.<Op>`` schemas with onnx (idempotent, process-wide)."""
+    opt = OpSchema.FormalParameterOption.Optional
+    for kind in KINDS.values():
+        try:
+            onnx.defs.get_schema(kind.normonnx_op, VERSION, DOMAIN)
+            continue
+        except onnx.defs.SchemaError:
+            pass
+        inputs = [OpSchema.FormalParameter("X", "T")]
+        inputs += [OpSchema.FormalParameter(n, "T", param_option=opt) for n in _INPUTS[1:]]
+        attrs = [
+            OpSchema.Attribute("epsilon", helper.make_attribute("epsilon", 1e-5), "ε added to the variance"),
+            OpSchema.Attribute("channels", OpSchema.AttrType.INT, "C (size of axis 1)", required=False),
+            OpSchema.Attribute("normalized_shape", OpSchema.AttrType.INTS, "trailing normalised shape", required=False),
+            OpSchema.Attribute("num_groups", OpSchema.AttrType.INT, "groups (group norm)", required=False),
+            OpSchema.Attribute("channels_first", OpSchema.AttrType.INT, "layer norm over axis 1", required=False),
+            OpSchema.Attribute("running_stats", OpSchema.AttrType.INT, "use mean/var inputs", required=False),
+            OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "fused activation ('silu')", required=False),
+        ]
+        schema = OpSchema(
+            kind.normonnx_op,
+            DOMAIN,
+            VERSION,
+            doc=f"normonnx {kind.name} norm; see normonnx/norms/{kind.name}.py for the math.",
+            inputs=inputs,
+            outputs=[OpSchema.FormalParameter("Y", "T")],
+            type_constraints=[("T", _TYPES, "float tensors")],
+            attributes=attrs,
+        )
+        onnx.defs.register_schema(schema)
+
+
+def function_inputs(spec: NormSpec) -> list[str]:
+    """Formal inputs of the function, positional like the node's (absent ones passed as "")."""
+    return (
+        ["X", "weight", "bias", "mean", "var"]
+        if spec.running_stats
+        else (["X", "weight"] if spec.kind == "rms" else ["X", "weight", "bias"])
+    )
+
+
+def node_inputs(spec: NormSpec, x: str, params: Mapping[str, str]) -> list[str]:
+    names = function_inputs(spec)[1:]
+    return [x] + [params.get(n, "") for n in names]
+
+
+def make_function(spec: NormSpec, opset: int) -> onnx.FunctionProto:
+    """The FunctionProto ``normonnx.<Op>`` overload ``spec.key()`` with the decomposed body."""
+    kind = KINDS[spec.kind]
+    b = Builder(opset, prefix="f")
+    ins = function_inputs(spec)
+    params = {n: n for n in ins[1:] if n in kind.param_names(spec)}
+    y = build_decomposed(b, spec, "X", params)
+    b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    fn = helper.make_function(
+        DOMAIN,
+        kind.normonnx_op,
+        ins,
+        ["Y"],
+        b.nodes,
+        [helper.make_opsetid("", opset)],
+        attributes=sorted(kind.attributes(spec)),
+        doc_string=f"stable decomposition of {spec}",
+    )
+    fn.overload = spec.key()
+    return fn
+
+
+class Function(Strategy):
+    name = "function"
+    description = "normonnx-domain op + model-local ONNX function (stable body)"
+    capabilities = {k: _CAP for k in ("batch", "layer", "instance", "group", "rms")}
+
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+        return DECOMPOSED.check_spec(spec, opset, provider)  # the body is the decomposition
+
+    def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        kind = KINDS[spec.kind]
+        return b.op(
+            kind.normonnx_op, node_inputs(spec, x, params), domain=DOMAIN, overload=spec.key(), **kind.attributes(spec)
+        )
+
+    def functions(self, spec: NormSpec, opset: int) -> list[onnx.FunctionProto]:
+        return [make_function(spec, opset)]
+
+    def extra_opsets(self) -> dict[str, int]:
+        return {DOMAIN: VERSION}
+
+
+STRATEGY = Function()

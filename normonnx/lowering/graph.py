@@ -1,0 +1,184 @@
+"""Lower every ``normonnx``-domain norm node of a model through the selector.
+
+This is the one place where a portable ``normonnx.<Op>`` node becomes concrete ONNX: export
+produces such nodes from torch's aten norms, the optimizer's fusions produce them from
+decomposed subgraphs, and both then call :func:`lower_model` for the target opset and provider.
+Each lowering is recorded (node, kind, strategy, rejected alternatives with reasons) in the
+returned records, on the replacement nodes' metadata, and in the model's ``normonnx.lowerings``
+metadata entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+
+import onnx
+from onnx import helper
+
+from ..errors import LoweringError
+from ..norms import BY_OP, get_kind
+from ..spec import DTYPES, NormSpec
+from . import function, get_strategy, select
+from .builder import Builder
+
+DOMAIN = function.DOMAIN
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+META_KEY = "normonnx.lowerings"
+
+
+@dataclasses.dataclass
+class LoweringRecord:
+    """How one norm node was lowered."""
+
+    node: str
+    kind: str
+    strategy: str
+    spec: str
+    rejected: list[tuple[str, str]]
+    scope: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Known types of values: graph inputs/outputs, value_info, initializers."""
+    g = model.graph
+    types = {v.name: v.type for v in (*g.input, *g.output, *g.value_info)}
+    for t in g.initializer:
+        types.setdefault(t.name, helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+    return types
+
+
+def norm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ``normonnx``-domain norm nodes of the main graph, in order."""
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type in BY_OP]
+
+
+def spec_of(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> NormSpec:
+    """The :class:`NormSpec` a ``normonnx`` node describes (dtype and rank from ``types``)."""
+    kind = BY_OP[node.op_type]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if isinstance(attrs.get("activation"), bytes):
+        attrs["activation"] = attrs["activation"].decode()
+    t = types.get(node.input[0]) or (types.get(node.output[0]) if node.output else None)
+    if t is None or not t.HasField("tensor_type") or t.tensor_type.elem_type not in _DTYPE_NAMES:
+        raise LoweringError(
+            f"cannot lower {node.op_type} node {node.name!r}: the element type of its input {node.input[0]!r} is unknown",
+            note="run onnx.shape_inference.infer_shapes on the model first, or annotate value_info",
+        )
+    dtype = _DTYPE_NAMES[t.tensor_type.elem_type]
+    rank = len(t.tensor_type.shape.dim) if t.tensor_type.HasField("shape") else None
+    present = [bool(i) for i in node.input[1:3]]
+    if kind.name == "rms":
+        present = [bool(node.input[1]) if len(node.input) > 1 else False, False]
+    return kind.spec_from_attributes(attrs, present, dtype, rank)
+
+
+def _scope(node: onnx.NodeProto) -> str:
+    for p in node.metadata_props:
+        if p.key == "namespace":
+            return p.value
+    return ""
+
+
+def lower_model(
+    model: onnx.ModelProto,
+    *,
+    provider: str = "cpu",
+    prefer: Iterable[str] | None = None,
+    allow_unstable: bool = False,
+) -> tuple[onnx.ModelProto, list[LoweringRecord]]:
+    """Replace each ``normonnx`` node by its selected strategy at the model's own opset.
+
+    The function strategy keeps the node and adds its ``FunctionProto``. Returns a new model
+    and one record per node.
+    """
+    function.register_schemas()
+    model = _copy(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise LoweringError("the model imports no default-domain opset")
+    types = value_types(model)
+    new_nodes: list[onnx.NodeProto] = []
+    records: list[LoweringRecord] = []
+    functions = {(f.domain, f.name, f.overload): f for f in model.functions}
+    prefer = tuple(prefer) if prefer is not None else None
+    for i, node in enumerate(model.graph.node):
+        if not (node.domain == DOMAIN and node.op_type in BY_OP):
+            new_nodes.append(node)
+            continue
+        spec = spec_of(node, types)
+        sel = select(spec, opset, provider, prefer=prefer, allow_unstable=allow_unstable)
+        strategy = get_strategy(sel.strategy)
+        name = node.name or f"{node.op_type}_{i}"
+        b = Builder(opset, prefix=name)
+        slots = function.function_inputs(spec)[1:]
+        params = {s: v for s, v in zip(slots, node.input[1:]) if v}
+        y = strategy.build(b, spec, node.input[0], params)
+        # the last node computing y takes over the original output name
+        for n in reversed(b.nodes):
+            if y in n.output:
+                n.output[list(n.output).index(y)] = node.output[0]
+                break
+        scope = _scope(node)
+        for n in b.nodes:
+            n.metadata_props.extend(node.metadata_props)
+            n.metadata_props.add(key="normonnx.norm", value=name)
+            n.metadata_props.add(key="normonnx.strategy", value=sel.strategy)
+        new_nodes.extend(b.nodes)
+        for f in strategy.functions(spec, opset):
+            functions.setdefault((f.domain, f.name, f.overload), f)
+        records.append(LoweringRecord(name, spec.kind, sel.strategy, spec.key(), list(sel.rejected), scope))
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    used_domains = {n.domain for n in new_nodes}
+    del model.functions[:]
+    model.functions.extend(f for (d, _, _), f in functions.items() if d in used_domains)
+    _set_opsets(model, keep_normonnx=DOMAIN in used_domains)
+    if model.functions:
+        model.ir_version = max(model.ir_version, 10)  # function overloads
+    _record(model, records)
+    return model, records
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _set_opsets(model: onnx.ModelProto, keep_normonnx: bool) -> None:
+    ops = [o for o in model.opset_import if o.domain != DOMAIN]
+    if keep_normonnx:
+        ops.append(helper.make_opsetid(DOMAIN, function.VERSION))
+    del model.opset_import[:]
+    model.opset_import.extend(ops)
+
+
+def _record(model: onnx.ModelProto, records: list[LoweringRecord]) -> None:
+    old = [p for p in model.metadata_props if p.key == META_KEY]
+    prior = json.loads(old[0].value) if old else []
+    keep = [p for p in model.metadata_props if p.key != META_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    if records or prior:
+        model.metadata_props.add(key=META_KEY, value=json.dumps(prior + [r.as_dict() for r in records]))
+
+
+def recorded_lowerings(model: onnx.ModelProto) -> list[dict[str, object]]:
+    """The lowering records stored in a model's metadata (empty if none)."""
+    for p in model.metadata_props:
+        if p.key == META_KEY:
+            return list(json.loads(p.value))
+    return []
+
+
+def make_norm_node(spec: NormSpec, x: str, params: dict[str, str], y: str, name: str) -> onnx.NodeProto:
+    """A portable ``normonnx.<Op>`` node (no overload) — what export and fusions produce."""
+    kind = get_kind(spec.kind)
+    return helper.make_node(
+        kind.normonnx_op, function.node_inputs(spec, x, params), [y], name=name, domain=DOMAIN, **kind.attributes(spec)
+    )

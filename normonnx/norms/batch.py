@@ -1,0 +1,124 @@
+"""Batch normalization: ``y = (x − μ_c)/√(σ²_c + ε)·γ_c + β_c`` over channel axis 1.
+
+In eval mode μ, σ² are the stored running statistics (``running_stats=True``), so the op is a
+per-channel affine map. A BatchNorm built with ``track_running_stats=False`` (or
+``F.batch_norm(training=True)``, as weight standardization code uses) normalises with the
+statistics of the batch itself over every axis but 1 (``running_stats=False``); torch does that
+in eval mode too, and so do we.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+from ..spec import NormSpec
+from .base import NormKind, Params
+
+
+class BatchNorm(NormKind):
+    name = "batch"
+    normonnx_op = "BatchNorm"
+    native_op = "BatchNormalization"
+    native_since = 15  # opset-15 signature; eval semantics unchanged since opset 9
+    # batch_norm before the exporter's decompositions; the two private overloads after them
+    aten_ops = ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit.no_stats")
+    min_rank, max_rank = 2, 5
+
+    def validate(self, spec: NormSpec) -> None:
+        super().validate(spec)
+        if spec.channels is None or spec.channels < 1:
+            raise SpecError("batch norm needs a positive number of channels (axis 1)")
+        if spec.groups is not None or spec.channels_first or spec.normalized_shape is not None:
+            raise SpecError("batch norm takes no groups, channels_first or normalized_shape")
+
+    def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        self._check_shape(spec, x, "batch norm")
+        x = np.asarray(x, dtype=np.float64)
+        cv = lambda a: self._channel_view(np.asarray(a, np.float64), x.ndim)
+        if spec.running_stats:
+            mean, var = cv(params["mean"]), cv(params["var"])
+        else:
+            mean, var = self._moments(x, (0, *tuple(range(2, x.ndim))))
+        y = (x - mean) / np.sqrt(var + spec.eps)
+        if spec.has_weight:
+            y = y * cv(params["weight"])
+        if spec.has_bias:
+            y = y + cv(params["bias"])
+        return y
+
+    def torch_modules(self) -> tuple[type, ...]:
+        import torch.nn as nn
+
+        return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+    def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
+        running = module.running_mean is not None and module.track_running_stats
+        spec = NormSpec(
+            kind="batch",
+            eps=float(module.eps),
+            channels=int(module.num_features),
+            has_weight=module.weight is not None,
+            has_bias=module.bias is not None,
+            running_stats=bool(running),
+            rank=rank,
+        )
+        params: Params = {}
+        for k, t in (("weight", module.weight), ("bias", module.bias)):
+            if t is not None:
+                params[k] = t.detach().double().numpy()
+        if running:
+            params["mean"] = module.running_mean.detach().double().numpy()
+            params["var"] = module.running_var.detach().double().numpy()
+        return spec, params
+
+    def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
+        import torch.nn.functional as F
+
+        return F.batch_norm(
+            x,
+            params.get("mean"),
+            params.get("var"),
+            params.get("weight"),
+            params.get("bias"),
+            training=not spec.running_stats,
+            eps=spec.eps,
+        )
+
+    def _normalize_args(self, op: str, args: Sequence[Any]) -> tuple[Any, ...]:
+        """(weight, bias, running_mean, running_var, training, eps) of any of the overloads."""
+        a = list(args) + [None] * 8
+        if op == "_native_batch_norm_legit_no_training":  # (w, b, rm, rv, momentum, eps)
+            return a[0], a[1], a[2], a[3], False, a[5]
+        if op == "_native_batch_norm_legit.no_stats":  # (w, b, training, momentum, eps)
+            return a[0], a[1], None, None, True, a[4]
+        return a[0], a[1], a[2], a[3], a[4], a[6]  # batch_norm(w, b, rm, rv, training, momentum, eps, cudnn)
+
+    def aten_params(self, op: str, args: Sequence[Any]) -> dict[str, Any]:
+        w, b, rm, rv, _, _ = self._normalize_args(op, args)
+        return {"weight": w, "bias": b, "mean": rm, "var": rv}
+
+    def aten_outputs(self, op: str) -> int:
+        return 1 if op == "batch_norm" else 3
+
+    def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
+        weight, bias, rmean, rvar, training, eps = self._normalize_args(op, args)
+        running = (not training) and rmean is not None and rvar is not None
+        spec = NormSpec(
+            kind="batch",
+            eps=float(eps if eps is not None else 1e-5),
+            channels=int(x_shape[1]),
+            has_weight=weight is not None,
+            has_bias=bias is not None,
+            running_stats=running,
+            dtype=dtype,
+            rank=len(x_shape),
+        )
+        self.validate(spec)
+        return spec
+
+
+KIND = BatchNorm()

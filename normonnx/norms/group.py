@@ -1,0 +1,113 @@
+"""Group normalization: C channels in G groups, statistics per (sample, group).
+
+``y = (x − μ_ng)/√(σ²_ng + ε)·γ_c + β_c`` where the mean and biased variance of group g are
+taken over its C/G channels and all spatial positions, and γ, β are **per channel** (as in
+torch and in ONNX GroupNormalization-21; the deprecated opset-18 op had per-group scale and is
+never emitted). ``activation="silu"`` fuses ``y·sigmoid(y)`` (diffusion UNets' GroupNorm+SiLU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+from ..spec import NormSpec
+from .base import NormKind, Params, silu
+
+
+class GroupNorm(NormKind):
+    name = "group"
+    normonnx_op = "GroupNorm"
+    native_op = "GroupNormalization"
+    native_since = 21
+    aten_ops = ("group_norm",)
+    min_rank, max_rank = 2, 5
+
+    def validate(self, spec: NormSpec) -> None:
+        super().validate(spec)
+        c, g = spec.channels, spec.groups
+        if c is None or c < 1:
+            raise SpecError("group norm needs a positive number of channels (axis 1)")
+        if g is None or g < 1 or c % g != 0:
+            divisors = [d for d in range(1, c + 1) if c % d == 0]
+            raise SpecError(
+                f"group norm: num_groups={g} does not divide channels={c}",
+                note=f"valid num_groups for C={c}: {divisors}",
+            )
+        if spec.channels_first or spec.normalized_shape is not None or spec.running_stats:
+            raise SpecError("group norm takes no channels_first, normalized_shape or running statistics")
+
+    def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        self._check_shape(spec, x, "group norm")
+        x = np.asarray(x, dtype=np.float64)
+        assert spec.groups is not None
+        xg = x.reshape(x.shape[0], spec.groups, -1)
+        mean, var = self._moments(xg, (2,))
+        y = ((xg - mean) / np.sqrt(var + spec.eps)).reshape(x.shape)
+        cv = lambda a: self._channel_view(np.asarray(a, np.float64), x.ndim)
+        if spec.has_weight:
+            y = y * cv(params["weight"])
+        if spec.has_bias:
+            y = y + cv(params["bias"])
+        return silu(y) if spec.activation == "silu" else y
+
+    def torch_modules(self) -> tuple[type, ...]:
+        import torch.nn as nn
+
+        return (nn.GroupNorm,)
+
+    def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
+        spec = NormSpec(
+            kind="group",
+            eps=float(module.eps),
+            channels=int(module.num_channels),
+            groups=int(module.num_groups),
+            has_weight=module.weight is not None,
+            has_bias=module.bias is not None,
+            rank=rank,
+        )
+        params = {
+            k: t.detach().double().numpy()
+            for k, t in (("weight", module.weight), ("bias", module.bias))
+            if t is not None
+        }
+        return spec, params
+
+    def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
+        import torch.nn.functional as F
+
+        y = F.group_norm(x, spec.groups, params.get("weight"), params.get("bias"), spec.eps)
+        return F.silu(y) if spec.activation == "silu" else y
+
+    def aten_params(self, op: str, args: Sequence[Any]) -> dict[str, Any]:
+        a = list(args) + [None] * 4
+        return {"weight": a[1], "bias": a[2]}
+
+    def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
+        # aten::group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True)
+        num_groups, weight, bias, eps = (list(args) + [None] * 4)[:4]
+        spec = NormSpec(
+            kind="group",
+            eps=float(eps if eps is not None else 1e-5),
+            channels=int(x_shape[1]),
+            groups=int(num_groups),
+            has_weight=weight is not None,
+            has_bias=bias is not None,
+            dtype=dtype,
+            rank=len(x_shape),
+        )
+        self.validate(spec)
+        return spec
+
+    def attributes(self, spec: NormSpec) -> dict[str, Any]:
+        attrs = super().attributes(spec)
+        attrs["num_groups"] = int(spec.groups or 0)
+        if spec.activation:
+            attrs["activation"] = spec.activation
+        return attrs
+
+
+KIND = GroupNorm()

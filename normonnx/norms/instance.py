@@ -1,0 +1,111 @@
+"""Instance normalization: statistics per (sample, channel) over the spatial axes 2...
+
+``y = (x − μ_nc)/√(σ²_nc + ε)·γ_c + β_c``. With ``track_running_stats=True`` torch uses the
+stored running mean/var in eval mode instead (``running_stats=True``): per channel, exactly a
+batch norm in eval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+from ..spec import NormSpec
+from .base import NormKind, Params
+
+
+class InstanceNorm(NormKind):
+    name = "instance"
+    normonnx_op = "InstanceNorm"
+    native_op = "InstanceNormalization"
+    native_since = 6
+    aten_ops = ("instance_norm",)
+    min_rank, max_rank = 3, 5
+
+    def validate(self, spec: NormSpec) -> None:
+        super().validate(spec)
+        if spec.channels is None or spec.channels < 1:
+            raise SpecError("instance norm needs a positive number of channels (axis 1)")
+        if spec.groups is not None or spec.channels_first or spec.normalized_shape is not None:
+            raise SpecError("instance norm takes no groups, channels_first or normalized_shape")
+
+    def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        self._check_shape(spec, x, "instance norm")
+        x = np.asarray(x, dtype=np.float64)
+        cv = lambda a: self._channel_view(np.asarray(a, np.float64), x.ndim)
+        if spec.running_stats:
+            mean, var = cv(params["mean"]), cv(params["var"])
+        else:
+            mean, var = self._moments(x, tuple(range(2, x.ndim)))
+        y = (x - mean) / np.sqrt(var + spec.eps)
+        if spec.has_weight:
+            y = y * cv(params["weight"])
+        if spec.has_bias:
+            y = y + cv(params["bias"])
+        return y
+
+    def torch_modules(self) -> tuple[type, ...]:
+        import torch.nn as nn
+
+        return (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+    def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
+        running = bool(module.track_running_stats and module.running_mean is not None)
+        spec = NormSpec(
+            kind="instance",
+            eps=float(module.eps),
+            channels=int(module.num_features),
+            has_weight=module.weight is not None,
+            has_bias=module.bias is not None,
+            running_stats=running,
+            rank=rank,
+        )
+        params = {
+            k: t.detach().double().numpy()
+            for k, t in (("weight", module.weight), ("bias", module.bias))
+            if t is not None
+        }
+        if running:
+            params["mean"] = module.running_mean.detach().double().numpy()
+            params["var"] = module.running_var.detach().double().numpy()
+        return spec, params
+
+    def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
+        import torch.nn.functional as F
+
+        return F.instance_norm(
+            x,
+            params.get("mean"),
+            params.get("var"),
+            params.get("weight"),
+            params.get("bias"),
+            use_input_stats=not spec.running_stats,
+            eps=spec.eps,
+        )
+
+    def aten_params(self, op: str, args: Sequence[Any]) -> dict[str, Any]:
+        a = list(args) + [None] * 4
+        return {"weight": a[0], "bias": a[1], "mean": a[2], "var": a[3]}
+
+    def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
+        # aten::instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn)
+        weight, bias, rmean, rvar, use_input_stats, _momentum, eps = (list(args) + [None] * 7)[:7]
+        running = (not use_input_stats) and rmean is not None and rvar is not None
+        spec = NormSpec(
+            kind="instance",
+            eps=float(eps if eps is not None else 1e-5),
+            channels=int(x_shape[1]),
+            has_weight=weight is not None,
+            has_bias=bias is not None,
+            running_stats=bool(running),
+            dtype=dtype,
+            rank=len(x_shape),
+        )
+        self.validate(spec)
+        return spec
+
+
+KIND = InstanceNorm()

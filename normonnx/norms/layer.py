@@ -1,0 +1,130 @@
+"""Layer normalization: statistics per sample over the normalised features.
+
+Trailing layout (``nn.LayerNorm(normalized_shape)``): reduce over the last
+``len(normalized_shape)`` axes, ``y = (x − μ)/√(σ² + ε)·γ + β`` with γ, β of ``normalized_shape``.
+Channels-first layout (ConvNeXt's ``LayerNorm2d``, ``channels_first=True``): reduce over axis 1
+of an N,C,... tensor only, γ, β per channel. σ² is the biased variance (divide by the count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+from ..spec import NormSpec
+from .base import NormKind, Params
+
+
+class LayerNorm(NormKind):
+    name = "layer"
+    normonnx_op = "LayerNorm"
+    native_op = "LayerNormalization"
+    native_since = 17
+    aten_ops = ("layer_norm",)
+    min_rank, max_rank = 1, 8
+
+    def validate(self, spec: NormSpec) -> None:
+        super().validate(spec)
+        ns = spec.normalized_shape
+        if not ns or any(d < 1 for d in ns):
+            raise SpecError(f"layer norm needs a non-empty normalized_shape of positive sizes, got {ns}")
+        if spec.channels_first:
+            if len(ns) != 1:
+                raise SpecError("channels-first layer norm normalises axis 1 only: normalized_shape=(C,)")
+            if spec.rank is not None and spec.rank < 2:
+                raise SpecError("channels-first layer norm needs an N,C,... input of rank >= 2")
+        elif spec.rank is not None and len(ns) > spec.rank:
+            raise SpecError(f"normalized_shape {ns} has more axes than the rank-{spec.rank} input")
+        if spec.groups is not None or spec.running_stats:
+            raise SpecError("layer norm takes no groups and no running statistics")
+
+    def axes(self, spec: NormSpec, rank: int) -> tuple[int, ...]:
+        """Reduced axes (non-negative) for an input of ``rank``."""
+        assert spec.normalized_shape is not None
+        if spec.channels_first:
+            return (1,)
+        return tuple(range(rank - len(spec.normalized_shape), rank))
+
+    def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        axes = self.axes(spec, x.ndim)
+        ns = tuple(x.shape[a] for a in axes)
+        if ns != spec.normalized_shape:
+            raise SpecError(f"layer norm over {spec.normalized_shape}: input shape {x.shape} does not end with it")
+        mean, var = self._moments(x, axes)
+        y = (x - mean) / np.sqrt(var + spec.eps)
+
+        def view(a: np.ndarray) -> np.ndarray:
+            a = np.asarray(a, np.float64)
+            return self._channel_view(a, x.ndim) if spec.channels_first else a
+
+        if spec.has_weight:
+            y = y * view(params["weight"])
+        if spec.has_bias:
+            y = y + view(params["bias"])
+        return y
+
+    def torch_modules(self) -> tuple[type, ...]:
+        import torch.nn as nn
+
+        return (nn.LayerNorm,)
+
+    def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
+        spec = NormSpec(
+            kind="layer",
+            eps=float(module.eps),
+            normalized_shape=tuple(module.normalized_shape),
+            has_weight=module.weight is not None,
+            has_bias=module.bias is not None,
+            rank=rank,
+        )
+        params = {
+            k: t.detach().double().numpy()
+            for k, t in (("weight", module.weight), ("bias", module.bias))
+            if t is not None
+        }
+        return spec, params
+
+    def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
+        import torch.nn.functional as F
+
+        assert spec.normalized_shape is not None
+        if spec.channels_first:
+            perm = [0, *range(2, x.ndim), 1]
+            y = F.layer_norm(
+                x.permute(*perm), spec.normalized_shape, params.get("weight"), params.get("bias"), spec.eps
+            )
+            inv = [0, x.ndim - 1, *range(1, x.ndim - 1)]
+            return y.permute(*inv)
+        return F.layer_norm(x, spec.normalized_shape, params.get("weight"), params.get("bias"), spec.eps)
+
+    def aten_params(self, op: str, args: Sequence[Any]) -> dict[str, Any]:
+        a = list(args) + [None] * 4
+        return {"weight": a[1], "bias": a[2]}
+
+    def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
+        # aten::layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True)
+        normalized_shape, weight, bias, eps = (list(args) + [None] * 4)[:4]
+        spec = NormSpec(
+            kind="layer",
+            eps=float(eps if eps is not None else 1e-5),
+            normalized_shape=tuple(int(d) for d in normalized_shape),
+            has_weight=weight is not None,
+            has_bias=bias is not None,
+            dtype=dtype,
+            rank=len(x_shape),
+        )
+        self.validate(spec)
+        return spec
+
+    def attributes(self, spec: NormSpec) -> dict[str, Any]:
+        attrs = super().attributes(spec)
+        if spec.channels_first:
+            attrs["channels_first"] = 1
+        return attrs
+
+
+KIND = LayerNorm()

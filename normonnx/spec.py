@@ -1,0 +1,120 @@
+"""The canonical description of one normalization, independent of torch and of ONNX.
+
+Every norm kind reduces to: which axes the statistics are taken over, how the input is grouped,
+which per-channel (or per-feature) affine parameters follow, and the epsilon. Layout and compute
+dtype are *fields* here, not class names: a channels-first LayerNorm is ``kind="layer",
+channels_first=True``; an fp16 GroupNorm is ``dtype="float16"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from .errors import SpecError
+
+Kind = Literal["batch", "layer", "instance", "group", "rms"]
+
+#: dtypes normonnx understands, as numpy-style names, mapped to ONNX TensorProto element types.
+DTYPES: dict[str, int] = {"float32": 1, "float16": 10, "float64": 11, "bfloat16": 16}
+#: dtypes whose statistics are computed ("stashed") in float32, as torch and ONNX's stash_type do.
+LOW_PRECISION = frozenset({"float16", "bfloat16"})
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+    """One normalization, canonically.
+
+    Fields that do not apply to a kind are left at their defaults and rejected by the kind's
+    ``validate`` if set.
+
+    kind:             registry key ("batch", "layer", "instance", "group", "rms").
+    eps:              epsilon added to the variance (or mean square) before the square root.
+    channels:         C, the size of axis 1 (batch / instance / group / channels-first layer).
+    normalized_shape: trailing shape normalised by layer / rms (``(C,)`` for channels-first).
+    groups:           G for group norm; C/G channels share statistics.
+    channels_first:   layer norm over axis 1 of an N,C,... tensor (ConvNeXt) instead of trailing.
+    has_weight/has_bias: whether the affine scale γ / shift β exist.
+    running_stats:    statistics are the stored running mean/var, not the input's (batch in eval,
+                      instance with ``track_running_stats=True`` in eval).
+    activation:       "" or "silu": an activation fused after the affine (group norm only).
+    dtype:            element type of input and output; fp16/bf16 compute statistics in fp32.
+    rank:             input rank if known (None: any rank the kind accepts).
+    """
+
+    kind: str
+    eps: float = 1e-5
+    channels: int | None = None
+    normalized_shape: tuple[int, ...] | None = None
+    groups: int | None = None
+    channels_first: bool = False
+    has_weight: bool = True
+    has_bias: bool = True
+    running_stats: bool = False
+    activation: str = ""
+    dtype: str = "float32"
+    rank: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise SpecError(
+                f"unsupported dtype {self.dtype!r} for a {self.kind} norm",
+                note=f"valid dtypes: {', '.join(DTYPES)}",
+            )
+        if not (self.eps >= 0.0):
+            raise SpecError(f"epsilon must be a non-negative number, got {self.eps!r}")
+        if self.normalized_shape is not None:
+            object.__setattr__(self, "normalized_shape", tuple(int(d) for d in self.normalized_shape))
+
+    @property
+    def onnx_dtype(self) -> int:
+        return DTYPES[self.dtype]
+
+    @property
+    def stash_fp32(self) -> bool:
+        """True when statistics must be computed in float32 (fp16/bf16 inputs)."""
+        return self.dtype in LOW_PRECISION
+
+    @property
+    def affine_shape(self) -> tuple[int, ...]:
+        """Shape of γ and β as the user provides them (per channel or per normalised feature)."""
+        if self.kind in ("layer", "rms"):
+            assert self.normalized_shape is not None
+            return self.normalized_shape
+        assert self.channels is not None
+        return (self.channels,)
+
+    @property
+    def reduction_size(self) -> int | None:
+        """Elements per set of statistics when static (layer / rms), else None (spatial dims)."""
+        if self.kind in ("layer", "rms") and self.normalized_shape and not self.channels_first:
+            n = 1
+            for d in self.normalized_shape:
+                n *= d
+            return n
+        if self.kind == "layer" and self.channels_first:
+            return self.channels if self.channels is not None else (self.normalized_shape or (None,))[0]
+        return None
+
+    def key(self) -> str:
+        """A short stable identifier, used e.g. as the ONNX function overload name."""
+        parts = [self.kind]
+        if self.channels is not None:
+            parts.append(f"c{self.channels}")
+        if self.normalized_shape is not None:
+            parts.append("n" + "x".join(map(str, self.normalized_shape)))
+        if self.groups is not None:
+            parts.append(f"g{self.groups}")
+        if self.channels_first:
+            parts.append("cf")
+        parts.append(("w" if self.has_weight else "") + ("b" if self.has_bias else "") or "na")
+        if self.running_stats:
+            parts.append("rs")
+        if self.activation:
+            parts.append(self.activation)
+        parts.append(f"e{self.eps:.3g}")
+        parts.append(self.dtype)
+        return "_".join(parts).replace("+", "").replace("-", "m").replace(".", "p")
+
+    def replace(self, **changes: object) -> NormSpec:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
