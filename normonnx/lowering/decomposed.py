@@ -36,12 +36,14 @@ def moments_normalize(b: Builder, x: str, axes: Sequence[int], eps: float, compu
     back = (lambda v: v) if compute == f64 else (lambda v: b.cast(v, compute))
     mean = b.reduce("ReduceMean", to64(x), axes)
     c = b.op("Sub", [x, back(mean)])
-    ssq = b.reduce("ReduceSumSquare", to64(c), axes)
+    c64 = to64(c)
+    ssq = b.reduce("ReduceSumSquare", c64, axes)
     # n = elements per group, dynamic: |c| / |ssq| (both Size outputs are int64 scalars)
     n = b.op("Div", [b.op("Size", [c]), b.op("Size", [ssq])])
     var = b.op("Div", [ssq, b.cast(n, f64)])
     inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, np.float64)])])])
-    return b.op("Mul", [c, back(inv)])
+    # scale in double and round once: (x − μ)·inv rounded to fp32 a single time
+    return back(b.op("Mul", [c64, inv]))
 
 
 def _eps(b: Builder, eps: float, compute: int) -> str:

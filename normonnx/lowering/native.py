@@ -48,7 +48,7 @@ _CAPS = {
     ),
     "rms": Capability(
         23,
-        same_dtypes(_F | {"bfloat16"}),
+        {"cpu": frozenset(_F), "cuda": frozenset(_F | {"bfloat16"})},  # CPU: no bf16 kernel, body's Mul has none either
         True,
         "RMSNormalization-23: onnxruntime accumulates in fp32, >2x torch's error past ~16K elements",
         stable_up_to=4096,
@@ -118,7 +118,7 @@ class Native(Strategy):
                 [x, param("weight", 1.0, (c,)), param("bias", 0.0, (c,))],
                 num_groups=spec.groups,
                 epsilon=spec.eps,
-                stash_type=1,
+                stash_type=11 if spec.dtype == "float64" else 1,  # statistics in double for double inputs
             )
             return b.op("Mul", [y, b.op("Sigmoid", [y])]) if spec.activation == "silu" else y
         if kind == "rms":

@@ -120,7 +120,11 @@ def session(
     except Exception as e:
         text = str(e)
         first = text.splitlines()[0] if text else type(e).__name__
-        if "INVALID_PROTOBUF" in text or "Protobuf parsing failed" in text or ("Load model" in text and "failed" in text):
+        if (
+            "INVALID_PROTOBUF" in text
+            or "Protobuf parsing failed" in text
+            or ("Load model" in text and "failed" in text)
+        ):
             raise ModelLoadError(
                 f"{label} is not a readable ONNX model (truncated or corrupt?): {first}",
                 note="re-export the model; normonnx writes files atomically, so a partial file comes from elsewhere",

@@ -1,0 +1,44 @@
+"""Print the capability table: which lowering strategy is valid for which kind, opset, dtype and
+provider, whether it is numerically stable, and why; with --spec, what the selector picks."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import final_line, write_json
+
+HELP = "print the lowering capability table (and the selector's choice per kind)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider", action="append", choices=["cpu", "cuda"], help="provider(s) to show (default: cpu)")
+    p.add_argument("--opset", type=int, default=None, help="also show the selector's choice per kind at this opset")
+    p.add_argument("--json", metavar="FILE", help="write the table as JSON ('-' for stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..lowering import capability_table, format_capability_table, select
+    from ..spec import NormSpec
+
+    providers = args.provider or ["cpu"]
+    rows = capability_table(providers)
+    if args.json:
+        write_json(args.json, rows)
+    else:
+        print(format_capability_table(providers))
+    if args.opset is not None:
+        examples = [
+            NormSpec("batch", channels=64, running_stats=True),
+            NormSpec("layer", normalized_shape=(768,)),
+            NormSpec("layer", normalized_shape=(96,), channels_first=True),
+            NormSpec("instance", channels=64),
+            NormSpec("group", channels=320, groups=32),
+            NormSpec("rms", normalized_shape=(4096,), has_bias=False),
+        ]
+        print(f"\nselector at opset {args.opset}:")
+        for p in providers:
+            for s in examples:
+                sel = select(s, args.opset, p)
+                print(f"  {p:4s} {s.kind:8s} {'(channels-first)' if s.channels_first else '':16s} -> {sel.explain()}")
+    final_line(True, f"{len(rows)} capability rows")
+    return 0

@@ -1,0 +1,96 @@
+"""List the norm nodes of an ONNX file: native norm ops, normonnx-domain ops, and the
+subgraphs normonnx lowered (from node metadata), with their strategy, opset, inputs and outputs."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import final_line, write_json
+
+HELP = "show the norm nodes of an ONNX file and how they were lowered"
+
+NATIVE = {
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "GroupNormalization",
+    "RMSNormalization",
+    "SkipLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "GroupNorm",
+}
+
+
+def inspect_model(path: str) -> dict[str, object]:
+    from .. import io as nio
+    from ..lowering.graph import recorded_lowerings
+
+    model = nio.load(path, load_external=False)
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    nodes = []
+    groups: dict[str, dict[str, object]] = {}
+    for n in model.graph.node:
+        meta = {p.key: p.value for p in n.metadata_props}
+        norm = meta.get("normonnx.norm")
+        if norm:  # a node of a normonnx-lowered norm: group them
+            g = groups.setdefault(
+                norm,
+                {
+                    "name": norm,
+                    "strategy": meta.get("normonnx.strategy"),
+                    "op_types": [],
+                    "inputs": list(n.input[:1]),
+                    "outputs": [],
+                    "scope": meta.get("namespace", ""),
+                },
+            )
+            g["op_types"].append(n.op_type)  # type: ignore[union-attr]
+            g["outputs"] = list(n.output)
+        elif n.op_type in NATIVE or n.domain == "normonnx":
+            nodes.append(
+                {
+                    "name": n.name,
+                    "op_type": n.op_type,
+                    "domain": n.domain or "ai.onnx",
+                    "inputs": list(n.input),
+                    "outputs": list(n.output),
+                    "scope": meta.get("namespace", ""),
+                }
+            )
+    return {
+        "path": path,
+        "opsets": opsets,
+        "ir_version": model.ir_version,
+        "norm_nodes": nodes,
+        "lowered_norms": list(groups.values()),
+        "lowerings": recorded_lowerings(model),
+        "functions": [f"{f.domain}.{f.name}:{f.overload}" for f in model.functions],
+        "node_count": len(model.graph.node),
+    }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("onnx", metavar="ONNX")
+    p.add_argument("--json", metavar="FILE", help="write the findings as JSON ('-' for stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = inspect_model(args.onnx)
+    if args.json:
+        write_json(args.json, info)
+    else:
+        print(f"{info['path']}: {info['node_count']} nodes, opsets {info['opsets']}, IR {info['ir_version']}")
+        rec = {r["node"]: r for r in info["lowerings"]}  # type: ignore[index,union-attr]
+        for g in info["lowered_norms"]:  # type: ignore[union-attr]
+            r = rec.get(g["name"], {})
+            print(
+                f"  {g['name']:40s} {r.get('kind', '?'):8s} {g['strategy']:12s} {len(g['op_types'])} nodes  {g['inputs']} -> {g['outputs']}"
+            )
+        for n in info["norm_nodes"]:  # type: ignore[union-attr]
+            print(f"  {n['name']:40s} {n['domain']}.{n['op_type']}  {n['inputs']} -> {n['outputs']}")
+        for f in info["functions"]:  # type: ignore[union-attr]
+            print(f"  function {f}")
+    n = len(info["lowered_norms"]) + len(info["norm_nodes"])  # type: ignore[arg-type]
+    final_line(True, f"{n} norms in {args.onnx}")
+    return 0

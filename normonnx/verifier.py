@@ -1,0 +1,301 @@
+"""Prove an ONNX file computes what the torch model computes, and return the evidence.
+
+``verify`` runs the torch model (eval mode, no grad) and an onnxruntime session on the same
+inputs — the example inputs, ``n_samples`` random samples of the same shapes, and, when the ONNX
+model has symbolic (dynamic) dims, a sample at a second size — and compares every output with
+:func:`normonnx.compare.compare_arrays` under the tolerance table (or the caller's overrides).
+It returns a :class:`VerifyReport`; it never just returns a bool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import io as nio
+from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
+from .errors import ExportError, InputError
+
+_NP_OF_ONNX = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+
+
+@dataclasses.dataclass
+class SampleResult:
+    name: str
+    input_shapes: dict[str, list[int]]
+    outputs: list[OutputComparison]
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """Evidence of equivalence (or not) between a torch model and an ONNX file."""
+
+    onnx_path: str
+    provider: str
+    samples: list[SampleResult]
+    lowerings: list[dict[str, object]]
+    torch_ms: float
+    ort_ms: float
+    float64_max_abs: dict[str, float]
+    versions: dict[str, str]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.samples) and all(s.passed for s in self.samples)
+
+    def worst(self) -> dict[str, OutputComparison]:
+        """Per output name, the comparison with the largest error relative to its bound."""
+        out: dict[str, OutputComparison] = {}
+        for s in self.samples:
+            for o in s.outputs:
+                cur = out.get(o.name)
+                if cur is None or (not o.passed and cur.passed) or (o.passed == cur.passed and o.max_abs > cur.max_abs):
+                    out[o.name] = o
+        return out
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for s in self.samples for o in s.outputs), default=0.0)
+
+    def summary(self) -> str:
+        w = self.worst()
+        parts = [
+            f"{n}: max_abs={o.max_abs:.3g} rel_to_scale={o.rel_to_scale:.3g} ({o.tolerance})" for n, o in w.items()
+        ]
+        n_cmp = sum(len(s.outputs) for s in self.samples)
+        verdict = "equivalent" if self.passed else "MISMATCH"
+        return (
+            f"{verdict}: {os.path.basename(self.onnx_path)} on {self.provider}, {len(self.samples)} samples, {n_cmp} comparisons; "
+            + "; ".join(parts)
+        )
+
+    def format_table(self) -> str:
+        head = ("sample", "output", "shape", "dtype", "max_abs", "max_rel", "rel_scale", "mismatch", "tolerance", "ok")
+        rows = []
+        for s in self.samples:
+            for o in s.outputs:
+                rows.append(
+                    (
+                        s.name,
+                        o.name,
+                        "x".join(map(str, o.shape)),
+                        o.dtype,
+                        f"{o.max_abs:.3g}",
+                        f"{o.max_rel:.3g}",
+                        f"{o.rel_to_scale:.3g}",
+                        f"{o.mismatched}/{o.total}",
+                        str(o.tolerance),
+                        "yes" if o.passed else "NO",
+                    )
+                )
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "onnx_path": self.onnx_path,
+            "provider": self.provider,
+            "max_abs": self.max_abs,
+            "torch_ms": self.torch_ms,
+            "ort_ms": self.ort_ms,
+            "float64_max_abs": {k: (v if math.isfinite(v) else str(v)) for k, v in self.float64_max_abs.items()},
+            "versions": self.versions,
+            "lowerings": self.lowerings,
+            "samples": [
+                {
+                    "name": s.name,
+                    "input_shapes": s.input_shapes,
+                    "passed": s.passed,
+                    "outputs": [o.as_dict() for o in s.outputs],
+                }
+                for s in self.samples
+            ],
+        }
+
+
+def _flatten(out: Any) -> list[Any]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _flatten(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flatten(v)]
+    return []
+
+
+def _second_size(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+    """Inputs at another size along the ONNX model's symbolic dims (batch+1, others ×2)."""
+    sizes: dict[str, int] = {}
+    changed = False
+    shapes = []
+    for vi, x in zip(model.graph.input, inputs):
+        dims = vi.type.tensor_type.shape.dim
+        shape = list(x.shape)
+        for i, d in enumerate(dims):
+            if d.dim_param and i < len(shape):
+                if d.dim_param not in sizes:
+                    sizes[d.dim_param] = shape[i] + 1 if i == 0 else shape[i] * 2
+                shape[i] = sizes[d.dim_param]
+                changed = True
+        shapes.append(shape)
+    if not changed:
+        return None
+    rng = np.random.default_rng(1234)
+    return [
+        rng.standard_normal(s).astype(x.dtype) if x.dtype.kind == "f" else np.zeros(s, x.dtype)
+        for s, x in zip(shapes, inputs)
+    ]
+
+
+def verify(
+    model: Any,
+    onnx_path: str | os.PathLike[str],
+    example_inputs: Any = None,
+    *,
+    provider: str = "cpu",
+    rtol: float | None = None,
+    atol: float | None = None,
+    per_output: Mapping[str, Tolerance] | None = None,
+    n_samples: int = 2,
+    seed: int = 0,
+    check: str = "elementwise",
+    second_size: Any = None,
+    threads: int | None = None,
+    ort_optimize: bool = True,
+    float64: bool = True,
+) -> VerifyReport:
+    """Compare ``model`` (torch, eval) with the ONNX file on several inputs; return the evidence.
+
+    rtol/atol:    override the table's defaults for every output; ``per_output`` overrides by name.
+    n_samples:    random samples (standard normal, same shapes) besides the example inputs.
+    second_size:  explicit inputs at another size; by default derived from the symbolic dims.
+    float64:      also run a float64 copy of the torch model and report each output's error vs it.
+    """
+    import torch
+
+    from .runtime.session import session
+
+    proto = nio.load(onnx_path, load_external=False)
+    if isinstance(model, torch.nn.Module):
+        training = [n or "<root>" for n, m in model.named_modules() if m.training]
+        if training:
+            raise ExportError(
+                f"the torch model is in training mode ({', '.join(training[:5])}...); verification compares eval semantics",
+                note="call model.eval() first (CLI: --eval)",
+            )
+    elif isinstance(model, torch.export.ExportedProgram):
+        model = model.module()
+    if example_inputs is None:
+        example_inputs = _inputs_from_onnx(proto, seed)
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    ex = [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in example_inputs]
+    for i, a in enumerate(ex):
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise InputError(f"input {i} contains NaN or Inf", note="verification needs finite inputs")
+    sess = session(onnx_path, provider, threads=threads, optimize=ort_optimize)
+    if len(ex) != len(sess.input_names):
+        raise InputError(
+            f"{len(ex)} inputs given but the ONNX model takes {len(sess.input_names)} ({', '.join(sess.input_names)})"
+        )
+    rng = np.random.default_rng(seed)
+    cases: list[tuple[str, list[np.ndarray]]] = [("example", ex)]
+    for k in range(n_samples):
+        cases.append(
+            (f"random{k}", [rng.standard_normal(a.shape).astype(a.dtype) if a.dtype.kind == "f" else a for a in ex])
+        )
+    second = (
+        [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in second_size]
+        if second_size is not None
+        else _second_size(proto, ex)
+    )
+    if second is not None:
+        cases.append(("second_size", second))
+    m64 = None
+    if float64 and isinstance(model, torch.nn.Module):
+        import copy
+
+        m64 = copy.deepcopy(model).double()
+    names = [o.name for o in proto.graph.output]
+    samples: list[SampleResult] = []
+    t_torch = t_ort = 0.0
+    f64_err: dict[str, float] = {}
+    for cname, arrays in cases:
+        tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            try:
+                ref = [t.detach().cpu().numpy() for t in _flatten(model(*tin))]
+            except Exception as e:
+                raise InputError(f"the torch model rejected the {cname} inputs: {str(e).splitlines()[0]}") from None
+        t_torch += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = sess.run(arrays)
+        t_ort += time.perf_counter() - t0
+        if len(ref) != len(got):
+            raise InputError(
+                f"torch returned {len(ref)} outputs but the ONNX model {len(got)}",
+                note="was the file exported from this model?",
+            )
+        outs = []
+        for name, a, r in zip(names, got, ref):
+            dt = str(r.dtype)
+            tol = tolerance(dt, "model", provider)
+            if rtol is not None or atol is not None:
+                tol = Tolerance(atol if atol is not None else tol.atol, rtol if rtol is not None else tol.rtol)
+            if per_output and name in per_output:
+                tol = per_output[name]
+            outs.append(compare_arrays(name, a, r, tol, check))
+        if m64 is not None:
+            with torch.no_grad():
+                r64 = [t.numpy() for t in _flatten(m64(*[t.double() if t.is_floating_point() else t for t in tin]))]
+            for name, a, r in zip(names, got, r64):
+                if a.dtype.kind == "f":
+                    e = float(np.abs(a.astype(np.float64) - r).max()) if a.size else 0.0
+                    f64_err[name] = max(f64_err.get(name, 0.0), e)
+        samples.append(SampleResult(cname, {n: list(a.shape) for n, a in zip(sess.input_names, arrays)}, outs))
+    from .lowering.graph import recorded_lowerings
+    from .runtime.probe import ort_version
+
+    n = len(cases)
+    return VerifyReport(
+        os.fspath(onnx_path),
+        provider,
+        samples,
+        recorded_lowerings(proto),
+        1e3 * t_torch / n,
+        1e3 * t_ort / n,
+        f64_err,
+        {"torch": torch.__version__, "onnxruntime": ort_version(), "onnx": onnx.__version__},
+    )
+
+
+def _inputs_from_onnx(model: onnx.ModelProto, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            raise InputError(
+                f"input {vi.name!r} has dynamic dims; example inputs are needed to pick sizes",
+                note="pass example_inputs (CLI: --input name:1x3x224x224)",
+            )
+        dt = _NP_OF_ONNX.get(vi.type.tensor_type.elem_type, "float32")
+        shape = [d.dim_value for d in dims]
+        out.append(rng.standard_normal(shape).astype(dt) if dt.startswith("float") else np.zeros(shape, dt))
+    return out
