@@ -38,6 +38,8 @@ from .lowering.graph import LoweringRecord, lower_model
 from .norms import KINDS
 from .spec import DTYPES, NormSpec
 
+#: torch's dynamo exporter emits opset 18+; lower opsets are reached with onnx's version converter
+TORCH_MIN_OPSET = 18
 #: opsets considered when choosing a default (each adds a native norm op)
 CANDIDATE_OPSETS = (17, 18, 21, 23)
 _IR_DTYPES = {v: k for k, v in DTYPES.items()}
@@ -293,6 +295,48 @@ def export(
     force_eval:     put a model found in training mode into eval mode (with a warning naming
                     the modules) instead of refusing it.
     """
+    target_path = os.fspath(path)
+    try:
+        return _export(
+            model,
+            example_inputs,
+            target_path,
+            opset=opset,
+            target=target,
+            dynamic=dynamic,
+            input_names=input_names,
+            output_names=output_names,
+            prefer=prefer,
+            allow_unstable=allow_unstable,
+            force_eval=force_eval,
+            external_data=external_data,
+        )
+    except BaseException as e:
+        # a failed export must not leave a stale model at the target path that could be
+        # mistaken for this export's result (the new file is only ever renamed in when complete)
+        if os.path.exists(target_path):
+            os.unlink(target_path)
+            if isinstance(e, NormOnnxError):
+                e.note = (e.note + "; " if e.note else "") + f"the previous file at {target_path} was removed"
+                e.args = (f"{e.message}\nNote: {e.note}",)
+        raise
+
+
+def _export(
+    model: Any,
+    example_inputs: Any,
+    path: str,
+    *,
+    opset: int | None,
+    target: str,
+    dynamic: Any,
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+    prefer: Iterable[str] | None,
+    allow_unstable: bool,
+    force_eval: bool,
+    external_data: bool | None,
+) -> ExportResult:
     import torch
 
     t0 = time.perf_counter()
@@ -347,7 +391,9 @@ def export(
         why = "requested"
         if opset < MIN_OPSET:
             raise ExportError(f"opset {opset} is below {MIN_OPSET}")
-    proto = _onnx_export(ep, args, opset, names, output_names)
+    proto = _onnx_export(ep, args, max(opset, TORCH_MIN_OPSET), names, output_names)
+    if opset < TORCH_MIN_OPSET:
+        proto = _convert_down(proto, opset)
     _name_dynamic_dims(proto, dyn)
     lowered, records = lower_model(proto, provider=target, prefer=prefer, allow_unstable=allow_unstable)
     import torch as _t
@@ -377,6 +423,20 @@ def export(
         why,
         notes,
     )
+
+
+def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Convert the default domain down to ``opset`` (normonnx nodes are left as they are: they
+    are lowered afterwards, directly at the target opset)."""
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:
+        raise ExportError(
+            f"converting the exported model down to opset {opset} failed: {_first_line(e)}",
+            note=f"use opset >= {TORCH_MIN_OPSET} (torch's exporter starts there)",
+        ) from None
 
 
 def _version() -> str:

@@ -65,7 +65,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data:
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=tmp_data_name,
-                size_threshold=1024,
+                size_threshold=0,
             )
             # point the model at the final data file name, then move data first, model last
             m2 = onnx.load(tmp, load_external_data=False)
@@ -74,7 +74,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data:
                     if e.key == "location":
                         e.value = data_name
             onnx.save_model(m2, tmp)
-            os.replace(tmp_data, os.path.join(directory, data_name))
+            if os.path.exists(tmp_data):
+                os.replace(tmp_data, os.path.join(directory, data_name))
             tmp_data = None
         else:
             onnx.save_model(model, tmp)

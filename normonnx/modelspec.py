@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def parse_input_specs(items: list[str] | None) -> list[tuple[str | None, tuple[i
         if len(parts) == 1:
             shape_s = parts[0]
         elif len(parts) == 2:
-            if "x" in parts[0] or parts[0].isdigit():
+            if re.fullmatch(r"\d+(x\d+)*", parts[0].lower()):  # SHAPE:DTYPE, else NAME:SHAPE
                 shape_s, dtype = parts
             else:
                 name, shape_s = parts
