@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_models import all_norms, all_norms_training  # tests/data is on pytest's pythonpath
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "data"))
-from tiny_models import all_norms, all_norms_training  # noqa: E402
-
-from normonnx.errors import ExportError, InputError  # noqa: E402
-from normonnx.exporter import export  # noqa: E402
-from normonnx.lowering.graph import recorded_lowerings  # noqa: E402
-from normonnx.runtime import session  # noqa: E402
+from normonnx.errors import ExportError, InputError
+from normonnx.exporter import export
+from normonnx.lowering.graph import recorded_lowerings
+from normonnx.runtime import session
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 KINDS_IN_MODEL = {"batch", "group", "instance", "layer", "rms"}
