@@ -1,0 +1,169 @@
+"""Reference architectures for normonnx, in plain PyTorch, one per normalisation family.
+
+Each entry of :data:`MODELS` is a small but structurally realistic network with seeded random
+weights and non-trivial normalisation parameters (affine weights ``1 + 0.1 N``, biases ``0.1 N``,
+running means ``0.1 N``, running variances ``U(0.5, 1.5)``), so that a wrong ONNX lowering shows
+up numerically. All of them export with ``torch.onnx.export(..., dynamo=True)`` at opsets 18 and
+21 and run in milliseconds on CPU.
+
+============== ============================================== ==========================
+name           architecture                                   norms
+============== ============================================== ==========================
+resnet         ResNet-18 layout, basic blocks                 BatchNorm2d
+resnet_gn      ResNet-50-style bottlenecks                    GroupNorm(32)
+unet           diffusion UNet, 6 ResBlocks + attention        GroupNorm(32)
+vit            ViT encoder, 4 pre-LN blocks                   LayerNorm
+convnext       ConvNeXt, channels-first + -last LayerNorm     LayerNorm, LayerNorm2d
+style_transfer Johnson et al. fast style transfer             InstanceNorm2d (+ running)
+llama          Llama decoder, 2 blocks, RoPE, SwiGLU          RMSNorm
+============== ============================================== ==========================
+
+Usage::
+
+    import models
+
+    entry = models.get("resnet")
+    model = entry.factory()  # already in eval mode
+    y = model(*entry.example_inputs())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import convnext, llama, resnet, resnet_gn, style_transfer, unet, vit
+
+__all__ = ["MODELS", "NORM_KINDS", "ModelEntry", "get", "names"]
+
+#: The norm kinds an entry's ``norm_kinds`` may list.
+NORM_KINDS: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One reference model.
+
+    Attributes:
+        name: registry key.
+        factory: builds the model with its seeded weights, already in ``.eval()``.
+        example_inputs: the (seeded) inputs to export and verify with.
+        input_names: one name per positional input.
+        dynamic_axes: per input name, the axes that may be dynamic and their names (axes that the
+            model fixes, e.g. a ViT's spatial size, are left out). Meant for
+            ``torch.export.Dim.DYNAMIC`` / ``Dim.AUTO``: torch.export may refine their ranges (e.g.
+            a minimum spatial size, ``seq <= 64`` for llama). Unbounded *named* ``Dim``s are too
+            strict for some models: a batch-1 example gets specialised, and UNet / ConvNeXt add
+            minimum-size guards.
+        second_size_inputs: seeded inputs of another batch/spatial size, differing only along
+            ``dynamic_axes``, to check a dynamic export.
+        norm_kinds: the norm kinds occurring in the model (a subset of :data:`NORM_KINDS`).
+        description: one line saying what the model is.
+    """
+
+    name: str
+    factory: Callable[[], nn.Module]
+    example_inputs: Callable[[], tuple[torch.Tensor, ...]]
+    input_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    second_size_inputs: Callable[[], tuple[torch.Tensor, ...]]
+    norm_kinds: tuple[str, ...]
+    description: str
+
+
+def _image_axes() -> dict[str, dict[int, str]]:
+    """Dynamic batch, height and width of an NCHW input ``x`` (a fresh dict per entry)."""
+    return {"x": {0: "batch", 2: "h", 3: "w"}}
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in (
+        ModelEntry(
+            name="resnet",
+            factory=resnet.resnet,
+            example_inputs=resnet.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=resnet.second_size_inputs,
+            norm_kinds=("batch",),
+            description="ResNet-18-layout classifier (basic blocks, 32-256 ch) with BatchNorm2d",
+        ),
+        ModelEntry(
+            name="resnet_gn",
+            factory=resnet_gn.resnet_gn,
+            example_inputs=resnet_gn.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=resnet_gn.second_size_inputs,
+            norm_kinds=("group",),
+            description="ResNet-50-style bottleneck network with GroupNorm(32) in place of BN",
+        ),
+        ModelEntry(
+            name="unet",
+            factory=unet.unet,
+            example_inputs=unet.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=unet.second_size_inputs,
+            norm_kinds=("group",),
+            description="diffusion UNet: 6 GroupNorm+SiLU ResBlocks, mid self-attention, skips",
+        ),
+        ModelEntry(
+            name="vit",
+            factory=vit.vit,
+            example_inputs=vit.example_inputs,
+            input_names=("x",),
+            dynamic_axes={"x": {0: "batch"}},
+            second_size_inputs=vit.second_size_inputs,
+            norm_kinds=("layer",),
+            description="ViT encoder: patch embedding, cls token, 4 pre-LN blocks (dim 128)",
+        ),
+        ModelEntry(
+            name="convnext",
+            factory=convnext.convnext,
+            example_inputs=convnext.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=convnext.second_size_inputs,
+            norm_kinds=("layer",),
+            description="ConvNeXt: dwconv 7x7 blocks, channels-first/-last LayerNorm, layer scale",
+        ),
+        ModelEntry(
+            name="style_transfer",
+            factory=style_transfer.style_transfer,
+            example_inputs=style_transfer.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=style_transfer.second_size_inputs,
+            norm_kinds=("instance",),
+            description="Johnson fast style transfer, InstanceNorm2d (one uses running stats)",
+        ),
+        ModelEntry(
+            name="llama",
+            factory=llama.llama,
+            example_inputs=llama.example_inputs,
+            input_names=("x",),
+            dynamic_axes={"x": {0: "batch", 1: "seq"}},
+            second_size_inputs=llama.second_size_inputs,
+            norm_kinds=("rms",),
+            description="Llama decoder: 2 blocks of RMSNorm, RoPE GQA causal attention, SwiGLU",
+        ),
+    )
+}
+
+
+def names() -> list[str]:
+    """The registered model names, in registry order."""
+    return list(MODELS)
+
+
+def get(name: str) -> ModelEntry:
+    """The entry called ``name``; ``KeyError`` listing the valid names if there is none."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(MODELS)}") from None

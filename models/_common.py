@@ -1,0 +1,81 @@
+"""Shared helpers for the reference models: seeding and randomising normalisation layers.
+
+Every model in this package is built with random weights from a fixed seed. Normalisation layers
+get non-trivial parameters so that a wrong ONNX lowering shows up numerically:
+
+- affine weights ``1 + 0.1 * N(0, 1)`` and biases ``0.1 * N(0, 1)``;
+- running statistics (BatchNorm, InstanceNorm with ``track_running_stats=True``): mean
+  ``0.1 * N(0, 1)`` and variance ``U(0.5, 1.5)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+#: The normalisation module types, per norm kind ("layer" includes ``models.convnext.LayerNorm2d``,
+#: which subclasses ``nn.LayerNorm``).
+NORM_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
+    "batch": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
+    "layer": (nn.LayerNorm,),
+    "instance": (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),
+    "group": (nn.GroupNorm,),
+    "rms": (nn.RMSNorm,),
+}
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the body with torch's CPU RNG seeded by ``seed``, restoring the global RNG afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def norm_kind(module: nn.Module) -> str | None:
+    """The norm kind ("batch", "layer", "instance", "group", "rms") of ``module``, or None."""
+    for kind, types in NORM_TYPES.items():
+        if isinstance(module, types):
+            return kind
+    return None
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Give every norm layer in ``model`` seeded random affine parameters and running stats.
+
+    Uses the current torch RNG (call inside :func:`seeded`). Returns ``model``.
+    """
+    for m in model.modules():
+        if norm_kind(m) is None:
+            continue
+        weight = getattr(m, "weight", None)
+        bias = getattr(m, "bias", None)
+        if isinstance(weight, torch.Tensor):
+            weight.copy_(1.0 + 0.1 * torch.randn_like(weight))
+        if isinstance(bias, torch.Tensor):
+            bias.copy_(0.1 * torch.randn_like(bias))
+        running_mean = getattr(m, "running_mean", None)
+        running_var = getattr(m, "running_var", None)
+        if isinstance(running_mean, torch.Tensor):
+            running_mean.copy_(0.1 * torch.randn_like(running_mean))
+        if isinstance(running_var, torch.Tensor):
+            running_var.copy_(0.5 + torch.rand_like(running_var))
+    return model
+
+
+def build(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Construct ``factory()`` under ``seed``, randomise its norms and return it in eval mode."""
+    with seeded(seed):
+        model = factory()
+        randomize_norms(model)
+    return model.eval()
+
+
+def randn(*shape: int, seed: int) -> torch.Tensor:
+    """A seeded standard-normal float32 tensor (does not disturb the global RNG)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen)
