@@ -29,7 +29,9 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from . import io as nio
 from .errors import ExportError, InputError, NormOnnxError
@@ -40,8 +42,10 @@ from .spec import DTYPES, NormSpec
 
 #: torch's dynamo exporter emits opset 18+; lower opsets are reached with onnx's version converter
 TORCH_MIN_OPSET = 18
-#: opsets considered when choosing a default (each adds a native norm op)
-CANDIDATE_OPSETS = (17, 18, 21, 23)
+#: opsets considered when choosing a default (each adds a native norm op). 17 (the first with
+#: LayerNormalization) is left out of the default choice: torch emits 18+ and reaching 17 needs
+#: onnx's version converter, which lacks adapters for some ops (Pad); 18 lowers the same norms.
+CANDIDATE_OPSETS = (18, 21, 23)
 _IR_DTYPES = {v: k for k, v in DTYPES.items()}
 
 
@@ -286,7 +290,7 @@ def export(
 ) -> ExportResult:
     """Export ``model`` (an ``nn.Module`` or ``torch.export.ExportedProgram``) to ``path``.
 
-    opset:          default-domain opset; None picks the lowest of 17/18/21/23 that gives the best
+    opset:          default-domain opset; None picks the lowest of 18/21/23 that gives the best
                     valid lowering for ``target`` (capped by the installed onnxruntime).
     target:         "cpu" or "cuda": which execution provider the lowering is chosen for.
     dynamic:        ``{"x": {0: "batch", 2: "h", 3: "w"}}`` or ``"batch,h,w"``.
@@ -430,13 +434,93 @@ def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     are lowered afterwards, directly at the target opset)."""
     from onnx import version_converter
 
+    # onnx's converter has no Pad 18→17 adapter; Pad-18 only added the optional `axes` input,
+    # so a Pad without it is also a valid Pad-13: hide those from the converter and restore.
+    # Split-18 added `num_outputs`; with a static dim it is the same as Split-13's sizes input.
+    hidden = "normonnx.hidden"
+    model = _copy_model(model)
+    dims = _static_dims(model)
+    extra: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Pad":
+            if len(node.input) > 3 and node.input[3]:
+                raise ExportError(
+                    "Pad with an axes input (opset 18) cannot be expressed below opset 18", note="use opset >= 18"
+                )
+            node.domain = hidden
+        elif node.op_type == "Split":
+            attrs = {a.name: a for a in node.attribute}
+            if "num_outputs" in attrs:
+                axis = attrs["axis"].i if "axis" in attrs else 0
+                shape = dims.get(node.input[0])
+                if shape is None or not isinstance(shape[axis], int):
+                    raise ExportError(
+                        f"Split {node.name!r} uses num_outputs on a dynamic dim: no opset-17 form",
+                        note="use opset >= 18",
+                    )
+                n, size = attrs["num_outputs"].i, shape[axis]
+                chunk = -(-size // n)
+                sizes = [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
+                name = f"{node.name or node.output[0]}_split_sizes"
+                extra.append(
+                    onnx.helper.make_node(
+                        "Constant", [], [name], value=onnx.numpy_helper.from_array(np.array(sizes, np.int64))
+                    )
+                )
+                node.input[:] = [node.input[0], name]
+                node.attribute.remove(attrs["num_outputs"])
+            node.domain = hidden
+    for c in reversed(extra):  # Constants have no inputs: first in the graph precedes every use
+        model.graph.node.insert(0, c)
+    model.opset_import.add(domain=hidden, version=1)
     try:
-        return version_converter.convert_version(model, opset)
+        converted = version_converter.convert_version(model, opset)
     except Exception as e:
         raise ExportError(
             f"converting the exported model down to opset {opset} failed: {_first_line(e)}",
             note=f"use opset >= {TORCH_MIN_OPSET} (torch's exporter starts there)",
         ) from None
+    # the converter drops node metadata (torch's `namespace` scope, which localization reports): restore by name
+    meta = {n.name: list(n.metadata_props) for n in model.graph.node if n.name and n.metadata_props}
+    for node in converted.graph.node:
+        if node.domain == hidden:
+            node.domain = ""
+        if not node.metadata_props and node.name in meta:
+            node.metadata_props.extend(meta[node.name])
+    keep = [o for o in converted.opset_import if o.domain != hidden]
+    del converted.opset_import[:]
+    converted.opset_import.extend(keep)
+    # onnx's converter keeps ReduceX-18's noop_with_empty_axes when going below 18; at its
+    # default (0) the attribute means exactly what the older ops do, so it can be dropped.
+    for node in converted.graph.node:
+        if node.op_type.startswith("Reduce"):
+            for i, a in reversed(list(enumerate(node.attribute))):
+                if a.name == "noop_with_empty_axes":
+                    if a.i != 0:
+                        raise ExportError(
+                            f"{node.op_type} with noop_with_empty_axes=1 has no equivalent below opset 18"
+                        )
+                    del node.attribute[i]
+    return converted
+
+
+def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Known shapes of values (ints for static dims) from value_info and graph inputs."""
+    g = model.graph
+    out: dict[str, list[int | str]] = {}
+    for vi in (*g.input, *g.output, *g.value_info):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+    return out
+
+
+def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
 
 
 def _version() -> str:
@@ -450,20 +534,32 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else type(e).__name__
 
 
+def _widen_unit_dims(t: Any, axes: Mapping[int, str]) -> Any:
+    """Repeat every size-1 dynamic axis of ``t`` to size 2 (for tracing only)."""
+    for ax in axes:
+        if t.shape[ax] == 1:
+            t = t.repeat_interleave(2, dim=ax)
+    return t
+
+
 def _torch_export(model: Any, args: tuple[Any, ...], names: Sequence[str], dyn: Mapping[str, Mapping[int, str]]) -> Any:
     import torch
 
     shapes = None
     if dyn:
         shapes = tuple({a: torch.export.Dim.DYNAMIC for a in dyn.get(n, {})} or None for n in names)
+        # torch.export specialises size-1 dims (0/1 specialisation), so a dynamic batch of 1
+        # would be frozen: trace with that axis repeated to size 2 instead (same program).
+        args = tuple(_widen_unit_dims(a, dyn.get(n, {})) for n, a in zip(names, args))
     try:
         with _quiet():
             return torch.export.export(model, args, dynamic_shapes=shapes, strict=False)
     except Exception as e:
         text = str(e)
         hint = "a dynamic axis was specialised by the model (e.g. a fixed reshape or positional table); drop it from --dynamic"
+        detail = next((ln.strip("- ").strip() for ln in text.splitlines() if ln.startswith("- ")), "")
         raise ExportError(
-            f"torch.export could not capture the model: {_first_line(e)}",
+            f"torch.export could not capture the model: {_first_line(e)}" + (f" {detail}" if detail else ""),
             note=hint
             if dyn and ("Constraint" in text or "specializ" in text or "guard" in text.lower())
             else "make the forward pass traceable by torch.export (no data-dependent Python control flow)",

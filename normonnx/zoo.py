@@ -175,7 +175,7 @@ def format_rows(rows: Sequence[ZooRow]) -> str:
                 f"{r.torch_ms:.2f}",
                 f"{r.ort_ms:.2f}",
                 f"{ratio:.2f}",
-                "yes" if r.passed else f"NO {r.error}",
+                "yes" if r.passed else f"NO: {r.error[:100]}",
             )
         )
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]

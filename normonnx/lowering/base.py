@@ -68,7 +68,7 @@ class Strategy:
 
     def check(self, spec: NormSpec, opset: int, provider: str = "cpu", *, allow_unstable: bool = False) -> Verdict:
         """Can this strategy lower ``spec`` at ``opset`` for ``provider``? Never raises."""
-        cap = self.capabilities.get(spec.kind)
+        cap = self.capability(spec)
         if cap is None:
             return Verdict(False, f"{self.name} has no lowering for {spec.kind} norm")
         if opset < cap.min_opset:
@@ -97,6 +97,10 @@ class Strategy:
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
         """Spec-specific restrictions beyond the capability table (override)."""
         return OK
+
+    def capability(self, spec: NormSpec) -> Capability | None:
+        """The capability entry governing ``spec`` (by kind; a strategy may refine it)."""
+        return self.capabilities.get(spec.kind)
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
         """Append the nodes computing the norm of ``x`` to ``b``; return the output value name.

@@ -65,6 +65,12 @@ class Native(Strategy):
     description = "the standard ONNX op for the kind"
     capabilities = _CAPS
 
+    def capability(self, spec: NormSpec) -> Capability | None:
+        # an instance norm with running statistics is emitted as BatchNormalization: its facts apply
+        if spec.kind == "instance" and spec.running_stats:
+            return self.capabilities["batch"]
+        return super().capability(spec)
+
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
         if spec.kind == "batch" and not spec.running_stats:
             return Verdict(
