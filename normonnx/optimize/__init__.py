@@ -1,0 +1,500 @@
+"""``normonnx optimize``: turn the norms of any ONNX file back into single, correct nodes, and prove it.
+
+Pipeline of :func:`optimize_model` (each step a pass returning ``(model, modified)``):
+
+1. ``fold_batchnorm``   — BatchNormalization folded into a neighbouring Conv/ConvTranspose/Gemm/MatMul,
+                          ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β``, in float64;
+2. ``fold_param_norms`` — norms applied to constant weights (weight standardization, weight_norm)
+                          evaluated once in float64 and replaced by the constant;
+3. cleanup              — onnxscript's constant folding, no-op/identity rewrites, dead nodes, CSE;
+4. ``fuse_group``, ``fuse_layer``, ``fuse_rms`` — decomposed and native norms become portable
+                          ``normonnx.<Op>`` nodes (:func:`normonnx.lowering.graph.make_norm_node`);
+5. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
+                          for the target (``--target cuda`` first tries onnxruntime's contrib ops,
+                          :mod:`normonnx.optimize.lower_cuda`);
+6. cleanup again, then verification (:mod:`normonnx.optimize.verify`): original and optimized run in
+   onnxruntime with its own graph optimizations disabled, on random and stress inputs.
+
+Every rule is a :class:`Rule` with three separate parts: ``match`` (the pattern: structure only),
+``check`` (the proof: constants, axes, keepdims, dtypes, shapes — a failure is a :class:`Verdict`
+with the reason and the offending value, never a bare ``False``) and ``rewrite`` (the replacement
+as data). Values computed inside a match may not be read outside it; that is checked for every
+rule by the driver. Refused candidates are reported with their reason; ``debug=True`` also reports
+why near-misses did not match at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import onnx
+
+from ..errors import OptimizeError
+from ._graph import OK, GraphView, Rewrite, Verdict, apply_rewrites, interior_check
+
+__all__ = [
+    "FAMILIES",
+    "OK",
+    "Match",
+    "NoMatch",
+    "OptimizeResult",
+    "Pass",
+    "Refusal",
+    "Report",
+    "Rule",
+    "RulePass",
+    "Verdict",
+    "cleanup",
+    "optimize_model",
+    "rule_names",
+]
+
+#: rule families in the order the driver runs them (one module each under normonnx/optimize/)
+FAMILIES = ("fold_batchnorm", "fold_param_norms", "fuse_group", "fuse_layer", "fuse_rms")
+TARGETS = ("cpu", "cuda")
+META_KEY = "normonnx.optimize"
+
+
+# -- rules ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Match:
+    """A structural match: the nodes the rewrite removes, the value it recomputes, and facts."""
+
+    anchor: onnx.NodeProto
+    nodes: list[onnx.NodeProto]
+    output: str
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class NoMatch:
+    """Why the pattern does not apply at a node (reported only in debug mode)."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A candidate that matched the pattern but failed the check."""
+
+    rule: str
+    node: str
+    reason: str
+    value: str
+
+    def as_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.rule} at {self.node!r}: {self.reason}" + (f" [{self.value}]" if self.value else "")
+
+
+class Rule:
+    """One rewrite: pattern (``match``), proof (``check``), replacement (``rewrite``)."""
+
+    #: "<family-ish>.<form>", e.g. "layer_norm.decomposed"; the key of the fired counts
+    name: ClassVar[str] = ""
+    #: op types of the node the pattern is anchored at (the node producing the matched output)
+    anchor_ops: ClassVar[tuple[str, ...]] = ()
+    anchor_domain: ClassVar[str] = ""
+    #: the driver checks that values computed inside the match are not read outside it
+    check_interior: ClassVar[bool] = True
+    #: skip nodes that a normonnx lowering produced (``normonnx.strategy`` metadata): re-fusing the
+    #: core's own decomposition would only churn the graph
+    skip_lowered: ClassVar[bool] = False
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+        raise NotImplementedError
+
+    def check(self, g: GraphView, m: Match) -> Verdict:
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        raise NotImplementedError
+
+    def candidates(self, g: GraphView) -> Iterable[onnx.NodeProto]:
+        dom = ("", "ai.onnx") if self.anchor_domain == "" else (self.anchor_domain,)
+        return [n for n in g.nodes if n.op_type in self.anchor_ops and n.domain in dom]
+
+
+@dataclasses.dataclass
+class Report:
+    """What the passes did: fired counts per rule, refusals with reasons, debug near-misses."""
+
+    debug: bool = False
+    fired: Counter[str] = dataclasses.field(default_factory=Counter)
+    refused: list[Refusal] = dataclasses.field(default_factory=list)
+    misses: list[Refusal] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def refuse(self, rule: str, node: onnx.NodeProto, verdict: Verdict) -> None:
+        r = Refusal(rule, node.name or node.output[0], verdict.reason, verdict.value)
+        if r not in self.refused:
+            self.refused.append(r)
+
+    def miss(self, rule: str, node: onnx.NodeProto, reason: str) -> None:
+        if self.debug:
+            r = Refusal(rule, node.name or node.output[0], reason, "")
+            if r not in self.misses:
+                self.misses.append(r)
+
+
+class Pass:
+    """A graph transformation: ``run(model, report) -> (model, modified)``."""
+
+    name: str = ""
+
+    def run(self, model: onnx.ModelProto, report: Report | None = None) -> tuple[onnx.ModelProto, bool]:
+        raise NotImplementedError
+
+    __call__ = run
+
+
+class RulePass(Pass):
+    """Apply a family of rules until none fires (each round: one scan per rule, disjoint matches)."""
+
+    def __init__(self, name: str, rules: Sequence[Rule], max_rounds: int = 16) -> None:
+        self.name = name
+        self.rules = list(rules)
+        self.max_rounds = max_rounds
+
+    def run(self, model: onnx.ModelProto, report: Report | None = None) -> tuple[onnx.ModelProto, bool]:
+        report = report if report is not None else Report()
+        modified = False
+        for _ in range(self.max_rounds):
+            fired = False
+            for rule in self.rules:
+                model, n = apply_rule(rule, model, report)
+                fired |= n > 0
+            modified |= fired
+            if not fired:
+                break
+        return model, modified
+
+
+def apply_rule(rule: Rule, model: onnx.ModelProto, report: Report) -> tuple[onnx.ModelProto, int]:
+    """One scan of ``rule`` over the graph; every accepted match is rewritten. Returns (model, count)."""
+    g = GraphView(model)
+    claimed: set[int] = set()
+    rewrites: list[Rewrite] = []
+    for node in rule.candidates(g):
+        if id(node) in claimed:
+            continue
+        if rule.skip_lowered:
+            lowered = next((p.value for p in node.metadata_props if p.key == "normonnx.strategy"), None)
+            if lowered is not None:
+                report.miss(rule.name, node, f"already a normonnx lowering (strategy {lowered})")
+                continue
+        m = rule.match(g, node)
+        if isinstance(m, NoMatch):
+            report.miss(rule.name, node, m.reason)
+            continue
+        if any(id(n) in claimed for n in m.nodes):
+            continue  # overlaps a match of this round; seen again next round
+        verdict = rule.check(g, m)
+        if verdict and rule.check_interior:
+            shared = interior_check(g, m.nodes, m.output)
+            if shared is not None:
+                verdict = Verdict.fail(*shared)
+        if not verdict:
+            report.refuse(rule.name, node, verdict)
+            continue
+        rewrites.append(rule.rewrite(g, m))
+        claimed |= {id(n) for n in m.nodes}
+    if not rewrites:
+        return model, 0
+    report.fired[rule.name] += len(rewrites)
+    return apply_rewrites(model, g, rewrites), len(rewrites)
+
+
+# -- families -----------------------------------------------------------------------------------------------
+def family_rules() -> dict[str, list[Rule]]:
+    from . import fold_batchnorm, fold_param_norms, fuse_group, fuse_layer, fuse_rms
+
+    mods = {
+        "fold_batchnorm": fold_batchnorm,
+        "fold_param_norms": fold_param_norms,
+        "fuse_group": fuse_group,
+        "fuse_layer": fuse_layer,
+        "fuse_rms": fuse_rms,
+    }
+    return {name: list(mod.RULES) for name, mod in mods.items()}
+
+
+def rule_names() -> dict[str, list[str]]:
+    """Family → rule names (what ``rules=`` accepts)."""
+    return {f: [r.name for r in rules] for f, rules in family_rules().items()}
+
+
+def _select(rules: Iterable[str] | None) -> dict[str, list[Rule]]:
+    fams = family_rules()
+    if rules is None:
+        return fams
+    wanted = set(rules)
+    known = set(fams) | {r.name for rs in fams.values() for r in rs}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise OptimizeError(
+            f"unknown rule or family: {', '.join(unknown)}",
+            note="valid: " + "; ".join(f"{f} ({', '.join(r.name for r in rs)})" for f, rs in fams.items()),
+        )
+    return {f: [r for r in rs if f in wanted or r.name in wanted] for f, rs in fams.items()}
+
+
+# -- cleanup (onnxscript's optimizer) -------------------------------------------------------------------
+def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxscript's constant folding + no-op rewrites + dead nodes/functions + CSE.
+
+    We compose onnxscript's passes ourselves rather than calling ``onnxscript.optimizer.optimize``
+    because its default rewrite rules also fold BatchNorm (in float32, without our refusal
+    reasons) and fuse Cast chains; here only semantics-neutral rules run: x·1, x+0, x−0, x/1,
+    identity Cast/Expand/Transpose/Reshape, Reshape∘Reshape, Transpose∘Transpose, inference
+    Dropout. Functions are not inlined, so normonnx function-strategy nodes survive.
+    """
+    import onnx_ir as ir
+    from onnxscript import optimizer, rewriter
+    from onnxscript.rewriter.rules import common as R
+
+    rules = [
+        R.mul_by_1_rule,
+        R.add_0_rule,
+        R.sub_0_rule,
+        R.div_by_1_rule,
+        R.dropout_inference_rule,
+        R.dropout_zero_rule,
+        R.no_op_cast_rule,
+        R.no_op_expand_rule,
+        R.no_op_transpose_rule,
+        R.reshape_reshape_rule,
+        R.transpose_transpose_rule,
+        R.unsqueeze_unsqueeze_rule,
+        R.squeeze_reshape_1d_rule,
+        R.materialize_reshape_shape_rule,
+    ]
+    m = ir.serde.deserialize_model(infer(model))  # static shapes let Shape/Size fold
+    common = ir.passes.common
+    for _ in range(2):
+        folded = optimizer.fold_constants(m)
+        m = rewriter.rewrite(m, rules)
+        changed = common.IdentityEliminationPass()(m).modified
+        if not (folded.modified or changed):
+            break
+    for p in (
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.RemoveUnusedNodesPass(),
+        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedOpsetsPass(),
+    ):
+        p(m)
+    return infer(ir.serde.serialize_model(m))
+
+
+def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference (with data propagation) where it works; the model unchanged otherwise."""
+    from ..lowering import function
+
+    function.register_schemas()
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # inference is an aid for matching, never a requirement
+        return model
+
+
+# -- result ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class OptimizeResult:
+    """What :func:`optimize_model` did, with the evidence."""
+
+    model: onnx.ModelProto
+    target: str
+    opset: int
+    fired: dict[str, int]
+    refused: list[Refusal]
+    lowerings: list[dict[str, Any]]
+    verification: Any  # verify.Verification | None
+    nodes_before: int
+    nodes_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    seconds: float
+    misses: list[Refusal] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True unless verification ran and found a mismatch."""
+        return self.verification is None or bool(self.verification.passed)
+
+    @property
+    def rewrites(self) -> int:
+        return sum(self.fired.values())
+
+    def summary(self) -> str:
+        parts = [f"{self.rewrites} rewrites", f"{self.nodes_before} → {self.nodes_after} nodes"]
+        if self.verification is not None:
+            parts.append(self.verification.summary())
+        else:
+            parts.append("not verified (--no-verify)")
+        return ", ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "opset": self.opset,
+            "passed": self.passed,
+            "fired": dict(self.fired),
+            "refused": [r.as_dict() for r in self.refused],
+            "lowerings": self.lowerings,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "ops_before": self.ops_before,
+            "ops_after": self.ops_after,
+            "seconds": round(self.seconds, 3),
+            "verification": self.verification.as_dict() if self.verification is not None else None,
+            "debug_misses": [r.as_dict() for r in self.misses],
+            "notes": self.notes,
+        }
+
+
+def _ops(model: onnx.ModelProto) -> dict[str, int]:
+    c = Counter((f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in model.graph.node)
+    return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    from ..lowering import MAX_OPSET, MIN_OPSET
+
+    if not (MIN_OPSET <= opset <= MAX_OPSET):
+        raise OptimizeError(f"--opset {opset} is not supported", note=f"normonnx emits opsets {MIN_OPSET}..{MAX_OPSET}")
+    if _opset(model) == opset:
+        return model
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OptimizeError(
+            f"cannot convert the model from opset {_opset(model)} to {opset}: {first}",
+            note="omit --opset to keep the model's own opset",
+        ) from None
+
+
+# -- driver ---------------------------------------------------------------------------------------------
+def optimize_model(
+    model_or_path: onnx.ModelProto | str | os.PathLike[str],
+    *,
+    target: str = "cpu",
+    opset: int | None = None,
+    verify: bool = True,
+    n_samples: int = 3,
+    rules: Iterable[str] | None = None,
+    debug: bool = False,
+    inputs: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    prefer: Iterable[str] | None = None,
+) -> OptimizeResult:
+    """Fold, fuse, lower and clean up a model for ``target``; verify it against the original.
+
+    target:    "cpu" or "cuda" (cuda may use onnxruntime contrib ops; verified here on CPU through
+               their reference semantics, see :mod:`normonnx.optimize.lower_cuda`).
+    opset:     convert the model to this default-domain opset first (None: keep its own).
+    verify:    run original and optimized on ``n_samples`` random inputs plus two stress inputs
+               (offset 1e3, scale 1e-3); ``result.passed`` is False on a mismatch.
+    rules:     family or rule names to run (None: all; see :func:`rule_names`).
+    debug:     also record why near-miss patterns did not match (``result.misses``).
+    inputs:    shapes for inputs with symbolic dims, by input name.
+    prefer:    lowering strategies to try, in order, for the fused norms (None: the selector's
+               default order for ``target``; e.g. ``["native", "decomposed"]`` keeps standard ops
+               only where the CPU default would use normonnx's compiled kernels).
+
+    Raises :class:`~normonnx.errors.OptimizeError` (or ModelLoadError/LoweringError) for user errors.
+    """
+    from .. import io as nio
+    from ..lowering import MAX_OPSET, MIN_OPSET
+    from ..lowering.graph import lower_model, norm_nodes
+
+    t0 = time.perf_counter()
+    if target not in TARGETS:
+        raise OptimizeError(f"unknown target {target!r}", note=f"valid targets: {', '.join(TARGETS)}")
+    if isinstance(model_or_path, onnx.ModelProto):
+        original = onnx.ModelProto()
+        original.CopyFrom(model_or_path)
+    else:
+        original = nio.load(model_or_path)
+    selected = _select(rules)
+    report = Report(debug=debug)
+    model = original
+    if opset is not None:
+        model = _convert_opset(model, opset)
+    model_opset = _opset(model)
+    model = infer(model)
+    nodes_before, ops_before = len(original.graph.node), _ops(original)
+
+    for fam in ("fold_batchnorm", "fold_param_norms"):
+        if selected[fam]:
+            model, _ = RulePass(fam, selected[fam]).run(model, report)
+    model = cleanup(model)
+    can_lower = MIN_OPSET <= model_opset <= MAX_OPSET
+    if not can_lower:
+        report.notes.append(
+            f"norm fusions skipped: the model's opset {model_opset} is outside {MIN_OPSET}..{MAX_OPSET}, "
+            "where normonnx lowers norms (pass --opset to convert)"
+        )
+    else:
+        for fam in ("fuse_group", "fuse_layer", "fuse_rms"):
+            if selected[fam]:
+                model, _ = RulePass(fam, selected[fam]).run(model, report)
+    lowerings: list[dict[str, Any]] = []
+    if norm_nodes(model):
+        if target == "cuda":
+            from . import lower_cuda
+
+            model, cuda_records = lower_cuda.lower_for_cuda(model, report)
+            lowerings += cuda_records
+        model, records = lower_model(model, provider=target, prefer=prefer)
+        lowerings += [r.as_dict() for r in records]
+    model = cleanup(model)
+    _record(model, report)
+    verification = None
+    if verify:
+        from .verify import verify_models
+
+        verification = verify_models(original, model, n_samples=n_samples, seed=seed, shapes=inputs, target=target)
+    return OptimizeResult(
+        model=model,
+        target=target,
+        opset=model_opset,
+        fired=dict(report.fired),
+        refused=list(report.refused),
+        lowerings=lowerings,
+        verification=verification,
+        nodes_before=nodes_before,
+        nodes_after=len(model.graph.node),
+        ops_before=ops_before,
+        ops_after=_ops(model),
+        seconds=time.perf_counter() - t0,
+        misses=list(report.misses),
+        notes=list(report.notes),
+    )
+
+
+def _record(model: onnx.ModelProto, report: Report) -> None:
+    keep = [p for p in model.metadata_props if p.key != META_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    data = {"fired": dict(report.fired), "refused": [r.as_dict() for r in report.refused]}
+    model.metadata_props.add(key=META_KEY, value=json.dumps(data))

@@ -1,0 +1,150 @@
+"""Rule classes shared by several norm families (one instance per family in each family's RULES).
+
+- :class:`NormAffine`: a normonnx norm followed by Mul γ / Add β with constants that vary only along
+  the normalised (or channel) axes → the same norm with weight / bias.
+- :class:`CastWrapper`: ``Cast(x_low → fp32) → norm(fp32) → Cast(→ low)`` → the norm in the low
+  dtype, whose contract is exactly that (statistics in fp32, result rounded once to fp16/bf16).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..spec import NormSpec
+from . import Match, NoMatch, Rule
+from ._graph import (
+    FLOAT_TYPES,
+    LOW_PRECISION,
+    OK,
+    GraphView,
+    Rewrite,
+    Verdict,
+    affine_param,
+    attr,
+    dtype_name,
+    norm_node_params,
+    norm_rewrite,
+    spec_of_node,
+)
+
+DOMAIN = "normonnx"
+
+
+class NormAffine(Rule):
+    """Absorb a following Mul γ / Add β into a normonnx node (shared by layer, group, rms)."""
+
+    name = ""
+    anchor_domain = DOMAIN
+    op = ""
+    allow_bias = True
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+        params = norm_node_params(node)
+        if node.op_type != self.op:
+            return NoMatch(f"not a {self.op}")
+        if attr(node, "activation", ""):
+            return NoMatch("an activation follows the affine")
+        u = g.single_user(node.output[0])
+        if u is None or u.domain not in ("", "ai.onnx"):
+            return NoMatch("output has several users or none")
+        if len(u.input) == 2 and u.input[0] == u.input[1]:
+            return NoMatch(f"{u.op_type} of the output with itself")
+        if u.op_type == "Mul" and not params:
+            slot = "weight"
+        elif u.op_type == "Add" and "bias" not in params and self.allow_bias:
+            slot = "bias"
+        else:
+            return NoMatch(f"followed by {u.op_type}, not an absorbable Mul/Add")
+        operand = u.input[1] if u.input[0] == node.output[0] else u.input[0]
+        return Match(node, [node, u], u.output[0], {"slot": slot, "operand": operand})
+
+    def layout(self, g: GraphView, spec: NormSpec, x: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(axes the parameter may vary along, its target shape)."""
+        r = g.rank(x) or 0
+        if spec.kind in ("layer", "rms") and not spec.channels_first:
+            ns = spec.normalized_shape or ()
+            return tuple(range(r - len(ns), r)), ns
+        return (1,), (spec.channels if spec.channels is not None else (spec.normalized_shape or (0,))[0],)
+
+    def check(self, g: GraphView, m: Match) -> Verdict:
+        node = m.anchor
+        spec = spec_of_node(g, node)
+        if spec is None:
+            return Verdict.fail("the norm's input type is unknown", node.input[0])
+        x = node.input[0]
+        r = g.rank(x)
+        if r is None:
+            return Verdict.fail(f"rank of {x!r} is unknown", x)
+        slot, operand = m.facts["slot"], m.facts["operand"]
+        what = "γ" if slot == "weight" else "β"
+        if g.elem_type(operand) != spec.onnx_dtype:
+            return Verdict.fail(f"{what} is {dtype_name(g.elem_type(operand))}, the norm {spec.dtype}", operand)
+        axes, target = self.layout(g, spec, x)
+        arr, v = affine_param(g, operand, rank=r, axes=axes, target=target, what=what)
+        if not v:
+            return v
+        m.facts["spec"] = spec.replace(**{"has_weight" if slot == "weight" else "has_bias": True})
+        m.facts["array"] = arr
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        params: dict[str, object] = dict(norm_node_params(m.anchor))
+        params[m.facts["slot"]] = m.facts["array"]
+        return norm_rewrite(g, m.nodes, m.output, m.facts["spec"], m.anchor.input[0], params, m.anchor, m.facts["slot"])  # type: ignore[arg-type]
+
+
+class CastWrapper(Rule):
+    """``Cast(x_low → fp32) → <norm, fp32> → Cast(→ low)`` becomes the norm in the low dtype."""
+
+    anchor_domain = DOMAIN
+
+    def __init__(self, name: str, op: str) -> None:
+        self.name = name  # type: ignore[misc]
+        self.op = op
+        self.anchor_ops = (op,)  # type: ignore[misc]
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+        cin = g.op(node.input[0], "Cast")
+        if cin is None:
+            return NoMatch("input is not a Cast")
+        cout = g.single_user(node.output[0])
+        if cout is None or cout.op_type != "Cast" or cout.domain not in ("", "ai.onnx"):
+            return NoMatch("output is not read by a single Cast")
+        return Match(node, [cin, node, cout], cout.output[0], {"cin": cin, "cout": cout})
+
+    def check(self, g: GraphView, m: Match) -> Verdict:
+        cin, node, cout = m.facts["cin"], m.anchor, m.facts["cout"]
+        low = g.elem_type(cin.input[0])
+        if low not in LOW_PRECISION:
+            return Verdict.fail(f"the Cast is from {dtype_name(low)}, not float16/bfloat16", cin.input[0])
+        spec = spec_of_node(g, node)
+        if spec is None or spec.dtype != "float32" or int(attr(cin, "to")) != onnx.TensorProto.FLOAT:
+            return Verdict.fail("the norm between the Casts does not compute in float32", node.output[0])
+        if int(attr(cout, "to")) != low:
+            return Verdict.fail(
+                f"casts back to {dtype_name(int(attr(cout, 'to')))}, not {dtype_name(low)}", cout.output[0]
+            )
+        np_low = helper.tensor_dtype_to_np_dtype(low)
+        params: dict[str, object] = {}
+        for slot, value in norm_node_params(node).items():
+            c = g.const(value)
+            if c is None:
+                return Verdict.fail(
+                    f"{slot} {value!r} is not a constant, so it cannot be converted to {dtype_name(low)}", value
+                )
+            if not np.array_equal(c.astype(np_low).astype(c.dtype), c):
+                return Verdict.fail(
+                    f"{slot} (float32) is not exactly representable in {dtype_name(low)}: absorbing the casts would round it",
+                    c,
+                )
+            params[slot] = c
+        m.facts["params"] = params
+        m.facts["spec"] = spec.replace(dtype=FLOAT_TYPES[low])
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        return norm_rewrite(
+            g, m.nodes, m.output, m.facts["spec"], m.facts["cin"].input[0], m.facts["params"], m.anchor, "cast_wrapped"
+        )

@@ -1,0 +1,202 @@
+"""``--target cuda``: onnxruntime contrib ops where their semantics equal the normonnx op's.
+
+Runs before :func:`normonnx.lowering.graph.lower_model`; every normonnx node it does not take (with
+the reason recorded as a refusal) is lowered by the core's selector as usual.
+
+- group → ``com.microsoft.GroupNorm`` (onnxruntime's diffusion kernel, CUDA/ROCm only):
+  ``Transpose(NCHW→NHWC) → GroupNorm(channels_last=1, groups, epsilon, activation) → Transpose back``.
+  The op computes exactly ``(x − μ_ng)/√(σ²_ng + ε)·γ_c + β_c`` with ``activation=1`` the SiLU
+  ``y·sigmoid(y)``. Taken only where the kernel accepts the input: rank 4, float32/float16, C/G
+  even and C/G ≤ 512 (its channels-per-block limits), γ/β fed as float32 (constants converted,
+  exactly; missing ones become ones/zeros). Numerical note: the kernel accumulates Σx and Σx² in
+  float32 and forms σ² = E[x²] − E[x]², so it loses accuracy when |mean| ≫ std (offset 1e3
+  inputs); mathematically equal, numerically weaker than the float64 decomposition.
+- rms → ``SimplifiedLayerNormalization`` (onnxruntime's RMSNorm, default domain, CPU and CUDA
+  kernels): ``x/√(mean(x²) + ε)·scale`` over the trailing axes, statistics in float32
+  (stash_type=1). Only below opset 23 (where RMSNormalization exists) and for ≤ 4096 normalised
+  elements, the bound the core applies to onnxruntime's float32-accumulating norm kernels.
+  onnxruntime registers it in the default domain (as its own transformer optimizer emits it), so
+  ``onnx.checker`` does not know it; the model is for onnxruntime.
+
+No CUDA here: :func:`cpu_equivalent` replaces the contrib GroupNorm by its reference semantics in
+standard ops (same layout and parameters; statistics two-pass in float64) so the lowered graph's
+wiring — transposes, γ/β, ε, groups, activation — is verified numerically on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..lowering.builder import Builder
+from ..lowering.decomposed import build_decomposed
+from ..spec import NormSpec
+from ._graph import OK, GraphView, Rewrite, Verdict, apply_rewrites, attr, norm_node_params, spec_of_node, tensor
+
+MS_DOMAIN = "com.microsoft"
+MAX_CHANNELS_PER_GROUP = 512
+RMS_MAX_ELEMENTS = 4096
+NOTE_GROUP = "com.microsoft.GroupNorm: σ² = E[x²] − E[x]² accumulated in float32 (weaker than float64 at large offsets)"
+
+
+def check_group(g: GraphView, spec: NormSpec) -> Verdict:
+    if spec.rank != 4:
+        return Verdict.fail(f"com.microsoft.GroupNorm takes rank-4 inputs, this one is rank {spec.rank}")
+    if spec.dtype not in ("float32", "float16"):
+        return Verdict.fail(f"com.microsoft.GroupNorm has float32/float16 kernels, not {spec.dtype}")
+    cpg = (spec.channels or 0) // (spec.groups or 1)
+    if cpg % 2:
+        return Verdict.fail(f"{cpg} channels per group is odd; the kernel reads channels in pairs")
+    if cpg > MAX_CHANNELS_PER_GROUP:
+        return Verdict.fail(f"{cpg} channels per group exceeds the kernel's block of {MAX_CHANNELS_PER_GROUP}")
+    return OK
+
+
+def check_rms(g: GraphView, spec: NormSpec) -> Verdict:
+    if g.opset >= 23:
+        return Verdict.fail("opset >= 23: the native RMSNormalization is the better lowering")
+    n = spec.reduction_size
+    if n is None or n > RMS_MAX_ELEMENTS:
+        return Verdict.fail(
+            f"{n} normalised elements: onnxruntime's float32 accumulation is accurate up to {RMS_MAX_ELEMENTS}"
+        )
+    return OK
+
+
+def _float32_param(
+    g: GraphView, value: str | None, fill: float, c: int, b: Builder
+) -> tuple[str, list[onnx.TensorProto]]:
+    """γ/β as float32 for the kernel: constants converted (exact), run-time values Cast, absent filled."""
+    if not value:
+        t = tensor(g, f"cuda_gn_{'gamma' if fill else 'beta'}", np.full((c,), fill, np.float32))
+        return t.name, [t]
+    arr = g.const(value)
+    if arr is not None:
+        if arr.dtype == np.float32:
+            return value, []
+        t = tensor(g, f"{value}/float32", arr.astype(np.float32))
+        return t.name, [t]
+    return b.cast(value, TensorProto.FLOAT), []
+
+
+def lower_for_cuda(model: onnx.ModelProto, report: Any) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Replace the normonnx nodes onnxruntime's CUDA contrib ops compute exactly; others stay."""
+    g = GraphView(model)
+    rewrites: list[Rewrite] = []
+    records: list[dict[str, Any]] = []
+    for node in g.nodes:
+        if node.domain != "normonnx" or node.op_type not in ("GroupNorm", "RMSNorm"):
+            continue
+        spec = spec_of_node(g, node)
+        if spec is None:
+            continue
+        rule = "cuda.group_norm" if spec.kind == "group" else "cuda.rms_norm"
+        verdict = check_group(g, spec) if spec.kind == "group" else check_rms(g, spec)
+        if not verdict:
+            report.refuse(rule, node, Verdict.fail(verdict.reason, node.output[0]))
+            continue
+        b = Builder(g.opset, prefix=g.fresh(node.name or node.output[0]))
+        params = norm_node_params(node)
+        inits: list[onnx.TensorProto] = []
+        if spec.kind == "group":
+            c = spec.channels or 0
+            gamma, t1 = _float32_param(g, params.get("weight"), 1.0, c, b)
+            beta, t2 = _float32_param(g, params.get("bias"), 0.0, c, b)
+            inits += t1 + t2
+            xt = b.op("Transpose", [node.input[0]], perm=[0, 2, 3, 1])
+            y = b.op(
+                "GroupNorm",
+                [xt, gamma, beta],
+                domain=MS_DOMAIN,
+                activation=1 if spec.activation == "silu" else 0,
+                channels_last=1,
+                epsilon=spec.eps,
+                groups=spec.groups,
+            )
+            b.nodes.append(
+                helper.make_node("Transpose", [y], [node.output[0]], name=b.fresh("Transpose"), perm=[0, 3, 1, 2])
+            )
+            strategy, note = f"contrib:{MS_DOMAIN}.GroupNorm", NOTE_GROUP
+        else:
+            ns = spec.normalized_shape or ()
+            scale = params.get("weight")
+            if not scale:
+                t = tensor(g, "cuda_rms_scale", np.ones(ns, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype)))
+                inits.append(t)
+                scale = t.name
+            b.nodes.append(
+                helper.make_node(
+                    "SimplifiedLayerNormalization",
+                    [node.input[0], scale],
+                    [node.output[0]],
+                    name=b.fresh("SimplifiedLayerNormalization"),
+                    axis=-len(ns),
+                    epsilon=spec.eps,
+                    stash_type=1,
+                )
+            )
+            strategy, note = "contrib:SimplifiedLayerNormalization", "onnxruntime RMSNorm kernel, float32 statistics"
+        for n in b.nodes:
+            n.metadata_props.add(key="normonnx.norm", value=node.name)
+            n.metadata_props.add(key="normonnx.strategy", value=strategy)
+        rewrites.append(Rewrite([node], b.nodes, inits))
+        records.append(
+            {
+                "node": node.name,
+                "kind": spec.kind,
+                "strategy": strategy,
+                "spec": spec.key(),
+                "rejected": [],
+                "scope": "",
+                "note": note,
+            }
+        )
+        report.fired[rule] += 1
+    if not rewrites:
+        return model, records
+    out = apply_rewrites(model, g, rewrites)
+    if any(n.domain == MS_DOMAIN for n in out.graph.node) and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return out, records
+
+
+def cpu_equivalent(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each ``com.microsoft.GroupNorm`` replaced by its reference semantics in
+    standard ops (NHWC in and out), so a CUDA-targeted graph can be run and checked on CPU."""
+    g = GraphView(model)
+    rewrites = []
+    for node in g.nodes:
+        if node.domain != MS_DOMAIN or node.op_type != "GroupNorm":
+            continue
+        if not int(attr(node, "channels_last", 1)):
+            raise ValueError("only channels_last=1 GroupNorm is emitted by normonnx")
+        et = g.elem_type(node.input[0]) or TensorProto.FLOAT
+        gamma = g.const(node.input[1])
+        c = int(gamma.shape[0]) if gamma is not None else int((g.shape(node.input[1]) or (0,))[0])  # type: ignore[arg-type]
+        spec = NormSpec(
+            "group",
+            eps=float(attr(node, "epsilon", 1e-5)),
+            channels=c,
+            groups=int(attr(node, "groups")),
+            activation="silu" if int(attr(node, "activation", 0)) else "",
+            dtype={TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}[et],
+            rank=4,
+        )
+        b = Builder(g.opset, prefix=g.fresh(node.name or "gn"))
+        gb = [node.input[1], node.input[2]] if et == TensorProto.FLOAT else [b.cast(v, et) for v in node.input[1:3]]
+        xt = b.op("Transpose", [node.input[0]], perm=[0, 3, 1, 2])
+        y = build_decomposed(b, spec, xt, {"weight": gb[0], "bias": gb[1]})
+        b.nodes.append(
+            helper.make_node("Transpose", [y], [node.output[0]], name=b.fresh("Transpose"), perm=[0, 2, 3, 1])
+        )
+        rewrites.append(Rewrite([node], b.nodes))
+    if not rewrites:
+        return model
+    out = apply_rewrites(model, g, rewrites)
+    ops = [o for o in out.opset_import if o.domain != MS_DOMAIN]
+    del out.opset_import[:]
+    out.opset_import.extend(ops)
+    return out
