@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from .errors import NormOnnxError
 
 #: subcommand modules, in --help order; one file each under normonnx/commands/
-COMMANDS = ("export", "verify", "inspect", "optimize", "zoo", "bench", "doctor", "capabilities")
+COMMANDS = ("export", "verify", "compare", "inspect", "optimize", "zoo", "bench", "doctor", "capabilities")
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_UNSUPPORTED = 0, 1, 2, 3
 

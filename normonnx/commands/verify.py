@@ -1,17 +1,29 @@
-"""Verify that an ONNX file computes what the torch MODEL computes.
+"""Verify that an ONNX file computes what the torch MODEL computes — and if not, find the layer.
 
 Runs torch (eval, no grad) and onnxruntime on the example inputs, random samples of the same
-shapes, and a second size along the ONNX file's dynamic axes; compares every output. An element
-fails only if it exceeds both atol and rtol·|reference|. Exit 0 equivalent, 1 mismatch."""
+shapes, and a second size along the ONNX file's dynamic axes; compares every output.
+
+Tolerances: an element fails only if it exceeds BOTH bounds, |onnx − torch| > atol + rtol·|torch|
+(Polygraphy's and numpy's convention), defaults from the dtype × kind × provider table.
+--check replaces the elementwise rule by a statistic: max (max error <= atol + rtol·max|torch|),
+mean (mean error <= atol) or quantile:Q (the Q-quantile of the per-element excess <= 0).
+
+When the outputs differ (or with --localize) every torch module's output is compared with its
+ONNX value and the first module that diverges while its inputs agree is named, with its norm
+kind and lowering strategy. --stress runs offset / tiny-scale / constant / large / extreme-eps
+inputs against a float64 torch run; --fp16 / --bf16 deploy the file in half precision (norm
+statistics kept in fp32) and report overflow per layer; --bisect compares with another ONNX file
+or provider value by value. Exit 0 equivalent, 1 mismatch, 2 usage error, 3 unsupported here."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from . import final_line, write_json
 from ._common import add_model_inputs, model_and_inputs, parse_tolerances
 
-HELP = "verify an ONNX file against its torch model"
+HELP = "verify an ONNX file against its torch model (and localize the first wrong layer)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,13 +40,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
     p.add_argument("--samples", type=int, default=2, help="random samples besides the example inputs (default 2)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
+    g = p.add_argument_group("localization")
+    g.add_argument("--localize", action="store_true", help="compare every module's output even if the outputs agree")
+    g.add_argument("--no-localize", action="store_true", help="do not localize automatically on a mismatch")
+    g.add_argument("--all-layers", action="store_true", help="print every module row, not only up to the failure")
+    g.add_argument(
+        "--bisect",
+        metavar="OTHER",
+        help="compare ONNX value by value with OTHER: another .onnx file (e.g. the optimized one) or a provider "
+        "spec for the same file (cuda, cpu:opt)",
+    )
+    g = p.add_argument_group("stress and precision")
+    g.add_argument("--stress", action="store_true", help="run the stress inputs against a float64 torch run")
+    from ..model_stress import CASES
+
+    g.add_argument(
+        "--stress-case",
+        action="append",
+        metavar="CASE",
+        help=f"run only these stress cases (repeatable): {', '.join(CASES)}",
+    )
+    g.add_argument("--fp16", action="store_true", help="check a float16 deployment of the file")
+    g.add_argument("--bf16", action="store_true", help="check a bfloat16 deployment of the file")
+    g.add_argument(
+        "--fp16-norms",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="norm statistics in fp32 (default, the stash) or converted too (to see the overflow it prevents)",
+    )
+    g = p.add_argument_group("reports")
+    g.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
+    g.add_argument("--junit", metavar="FILE", help="write JUnit XML: one testcase per output and per checked layer")
+    g.add_argument(
+        "--html", metavar="FILE", help="write a self-contained HTML report with error plots (normonnx[report])"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..compare import Tolerance, tolerance
+    from ..errors import InputError
     from ..verifier import verify
 
+    check_statistic(args.check)
+    if args.html:
+        from ..reports import require_html
+
+        require_html()  # fail before any work if matplotlib is missing
+    if args.stress_case:
+        from ..model_stress import CASES
+
+        bad = [c for c in args.stress_case if c not in CASES]
+        if bad:
+            raise InputError(f"unknown --stress-case {', '.join(bad)}", note=f"valid: {', '.join(CASES)}")
     model, inputs, _ = model_and_inputs(args)
     atol, atol_per = parse_tolerances(args.atol, "--atol")
     rtol, rtol_per = parse_tolerances(args.rtol, "--rtol")
@@ -58,11 +115,112 @@ def run(args: argparse.Namespace) -> int:
         check=args.check,
         threads=args.threads,
     )
+    sections: dict[str, Any] = {"verify": rep}
     print(rep.format_table())
     if rep.float64_max_abs:
         print("max |onnx − torch float64|: " + ", ".join(f"{k}={v:.3g}" for k, v in rep.float64_max_abs.items()))
     print(f"latency per sample: torch {rep.torch_ms:.2f} ms, onnxruntime {rep.ort_ms:.2f} ms")
+
+    loc = None
+    if args.localize or (not rep.passed and not args.no_localize):
+        from ..localize import localize
+
+        loc = localize(
+            model,
+            args.onnx,
+            inputs,
+            provider=args.provider,
+            atol=atol,
+            rtol=rtol,
+            check=args.check,
+            threads=args.threads,
+        )
+        sections["localize"] = loc
+        print("\nper-layer comparison (onnxruntime optimizations off):")
+        print(loc.format_table(all_layers=args.all_layers))
+        print(loc.verdict())
+        if loc.culprit is not None and loc.culprit.norm and loc.culprit.norm.get("warning"):
+            print(f"hint: {loc.culprit.norm['warning']}")
+        for n in loc.notes:
+            print(f"note: {n}")
+    if args.stress or args.stress_case:
+        from ..model_stress import CASES, stress_model
+
+        st = stress_model(
+            model, args.onnx, inputs, provider=args.provider, cases=args.stress_case or CASES, seed=args.seed
+        )
+        sections["stress"] = st
+        print("\nstress inputs (error vs a float64 torch run of the same model):")
+        print(st.format_table())
+    for flag, dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
+        if getattr(args, flag):
+            from ..precision import check_precision
+
+            pr = check_precision(
+                model, args.onnx, inputs, dtype=dtype, norms=args.fp16_norms, provider=args.provider, seed=args.seed
+            )
+            sections["precision" if "precision" not in sections else f"precision_{flag}"] = pr
+            print(f"\n{dtype} deployment:")
+            print(pr.format_table())
+            print(pr.summary())
+            for n in pr.notes:
+                print(f"note: {n}")
+    if args.bisect:
+        from ..localize import bisect
+
+        bi = bisect(
+            args.onnx,
+            args.bisect,
+            inputs,
+            provider=args.provider,
+            atol=atol,
+            rtol=rtol,
+            check=args.check,
+            threads=args.threads,
+        )
+        sections["bisect"] = bi
+        print(f"\nbisect {bi.a} vs {bi.b}:")
+        print(bi.format_table())
+        print(bi.verdict())
+
+    checks = {k: s for k, s in sections.items() if k != "localize"}
+    ok = all(s.passed for s in checks.values())
+    text = rep.summary()
+    failed = [k for k, s in checks.items() if not s.passed and k != "verify"]
+    if failed:
+        text += "; failed: " + ", ".join(failed)
+    if loc is not None and not loc.passed:
+        text += f"; {loc.verdict()}"
+    _write_reports(args, sections, ok, text)
+    final_line(ok, text)
+    return 0 if ok else 1
+
+
+def check_statistic(check: str) -> None:
+    """Refuse a --check value before any work (usage error, exit 2)."""
+    from ..errors import InputError
+
+    ok = check in ("elementwise", "max", "mean")
+    if check.startswith("quantile:"):
+        try:
+            ok = 0.0 <= float(check.split(":", 1)[1]) <= 1.0
+        except ValueError:
+            ok = False
+    if not ok:
+        raise InputError(f"bad --check {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1")
+
+
+def _write_reports(args: argparse.Namespace, sections: dict[str, Any], ok: bool, text: str) -> None:
+    from ..reports import write_html, write_junit
+
     if args.json:
-        write_json(args.json, rep.as_dict())
-    final_line(rep.passed, rep.summary())
-    return 0 if rep.passed else 1
+        data = sections["verify"].as_dict()  # the verify document stays the top level
+        for k, s in sections.items():
+            if k != "verify":
+                data[k] = s.as_dict()
+        data["passed"] = ok
+        write_json(args.json, data)
+    if args.junit:
+        write_junit(args.junit, sections)
+    if args.html:
+        write_html(args.html, sections, final=f"{'PASSED' if ok else 'FAILED'} | {text}")

@@ -26,7 +26,7 @@ class OutputComparison:
     shape: list[int]
     dtype: str
     max_abs: float
-    max_rel: float
+    max_rel: float  # over elements whose reference is non-zero
     mean_abs: float
     scale: float  # max |reference|
     rel_to_scale: float  # max_abs / scale
@@ -79,15 +79,19 @@ def compare_arrays(
     fin_r = np.isfinite(r64)
     # identical non-finite values (inf == inf, nan at the same place) are not errors
     same_nonfinite = (~fin_a & ~fin_r) & ((a64 == r64) | (np.isnan(a64) & np.isnan(r64)))
-    diff = np.where(same_nonfinite, 0.0, np.abs(a64 - r64))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf -> nan: counted as an infinite error below
+        diff = np.where(same_nonfinite, 0.0, np.abs(a64 - r64))
     diff = np.where(np.isnan(diff), np.inf, diff)
     absr = np.where(fin_r, np.abs(r64), 0.0)
     bound = tol.atol + tol.rtol * absr
     fails = diff > bound
     total = int(a.size)
     max_abs = float(diff.max()) if total else 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(diff == 0, 0.0, diff / np.maximum(absr, np.finfo(np.float64).tiny))
+    # relative error only where the reference is non-zero: at exact zeros it is undefined (max_abs covers them)
+    nonzero = absr > 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rel = np.where(nonzero, diff / np.where(nonzero, absr, 1.0), 0.0)
+    rel = np.where(np.isinf(diff), np.inf, rel)
     max_rel = float(rel.max()) if total else 0.0
     scale = float(absr.max()) if total else 0.0
     mean_abs = float(diff.mean()) if total else 0.0

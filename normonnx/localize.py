@@ -1,0 +1,1136 @@
+"""Find the layer: the first torch module whose ONNX counterpart diverges while its inputs agree.
+
+``localize(model, onnx, inputs)`` runs both sides once on the same inputs and returns a
+:class:`LocalizeReport` (data, not a verdict only):
+
+1. torch: forward pre/post hooks on every module record each call's inputs (snapshot before the
+   call, so in-place ops cannot rewrite them) and its first floating output, in execution order;
+2. ONNX: every intermediate value becomes an extra graph output (types from the exporter's
+   annotations and ``onnx.shape_inference``; bfloat16 values through a Cast to float32, numpy
+   has no bfloat16), and onnxruntime runs with its own graph optimizations disabled so it cannot
+   fuse away the values we look at (or hide a bug);
+3. mapping ONNX values → module calls, most reliable first:
+   - ``metadata``: the exporter's ``pkg.torch.onnx.name_scopes`` / ``namespace`` node metadata. A
+     module's output is a value produced inside its scope and consumed outside it (or a graph
+     output);
+   - ``norm``: nodes of a norm lowered by normonnx carry ``normonnx.norm``; the norm subgraphs (in
+     graph order) are paired with the torch norm modules (in execution order) of the same kind;
+   - ``aligned``: the remaining leaf calls are aligned with the remaining values by a monotone
+     dynamic program over (execution order × topological order) on equal shapes, minimising the
+     scale-relative error (a faulty module still matches its own value far better than its
+     neighbours' values of other shapes; the leaves mapped above act as fixed anchors);
+4. every mapped call is compared with :func:`normonnx.compare.compare_arrays` under the tolerance
+   table for (dtype, norm kind or "*", provider);
+5. the culprit is the first *leaf* call (execution order) whose output fails while its inputs
+   agree (inputs are model inputs, outputs of earlier agreeing calls, or ONNX values entering
+   the module's scope that compare equal). If the first failing leaf already receives diverging
+   inputs, the divergence entered in code outside modules (functional ops in a ``forward``) and
+   the report names the two modules around it.
+
+``bisect(a, b, inputs)`` is the ONNX-only variant (original vs optimized file, provider A vs B):
+values are matched by name and the first diverging value whose producer's inputs agree is
+reported with its node, op type, module scope and norm lowering.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from . import io as nio
+from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
+from .errors import InputError
+
+FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
+_BF16_SUFFIX = "::as_float32"
+#: cost of leaving a leaf call unmatched in the alignment (a match costs min(relative error, 10))
+_SKIP_COST = 11.0
+_MATCH_CAP = 10.0
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclasses.dataclass
+class LayerResult:
+    """One torch module call and its ONNX counterpart."""
+
+    name: str  # module path, "#k" appended for the k-th call (k >= 2)
+    module: str  # module path
+    type: str  # torch class name
+    index: int  # execution order (module exit order)
+    leaf: bool
+    onnx_value: str | None
+    mapped_by: str  # metadata | norm | aligned | identity | unmapped
+    comparison: OutputComparison | None
+    inputs_agree: bool | None  # None: could not be checked
+    input_note: str
+    norm: dict[str, Any] | None  # kind, strategy, node, spec, torch_eps, onnx_ops, onnx_epsilon
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.comparison is None else self.comparison.passed
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["comparison"] = self.comparison.as_dict() if self.comparison else None
+        d["passed"] = self.passed
+        return d
+
+
+@dataclasses.dataclass
+class LocalizeReport:
+    """Per-layer evidence and the first diverging module."""
+
+    onnx_path: str
+    provider: str
+    layers: list[LayerResult]
+    outputs: list[OutputComparison]
+    culprit: LayerResult | None
+    between: tuple[str | None, str] | None  # divergence entered outside modules: (after, before)
+    notes: list[str]
+    #: per-layer / per-output samples of elementwise |error| and |error|/|torch| (not serialized)
+    errors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    rel_errors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    #: every ONNX value of the run, by name (not serialized)
+    values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.culprit is None and self.between is None and all(o.passed for o in self.outputs)
+
+    @property
+    def mapping(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lr in self.layers:
+            out[lr.mapped_by] = out.get(lr.mapped_by, 0) + 1
+        return out
+
+    def checked(self) -> list[LayerResult]:
+        return [lr for lr in self.layers if lr.comparison is not None]
+
+    def verdict(self) -> str:
+        if self.culprit is not None:
+            c = self.culprit
+            cmp = c.comparison
+            assert cmp is not None
+            what = f"first divergence at module {c.name!r} ({c.type}"
+            if c.norm:
+                what += f", {c.norm.get('kind')} norm lowered as {c.norm.get('strategy') or '?'}"
+                ops = c.norm.get("onnx_ops") or []
+                if 0 < len(ops) <= 3:
+                    what += f" [{'/'.join(ops)}]"
+            what += f"): max_abs={cmp.max_abs:.3g} rel_to_scale={cmp.rel_to_scale:.3g} ({cmp.tolerance})"
+            what += "; its inputs agree" if c.inputs_agree else "; its inputs could not be checked"
+            return what
+        if self.between is not None:
+            after, before = self.between
+            return (
+                f"divergence enters outside modules, between {after or 'the model inputs'!r} and {before!r} "
+                "(functional code in a forward)"
+            )
+        if not all(o.passed for o in self.outputs):
+            return "every checked module agrees; the outputs diverge after the last module (functional code or output)"
+        return "every checked module agrees"
+
+    def summary(self) -> str:
+        n = len(self.checked())
+        return f"{self.verdict()} — {n} module outputs checked on {self.provider} ({self._mapping_text()})"
+
+    def _mapping_text(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(self.mapping.items()))
+
+    def format_table(self, all_layers: bool = False) -> str:
+        from .reports import format_layers
+
+        return format_layers(self, all_layers=all_layers)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "onnx_path": self.onnx_path,
+            "provider": self.provider,
+            "verdict": self.verdict(),
+            "culprit": self.culprit.as_dict() if self.culprit else None,
+            "between": list(self.between) if self.between else None,
+            "mapping": self.mapping,
+            "notes": self.notes,
+            "outputs": [o.as_dict() for o in self.outputs],
+            "layers": [lr.as_dict() for lr in self.layers],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# torch side
+
+
+@dataclasses.dataclass
+class _Call:
+    name: str
+    module: str
+    type: str
+    index: int
+    leaf: bool
+    output: np.ndarray | None
+    inputs: list[np.ndarray]
+    sources: list[str | None]  # per float input: "input:i", a call name, or None (functional)
+    identity: bool
+    norm_kind: str | None
+    eps: float | None
+
+
+def _norm_kind_of(module: Any) -> str | None:
+    from .norms import KINDS
+
+    for kind in KINDS.values():
+        classes = kind.torch_modules()
+        if classes and isinstance(module, classes):
+            return kind.name
+    return None
+
+
+def _flat_tensors(obj: Any) -> list[Any]:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _flat_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _flat_tensors(v)]
+    return []
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np.ndarray]]:
+    """Run ``model`` once with hooks on every submodule; return (calls in exit order, outputs)."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()
+    calls: list[_Call] = []
+    keep: list[Any] = list(inputs)  # keeps tensors alive so id() stays unique during the run
+    producers: dict[int, str] = {id(t): f"input:{i}" for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)}
+    counts: dict[str, int] = {}
+    snapshots: dict[int, list[list[Any]]] = {}
+    handles = []
+
+    def pre_hook(mod: Any, args: Any, kwargs: Any) -> None:
+        flat = [t for t in _flat_tensors((args, kwargs)) if t.is_floating_point()]
+        snapshots.setdefault(id(mod), []).append([(t, t.detach().clone()) for t in flat])
+
+    def make_hook(path: str, leaf: bool) -> Any:
+        def hook(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
+            pairs = snapshots[id(mod)].pop()
+            k = counts.get(path, 0) + 1
+            counts[path] = k
+            name = path if k == 1 else f"{path}#{k}"
+            outs = [t for t in _flat_tensors(out) if t.is_floating_point()]
+            primary = outs[0] if outs else None
+            identity = primary is not None and any(primary is t and torch.equal(primary, snap) for t, snap in pairs)
+            kind = _norm_kind_of(mod)
+            eps = getattr(mod, "eps", None)
+            calls.append(
+                _Call(
+                    name,
+                    path,
+                    type(mod).__name__,
+                    len(calls),
+                    leaf,
+                    _np(primary.detach().clone()) if primary is not None else None,
+                    [_np(snap) for _, snap in pairs],
+                    [producers.get(id(t)) for t, _ in pairs],
+                    identity,
+                    kind,
+                    float(eps) if isinstance(eps, (int, float)) else None,
+                )
+            )
+            keep.extend(outs)
+            if identity:
+                return
+            for t in outs:
+                if leaf:
+                    producers[id(t)] = name
+                else:
+                    producers.setdefault(id(t), name)
+
+        return hook
+
+    for path, mod in model.named_modules():
+        if path == "":
+            continue
+        leaf = not any(True for _ in mod.children()) or _norm_kind_of(mod) is not None
+        handles.append(mod.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(mod.register_forward_hook(make_hook(path, leaf), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    outputs = [_np(t) for t in _flat_tensors(out)]
+    keep.clear()
+    return calls, outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX side
+
+
+def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Types of every value we can know: exporter annotations, then ``onnx.shape_inference``.
+
+    normonnx-domain ops have schemas without inference functions; their outputs keep the types
+    the exporter annotated.
+    """
+    from .lowering.function import register_schemas
+    from .lowering.graph import value_types
+
+    register_schemas()
+    types = value_types(model)
+    if model.ByteSize() < 1_800_000_000:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            for k, v in value_types(inferred).items():
+                types.setdefault(k, v)
+        except Exception:  # inference is a help, never a requirement
+            pass
+    return types
+
+
+def elem_type(types: Mapping[str, onnx.TypeProto], name: str) -> int:
+    t = types.get(name)
+    if t is None or not t.HasField("tensor_type"):
+        return 0
+    return int(t.tensor_type.elem_type)
+
+
+def expose_values(
+    model: onnx.ModelProto, names: Iterable[str] | None = None, types: Mapping[str, onnx.TypeProto] | None = None
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``model`` whose graph outputs include its intermediate float values.
+
+    Returns ``(model, {graph output name: value name})`` covering the original outputs too.
+    bfloat16 values are exposed through a ``Cast`` to float32 (named ``value::as_float32``);
+    values of unknown type are exposed untyped (onnxruntime infers them) unless the model holds
+    bfloat16 values anywhere.
+    """
+    types = dict(types) if types is not None else infer_types(model)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    wanted = set(names) if names is not None else None
+    exposed = {o.name: o.name for o in g.output}
+    inits = {t.name for t in g.initializer}
+    has_bf16 = any(elem_type(types, k) == TensorProto.BFLOAT16 for k in types)
+    extra_nodes = []
+    for node in list(g.node):
+        if node.op_type == "Constant":
+            continue
+        for v in node.output:
+            if not v or v in exposed or v in inits or (wanted is not None and v not in wanted):
+                continue
+            et = elem_type(types, v)
+            if et == TensorProto.BFLOAT16:
+                out = v + _BF16_SUFFIX
+                extra_nodes.append(helper.make_node("Cast", [v], [out], to=TensorProto.FLOAT, name=f"{v}/expose"))
+                g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+                exposed[out] = v
+            elif et in FLOAT_ELEMS:
+                g.output.append(helper.make_tensor_value_info(v, et, None))
+                exposed[v] = v
+            elif et == 0 and not has_bf16:
+                g.output.append(onnx.ValueInfoProto(name=v))
+                exposed[v] = v
+    g.node.extend(extra_nodes)
+    return m, exposed
+
+
+def onnx_input_arrays(model: onnx.ModelProto, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` cast to the element types of the ONNX graph inputs (fp16 models take fp16)."""
+    init_names = {t.name for t in model.graph.initializer}
+    ins = [vi for vi in model.graph.input if vi.name not in init_names]
+    out = []
+    for vi, a in zip(ins, arrays):
+        et = vi.type.tensor_type.elem_type
+        if et in FLOAT_ELEMS and a.dtype.kind == "f":
+            a = a.astype(FLOAT_ELEMS[et])
+        out.append(a)
+    return out
+
+
+def run_values(
+    model: onnx.ModelProto,
+    arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+    *,
+    provider: str = "cpu",
+    optimize: bool = False,
+    threads: int | None = None,
+    names: Iterable[str] | None = None,
+    types: Mapping[str, onnx.TypeProto] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name."""
+    from .runtime.session import session
+
+    exp, mapping = expose_values(model, names, types)
+    sess = session(exp, provider, threads=threads, optimize=optimize)
+    if not isinstance(arrays, Mapping):
+        arrays = list(arrays)
+        if len(arrays) != len(sess.input_names):
+            raise InputError(
+                f"{len(arrays)} inputs given but the ONNX model takes {len(sess.input_names)} "
+                f"({', '.join(sess.input_names)})"
+            )
+    got = sess.inner.run(None, _feed(sess, arrays))
+    return {mapping[n]: np.asarray(a) for n, a in zip(sess.output_names, got) if n in mapping}
+
+
+def _feed(sess: Any, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if isinstance(arrays, Mapping):
+        return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return {n: np.ascontiguousarray(a) for n, a in zip(sess.input_names, arrays)}
+
+
+def model_dtype(model: onnx.ModelProto) -> str:
+    """The float dtype of the model's (first float) graph input: the precision its values carry.
+
+    A float64 statistic computed from float32 data is only as exact as the float32 data, so
+    tolerances are looked up for this dtype, not for each value's own."""
+    init_names = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        et = vi.type.tensor_type.elem_type
+        if vi.name not in init_names and et in FLOAT_ELEMS:
+            return FLOAT_ELEMS[et]
+        if vi.name not in init_names and et == TensorProto.BFLOAT16:
+            return "bfloat16"
+    return "float32"
+
+
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node values by name (float ones only)."""
+    from onnx import numpy_helper
+
+    out: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if t.data_type in FLOAT_ELEMS and not t.data_location:
+            out[t.name] = numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            t = n.attribute[0].t
+            if t.data_type in FLOAT_ELEMS:
+                out[n.output[0]] = numpy_helper.to_array(t)
+    return out
+
+
+def node_meta(node: onnx.NodeProto) -> dict[str, str]:
+    return {p.key: p.value for p in node.metadata_props}
+
+
+def node_scopes(node: onnx.NodeProto) -> list[str] | None:
+    """Module paths enclosing ``node`` (outermost first, root ``""`` included), from exporter metadata."""
+    md = node_meta(node)
+    raw = md.get("pkg.torch.onnx.name_scopes")
+    if raw:
+        try:
+            scopes = ast.literal_eval(raw)
+            if isinstance(scopes, list) and scopes:
+                return [str(s) for s in scopes[:-1]]
+        except (ValueError, SyntaxError):
+            pass
+    ns = md.get("namespace")
+    if ns:
+        parts = [p.split(": ", 1)[0] for p in ns.split("/")]
+        return parts[:-1]
+    return None
+
+
+def norm_records(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
+    """normonnx lowering records by norm node name (from the model metadata)."""
+    from .lowering.graph import recorded_lowerings
+
+    return {str(r.get("node")): dict(r) for r in recorded_lowerings(model)}
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[int]]:
+    cons: dict[str, list[int]] = {}
+    for i, n in enumerate(model.graph.node):
+        for v in n.input:
+            if v:
+                cons.setdefault(v, []).append(i)
+    return cons
+
+
+def _exits(model: onnx.ModelProto, members: set[int], consumers: Mapping[str, list[int]], outs: set[str]) -> list[str]:
+    """Values produced by ``members`` and used outside them (or graph outputs), in node order."""
+    result = []
+    for i in sorted(members):
+        for v in model.graph.node[i].output:
+            if v and (v in outs or any(c not in members for c in consumers.get(v, ()))):
+                result.append(v)
+    return result
+
+
+def _entries(model: onnx.ModelProto, members: set[int], producer: Mapping[str, int], skip: set[str]) -> list[str]:
+    """Values consumed by ``members`` and produced outside them (graph inputs included)."""
+    result: list[str] = []
+    for i in sorted(members):
+        for v in model.graph.node[i].input:
+            if v and v not in skip and producer.get(v, -1) not in members and v not in result:
+                result.append(v)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# mapping
+
+
+def _rel_err(a: np.ndarray, r: np.ndarray) -> float:
+    a64 = a.astype(np.float64)
+    r64 = r.astype(np.float64)
+    d = np.abs(a64 - r64)
+    d = np.where(np.isnan(d), np.inf, d)
+    scale = float(np.abs(r64[np.isfinite(r64)]).max()) if np.isfinite(r64).any() else 0.0
+    e = float(d.max()) if d.size else 0.0
+    return min(_MATCH_CAP, e / scale if scale > 0 else e)
+
+
+def _align(items: Sequence[_Call], values: Sequence[tuple[str, np.ndarray]]) -> dict[int, int]:
+    """Monotone alignment of calls to values on equal shapes (index in items → index in values)."""
+    m, n = len(items), len(values)
+    if not m or not n:
+        return {}
+    inf = math.inf
+    cost: dict[tuple[int, int], float] = {}
+    for i, c in enumerate(items):
+        assert c.output is not None
+        for j, (_, v) in enumerate(values):
+            if v.shape == c.output.shape:
+                cost[(i, j)] = _rel_err(v, c.output)
+    # f[i][j]: best cost for items[:i] using values[:j]
+    f = [[0.0] * (n + 1) for _ in range(m + 1)]
+    for i in range(1, m + 1):
+        f[i][0] = i * _SKIP_COST
+    back: dict[tuple[int, int], str] = {}
+    for i in range(1, m + 1):
+        for j in range(1, n + 1):
+            best, how = f[i][j - 1], "left"
+            s = f[i - 1][j] + _SKIP_COST
+            if s < best:
+                best, how = s, "skip"
+            c = cost.get((i - 1, j - 1), inf)
+            if c < inf and f[i - 1][j - 1] + c <= best:
+                best, how = f[i - 1][j - 1] + c, "match"
+            f[i][j] = best
+            back[(i, j)] = how
+    out: dict[int, int] = {}
+    i, j = m, n
+    while i > 0 and j > 0:
+        how = back[(i, j)]
+        if how == "match":
+            out[i - 1] = j - 1
+            i, j = i - 1, j - 1
+        elif how == "left":
+            j -= 1
+        else:
+            i -= 1
+    return out
+
+
+def _map_calls(
+    model: onnx.ModelProto, calls: Sequence[_Call], values: Mapping[str, np.ndarray]
+) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]], dict[str, str], list[str]]:
+    """(call name → (value, how), call name → ONNX entry values, value → norm node name, notes)."""
+    g = model.graph
+    consumers = _consumers(model)
+    outs = {o.name for o in g.output}
+    producer = {v: i for i, n in enumerate(g.node) for v in n.output if v}
+    const_like = {t.name for t in g.initializer} | {v for n in g.node if n.op_type == "Constant" for v in n.output}
+    order = {v: producer.get(v, -1) for v in values}
+    mapped: dict[str, tuple[str, str]] = {}
+    entries: dict[str, list[str]] = {}
+    notes: list[str] = []
+    used: set[str] = set()
+
+    def fits(c: _Call, v: str) -> bool:
+        # a container's output is its last child's value: containers may share, leaves may not
+        free = v not in used or not c.leaf
+        return c.output is not None and v in values and values[v].shape == c.output.shape and free
+
+    # 1. exporter scope metadata
+    scopes = [node_scopes(n) for n in g.node]
+    with_meta = sum(1 for s in scopes if s is not None)
+    members: dict[str, set[int]] = {}
+    for i, s in enumerate(scopes):
+        for path in s or ():
+            if path:
+                members.setdefault(path, set()).add(i)
+    by_module: dict[str, list[_Call]] = {}
+    for c in calls:
+        by_module.setdefault(c.module, []).append(c)
+    for path, cs in by_module.items():
+        if path not in members:
+            continue
+        ex = _exits(model, members[path], consumers, outs)
+        entries_p = [v for v in _entries(model, members[path], producer, const_like) if v in values]
+        for c in cs:
+            entries[c.name] = entries_p
+        live = [c for c in cs if not c.identity and c.output is not None]
+        for k, c in enumerate(live):
+            cands = [v for v in ex if fits(c, v)]
+            if not cands:
+                continue
+            pick = cands[0] if len(cands) == len(live) - k else min(cands, key=lambda v: _rel_err(values[v], c.output))
+            mapped[c.name] = (pick, "metadata")
+            if c.leaf:
+                used.add(pick)
+    if g.node and with_meta < len(g.node) // 2:
+        notes.append(
+            f"only {with_meta}/{len(g.node)} ONNX nodes carry module-scope metadata "
+            "(torch.onnx drops it when converting to opset 17); mapped by norm metadata and alignment"
+        )
+
+    # 2. normonnx norm subgraphs, in graph order, paired with torch norm calls of the same kind
+    groups: dict[str, set[int]] = {}
+    for i, n in enumerate(g.node):
+        name = node_meta(n).get("normonnx.norm")
+        if name:
+            groups.setdefault(name, set()).add(i)
+    records = norm_records(model)
+    value_norm: dict[str, str] = {}
+    group_out: list[tuple[str, str]] = []  # (norm name, output value)
+    for name, idx in sorted(groups.items(), key=lambda kv: min(kv[1])):
+        ex = [v for v in _exits(model, idx, consumers, outs) if v in values]
+        for v in ex:
+            value_norm[v] = name
+        if ex:
+            group_out.append((name, ex[-1]))
+    norm_calls = [c for c in calls if c.norm_kind and not c.identity and c.output is not None]
+    pending = [c for c in norm_calls if c.name not in mapped]
+    free_groups = [(n, v) for n, v in group_out if v not in used]
+    if pending and free_groups:
+        kinds_t = [c.norm_kind for c in pending]
+        kinds_o = [records.get(n, {}).get("kind") for n, _ in free_groups]
+        if len(pending) == len(free_groups) and all(a == b or b is None for a, b in zip(kinds_t, kinds_o)):
+            pairs = list(zip(pending, free_groups))
+        else:  # pair each call with the next group of its kind and shape, in order
+            pairs, j = [], 0
+            for c in pending:
+                while j < len(free_groups) and not (
+                    records.get(free_groups[j][0], {}).get("kind") in (c.norm_kind, None) and fits(c, free_groups[j][1])
+                ):
+                    j += 1
+                if j < len(free_groups):
+                    pairs.append((c, free_groups[j]))
+                    j += 1
+        for c, (name, v) in pairs:
+            if fits(c, v):
+                mapped[c.name] = (v, "norm")
+                used.add(v)
+                if c.name not in entries and name in groups:
+                    entries[c.name] = [e for e in _entries(model, groups[name], producer, const_like) if e in values]
+
+    # 3. alignment of the remaining leaf calls between the anchors
+    leaves = [c for c in calls if c.leaf and not c.identity and c.output is not None]
+    cand = sorted((v for v in values if v not in used and order.get(v, -1) >= 0), key=lambda v: order[v])
+    segment: list[_Call] = []
+    lo = -1
+
+    def flush(hi: float) -> None:
+        vals = [(v, values[v]) for v in cand if lo < order.get(v, -1) < hi and v not in used]
+        for i, j in _align(segment, vals).items():
+            mapped[segment[i].name] = (vals[j][0], "aligned")
+            used.add(vals[j][0])
+
+    for c in leaves:
+        if c.name in mapped:
+            flush(order.get(mapped[c.name][0], -1))
+            segment = []
+            lo = order.get(mapped[c.name][0], -1)
+        else:
+            segment.append(c)
+    flush(math.inf)
+    return mapped, entries, value_norm, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# localize
+
+
+def _tol(dtype: str, kind: str, provider: str, atol: float | None, rtol: float | None) -> Tolerance:
+    t = tolerance(dtype, kind, provider)
+    if atol is not None or rtol is not None:
+        t = Tolerance(atol if atol is not None else t.atol, rtol if rtol is not None else t.rtol)
+    return t
+
+
+def _as_torch_inputs(
+    model_proto: onnx.ModelProto, example_inputs: Any, seed: int
+) -> tuple[list[Any], list[np.ndarray]]:
+    import torch
+
+    from .verifier import _inputs_from_onnx
+
+    if example_inputs is None:
+        example_inputs = [torch.from_numpy(a) for a in _inputs_from_onnx(model_proto, seed)]
+    if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
+        example_inputs = (example_inputs,)
+    tin = [t if isinstance(t, torch.Tensor) else torch.from_numpy(np.asarray(t)) for t in example_inputs]
+    arrays = [_np(t) for t in tin]
+    for i, a in enumerate(arrays):
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise InputError(f"input {i} contains NaN or Inf", note="localization needs finite inputs")
+    return tin, arrays
+
+
+def _load(onnx_model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    if isinstance(onnx_model, onnx.ModelProto):
+        return onnx_model, "<in-memory model>"
+    return nio.load(onnx_model), os.fspath(onnx_model)
+
+
+def _error_sample(a: np.ndarray, r: np.ndarray, limit: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """Evenly spaced samples of elementwise |a − r| and |a − r| / |r| (for histograms)."""
+    r64 = r.astype(np.float64).ravel()
+    d = np.abs(a.astype(np.float64).ravel() - r64)
+    if d.size > limit:
+        pick = np.linspace(0, d.size - 1, limit).astype(np.int64)
+        d, r64 = d[pick], r64[pick]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(d == 0, 0.0, d / np.abs(r64))
+    return d, rel
+
+
+def _norm_info(
+    model: onnx.ModelProto, value: str | None, norm_name: str | None, call: _Call, records: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    if norm_name is None and call.norm_kind is None:
+        return None
+    info: dict[str, Any] = {"kind": call.norm_kind, "torch_eps": call.eps}
+    if norm_name is not None:
+        rec = records.get(norm_name, {})
+        nodes = [n for n in model.graph.node if node_meta(n).get("normonnx.norm") == norm_name]
+        strategies = {node_meta(n).get("normonnx.strategy") for n in nodes} - {None}
+        ops = [n.op_type for n in nodes if n.op_type not in ("Constant",)]
+        # the nodes' own metadata describe the graph as it is; the record, the graph as exported
+        strategy = sorted(strategies)[0] if strategies else rec.get("strategy")
+        info.update(
+            kind=rec.get("kind") or call.norm_kind,
+            strategy=strategy,
+            node=norm_name,
+            spec=rec.get("spec"),
+            onnx_ops=sorted(set(ops), key=ops.index),
+        )
+        if rec.get("strategy") and rec.get("strategy") != strategy:
+            info["recorded_strategy"] = rec.get("strategy")
+        eps = [
+            helper.get_attribute_value(a)
+            for n in nodes
+            for a in n.attribute
+            if a.name == "epsilon" and a.type == onnx.AttributeProto.FLOAT
+        ]
+        if eps:
+            info["onnx_epsilon"] = float(eps[0])
+        versions = {o.domain: o.version for o in model.opset_import}
+        info["opset"] = opset = versions.get("", versions.get("ai.onnx"))
+        if "GroupNormalization" in ops and opset is not None and opset < 21:
+            info["warning"] = (
+                f"GroupNormalization-{opset} scales per group (deprecated in opset 21); torch's GroupNorm scales per channel"
+            )
+        eps_t = call.eps
+        if eps_t is not None and "onnx_epsilon" in info and not math.isclose(info["onnx_epsilon"], eps_t, rel_tol=1e-3):
+            info["warning"] = f"epsilon {info['onnx_epsilon']:.3g} in ONNX vs {eps_t:.3g} in torch"
+    return info
+
+
+def localize(
+    model: Any,
+    onnx_path: str | os.PathLike[str] | onnx.ModelProto,
+    inputs: Any = None,
+    *,
+    provider: str = "cpu",
+    rtol: float | None = None,
+    atol: float | None = None,
+    check: str = "elementwise",
+    threads: int | None = None,
+    ort_optimize: bool = False,
+    seed: int = 0,
+    dtype: str | None = None,
+) -> LocalizeReport:
+    """Compare every torch module's output with its ONNX value; report the first divergence.
+
+    rtol/atol override the table's per-layer tolerance (dtype × norm kind × provider);
+    ``check`` is :func:`~normonnx.compare.compare_arrays`' statistic. onnxruntime runs with its
+    graph optimizations off unless ``ort_optimize`` (exposed values then block some fusions).
+    Tolerances are looked up for ``dtype`` (default: the model's input dtype, see
+    :func:`model_dtype`), not for each value's own: an fp16 deployment keeps some values in fp32
+    and they carry fp16 error all the same.
+    """
+    proto, label = _load(onnx_path)
+    dtype = dtype or model_dtype(proto)
+    tin, arrays = _as_torch_inputs(proto, inputs, seed)
+    calls, t_outputs = trace_torch(model, tin)
+    types = infer_types(proto)
+    values = run_values(
+        proto, onnx_input_arrays(proto, arrays), provider=provider, optimize=ort_optimize, threads=threads, types=types
+    )
+    out_names = [o.name for o in proto.graph.output]
+    outputs = []
+    errors: dict[str, np.ndarray] = {}
+    rel_errors: dict[str, np.ndarray] = {}
+    for name, r in zip(out_names, t_outputs):
+        a = values.get(name)
+        if a is None:
+            continue
+        outputs.append(compare_arrays(name, a, r, _tol(dtype or str(a.dtype), "model", provider, atol, rtol), check))
+        if a.shape == r.shape:
+            errors[f"output:{name}"], rel_errors[f"output:{name}"] = _error_sample(a, r)
+    mapped, entries, value_norm, notes = _map_calls(proto, calls, values)
+    records = norm_records(proto)
+    layers: list[LayerResult] = []
+    result_of: dict[str, LayerResult] = {}
+    for c in calls:
+        v, how = mapped.get(c.name, (None, "identity" if c.identity else "unmapped"))
+        comparison = None
+        if v is not None and c.output is not None:
+            a = values[v]
+            comparison = compare_arrays(
+                c.name, a, c.output, _tol(dtype or str(a.dtype), c.norm_kind or "*", provider, atol, rtol), check
+            )
+            errors[c.name], rel_errors[c.name] = _error_sample(a, c.output)
+        agree, note = _inputs_agree(c, result_of, entries.get(c.name, []), values, provider, dtype, atol, rtol)
+        lr = LayerResult(
+            c.name,
+            c.module,
+            c.type,
+            c.index,
+            c.leaf,
+            v,
+            how,
+            comparison,
+            agree,
+            note,
+            _norm_info(proto, v, value_norm.get(v) if v else None, c, records),
+        )
+        layers.append(lr)
+        result_of[c.name] = lr
+    culprit, between = _culprit(layers)
+    unmapped = [lr.name for lr in layers if lr.leaf and lr.mapped_by == "unmapped"]
+    if unmapped:
+        shown = ", ".join(unmapped[:6]) + (f" and {len(unmapped) - 6} more" if len(unmapped) > 6 else "")
+        notes.append(f"{len(unmapped)} leaf module outputs have no ONNX value (fused or folded away?): {shown}")
+    return LocalizeReport(label, provider, layers, outputs, culprit, between, notes, errors, rel_errors, values)
+
+
+def _inputs_agree(
+    c: _Call,
+    result_of: Mapping[str, LayerResult],
+    entry_values: Sequence[str],
+    values: Mapping[str, np.ndarray],
+    provider: str,
+    dtype: str | None,
+    atol: float | None,
+    rtol: float | None,
+) -> tuple[bool | None, str]:
+    verdicts: list[bool | None] = []
+    notes = []
+    free_entries = list(entry_values)
+    for src, x in zip(c.sources, c.inputs):
+        if src is not None and src.startswith("input:"):
+            verdicts.append(True)
+            continue
+        if src is not None and src in result_of and result_of[src].passed is not None:
+            ok = bool(result_of[src].passed)
+            verdicts.append(ok)
+            if not ok:
+                notes.append(f"input from {src} diverges")
+            continue
+        # an ONNX value entering the module's scope with the input's shape
+        match = next((v for v in free_entries if values[v].shape == x.shape), None)
+        if match is not None:
+            free_entries.remove(match)
+            a = values[match]
+            ok = compare_arrays("input", a, x, _tol(dtype or str(a.dtype), "*", provider, atol, rtol)).passed
+            verdicts.append(ok)
+            if not ok:
+                notes.append(f"ONNX input {match!r} diverges")
+            continue
+        verdicts.append(None)
+        notes.append(f"input from {src or 'functional code'} not checked")
+    if any(v is False for v in verdicts):
+        return False, "; ".join(notes)
+    if verdicts and all(v is True for v in verdicts):
+        return True, ""
+    return (None if verdicts else True), "; ".join(notes)
+
+
+def _culprit(layers: Sequence[LayerResult]) -> tuple[LayerResult | None, tuple[str | None, str] | None]:
+    last_ok: str | None = None
+    for lr in layers:
+        if not lr.leaf or lr.comparison is None:
+            continue
+        if lr.comparison.passed:
+            last_ok = lr.name
+            continue
+        if lr.inputs_agree is False:
+            return None, (last_ok, lr.name)
+        return lr, None
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# bisect (ONNX only)
+
+
+@dataclasses.dataclass
+class ValueResult:
+    """One value present in both ONNX runs."""
+
+    name: str
+    node: str
+    op_type: str
+    index: int  # producer's position in model A
+    scope: str  # innermost module scope (exporter metadata) or ""
+    norm: dict[str, Any] | None
+    comparison: OutputComparison
+    inputs_agree: bool | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["comparison"] = self.comparison.as_dict()
+        return d
+
+
+@dataclasses.dataclass
+class BisectReport:
+    """Value-by-value comparison of two ONNX runs and the first diverging value."""
+
+    a: str
+    b: str
+    values: list[ValueResult]
+    outputs: list[OutputComparison]
+    first: ValueResult | None
+    only_in_a: int
+    only_in_b: int
+    notes: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return self.first is None and all(o.passed for o in self.outputs)
+
+    def verdict(self) -> str:
+        f = self.first
+        if f is None:
+            if all(o.passed for o in self.outputs):
+                return f"{len(self.values)} shared values agree"
+            return "every shared value agrees; outputs diverge (in values only one side has)"
+        where = f" in module {f.scope!r}" if f.scope else ""
+        norm = f", {f.norm['kind']} norm lowered as {f.norm.get('strategy')}" if f.norm else ""
+        return (
+            f"first divergence at value {f.name!r} ({f.op_type} node {f.node!r}{where}{norm}): "
+            f"max_abs={f.comparison.max_abs:.3g} rel_to_scale={f.comparison.rel_to_scale:.3g} ({f.comparison.tolerance})"
+        )
+
+    def summary(self) -> str:
+        return f"{self.verdict()} — {self.a} vs {self.b}, {len(self.values)} shared values compared"
+
+    def format_table(self) -> str:
+        from .reports import format_values
+
+        return format_values(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "a": self.a,
+            "b": self.b,
+            "verdict": self.verdict(),
+            "first": self.first.as_dict() if self.first else None,
+            "only_in_a": self.only_in_a,
+            "only_in_b": self.only_in_b,
+            "notes": self.notes,
+            "outputs": [o.as_dict() for o in self.outputs],
+            "values": [v.as_dict() for v in self.values],
+        }
+
+
+def _parse_side(spec: str | os.PathLike[str] | onnx.ModelProto) -> tuple[str | None, bool | None]:
+    """ "cpu", "cuda", "cpu:opt", "cpu:noopt" → (provider, optimize); a path → (None, None)."""
+    if isinstance(spec, onnx.ModelProto):
+        return None, None
+    s = os.fspath(spec)
+    prov, _, opt = s.partition(":")
+    if prov in ("cpu", "cuda") and opt in ("", "opt", "noopt") and not os.path.exists(s):
+        return prov, (opt == "opt")
+    return None, None
+
+
+def bisect(
+    onnx_a: str | os.PathLike[str] | onnx.ModelProto,
+    other: str | os.PathLike[str] | onnx.ModelProto,
+    inputs: Any = None,
+    *,
+    provider: str = "cpu",
+    optimize_a: bool = False,
+    rtol: float | None = None,
+    atol: float | None = None,
+    check: str = "elementwise",
+    threads: int | None = None,
+    seed: int = 0,
+) -> BisectReport:
+    """Run A (the reference) and B, compare every value they share by name, find the first divergence.
+
+    ``other`` is a second ONNX file / model (e.g. the optimized one), or a provider spec for the
+    same model: ``"cuda"``, ``"cpu:opt"`` (onnxruntime's graph optimizations on; values we expose
+    cannot be fused away, so this compares kernels more than fusions).
+    """
+    from .verifier import _inputs_from_onnx
+
+    proto_a, label_a = _load(onnx_a)
+    prov_b, opt_b = _parse_side(other)
+    if prov_b is not None:
+        proto_b, label_b = proto_a, f"{label_a} on {other}"
+    else:
+        proto_b, label_b = _load(other)
+        prov_b, opt_b = provider, False
+    if inputs is None:
+        arrays = _inputs_from_onnx(proto_a, seed)
+    else:
+        if not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        arrays = [_np(t) if hasattr(t, "detach") else np.asarray(t) for t in inputs]
+    types_a = infer_types(proto_a)
+    types_b = types_a if proto_b is proto_a else infer_types(proto_b)
+    va = run_values(
+        proto_a,
+        onnx_input_arrays(proto_a, arrays),
+        provider=provider,
+        optimize=optimize_a,
+        threads=threads,
+        types=types_a,
+    )
+    vb = run_values(
+        proto_b,
+        onnx_input_arrays(proto_b, arrays),
+        provider=prov_b,
+        optimize=bool(opt_b),
+        threads=threads,
+        types=types_b,
+    )
+    g = proto_a.graph
+    records = norm_records(proto_a)
+    tdt = model_dtype(proto_a)
+    const_a, const_b = constants(proto_a), constants(proto_b)
+    results: list[ValueResult] = []
+    status: dict[str, bool] = {vi.name: True for vi in g.input}  # both sides get the same inputs
+
+    def describe(node: onnx.NodeProto) -> tuple[str, dict[str, Any] | None]:
+        md = node_meta(node)
+        scopes = node_scopes(node) or []
+        norm_name = md.get("normonnx.norm")
+        norm = None
+        if norm_name:
+            rec = records.get(norm_name, {})
+            norm = {
+                "node": norm_name,
+                "kind": rec.get("kind"),
+                "strategy": md.get("normonnx.strategy") or rec.get("strategy"),
+                "spec": rec.get("spec"),
+            }
+        return (scopes[-1] if scopes else ""), norm
+
+    # constants shared by name must be equal (an edited ε is a constant): compared exactly
+    const_owner = {v: n for n in g.node if n.op_type == "Constant" for v in n.output}
+    for name, ca in const_a.items():
+        cb = const_b.get(name)
+        if cb is None or ca.shape != cb.shape:
+            continue
+        cmp = compare_arrays(name, cb, ca, Tolerance(0.0, 1e-6), "elementwise")
+        status[name] = cmp.passed
+        if not cmp.passed:
+            node = const_owner.get(name)
+            scope, norm = describe(node) if node is not None else ("", None)
+            idx = list(g.node).index(node) if node is not None else -1
+            results.append(
+                ValueResult(
+                    name,
+                    node.name if node is not None else name,
+                    "Constant" if node is not None else "initializer",
+                    idx,
+                    scope,
+                    norm,
+                    cmp,
+                    True,
+                )
+            )
+    for i, node in enumerate(g.node):
+        if node.op_type == "Constant":
+            continue
+        for v in node.output:
+            if v not in va or v not in vb or va[v].shape != vb[v].shape:
+                continue
+            a, b = vb[v], va[v]
+            cmp = compare_arrays(v, a, b, _tol(tdt, "*", provider, atol, rtol), check)
+            ins = [status[x] for x in node.input if x in status]  # int shape tensors are not tracked
+            agree = False if not all(ins) else (True if ins else None)
+            scope, norm = describe(node)
+            results.append(ValueResult(v, node.name, node.op_type, i, scope, norm, cmp, agree))
+            status[v] = cmp.passed
+    results.sort(key=lambda r: r.index)
+    first = next((r for r in results if not r.comparison.passed and r.inputs_agree is not False), None)
+    outputs = []
+    for o in g.output:
+        if o.name in va and o.name in vb:
+            b = va[o.name]
+            outputs.append(compare_arrays(o.name, vb[o.name], b, _tol(tdt, "model", provider, atol, rtol), check))
+    notes = []
+    shared = {r.name for r in results}
+    only_a = len([v for v in va if v not in shared])
+    only_b = len([v for v in vb if v not in shared])
+    if not results:
+        notes.append("the two models share no value names; only graph outputs were compared")
+    if first is not None and first.op_type not in ("Constant", "initializer"):
+        notes += _attribute_diff(proto_a, proto_b, first.name)
+    return BisectReport(label_a, label_b, results, outputs, first, only_a, only_b, notes)
+
+
+def _attribute_diff(a: onnx.ModelProto, b: onnx.ModelProto, value: str) -> list[str]:
+    """Differences between the nodes producing ``value`` in A and B (op type, attributes)."""
+    na = next((n for n in a.graph.node if value in n.output), None)
+    nb = next((n for n in b.graph.node if value in n.output), None)
+    if na is None or nb is None:
+        return []
+    if na.op_type != nb.op_type:
+        return [f"{value!r} is produced by {na.op_type} in A, {nb.op_type} in B"]
+    aa = {x.name: helper.get_attribute_value(x) for x in na.attribute}
+    ab = {x.name: helper.get_attribute_value(x) for x in nb.attribute}
+    return [
+        f"{na.op_type} producing {value!r}: attribute {k} = {aa.get(k)!r} in A, {ab.get(k)!r} in B"
+        for k in sorted(set(aa) | set(ab))
+        if aa.get(k) != ab.get(k)
+    ]
+
+
+__all__ = [
+    "BisectReport",
+    "LayerResult",
+    "LocalizeReport",
+    "ValueResult",
+    "bisect",
+    "expose_values",
+    "infer_types",
+    "localize",
+    "run_values",
+    "trace_torch",
+]
