@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from normonnx import kernels
 from normonnx.errors import LoweringError, SpecError
 from normonnx.lowering import OPSETS, PREFERENCE, STRATEGIES, build_model, format_capability_table, select
 from normonnx.norms import KINDS, get_kind
@@ -43,10 +44,17 @@ def test_unsupported_dtype_for_forced_strategy_names_valid_ones():
 
 
 def test_selection_records_reasons():
-    sel = select(NormSpec("group", channels=32, groups=8), 21)
+    spec = NormSpec("group", channels=32, groups=8)
+    sel = select(spec, 21, prefer=["native", "decomposed"])
     assert sel.strategy == "decomposed"
     reasons = dict(sel.rejected)
     assert "E[x²]−E[x]²" in reasons["native"]
+    # the default CPU order starts with the compiled kernels; without the library that is a reason too
+    sel = select(spec, 21)
+    if kernels.available():
+        assert sel.strategy == "native_kernel" and not sel.rejected
+    else:
+        assert sel.strategy == "decomposed" and "library" in dict(sel.rejected)["native_kernel"]
 
 
 def test_capability_table_prints_every_strategy():

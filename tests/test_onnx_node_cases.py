@@ -23,6 +23,7 @@ import onnx.inliner
 import pytest
 from onnx.reference import ReferenceEvaluator
 
+from normonnx import kernels
 from normonnx.compare import compare_arrays, tolerance
 from normonnx.lowering import STRATEGIES, build_model, check
 from normonnx.norms import KINDS
@@ -232,6 +233,11 @@ def _assert_structure(model: onnx.ModelProto, case: onnx_cases.OnnxCase, strateg
         (fn,) = model.functions
         assert (node.op_type, node.overload) == (kind.normonnx_op, case.spec.key())
         assert (fn.domain, fn.name, fn.overload) == ("normonnx", node.op_type, node.overload)
+    elif strategy == "native_kernel":  # the function strategy's node and body, in the kernel library's domain
+        (node,) = [n for n in model.graph.node if n.domain == kernels.DOMAIN]
+        (fn,) = model.functions
+        assert (node.op_type, node.overload) == (kind.normonnx_op, case.spec.key())
+        assert (fn.domain, fn.name, fn.overload) == (kernels.DOMAIN, node.op_type, node.overload)
     elif strategy == "via_instance":
         assert "InstanceNormalization" in ops and "GroupNormalization" not in ops, ops
     else:  # a new strategy: add its expected structure here
@@ -249,6 +255,6 @@ def test_strategy_reproduces_onnx(case: onnx_cases.OnnxCase, strategy: str) -> N
     _assert_close(f"onnxruntime[{strategy}]", y, case)
 
     inlined = onnx.inliner.inline_local_functions(model)
-    assert not [n for n in inlined.graph.node if n.domain == "normonnx"]
+    assert not [n for n in inlined.graph.node if n.domain in ("normonnx", kernels.DOMAIN)]
     (y_ref,) = ReferenceEvaluator(inlined).run(None, {"X": case.x})
     _assert_close(f"onnx.reference[{strategy}]", y_ref, case)

@@ -17,16 +17,17 @@ from onnx import helper, numpy_helper
 from ..errors import LoweringError
 from ..norms import KINDS, get_kind
 from ..spec import NormSpec
-from . import decomposed, function, native, via_instance
+from . import decomposed, function, native, native_kernel, via_instance
 from .base import MIN_OPSET, PROVIDERS, Capability, Strategy, Verdict
 from .builder import Builder
 
 STRATEGIES: dict[str, Strategy] = {
-    s.name: s for s in (native.STRATEGY, decomposed.STRATEGY, function.STRATEGY, via_instance.STRATEGY)
+    s.name: s
+    for s in (native.STRATEGY, decomposed.STRATEGY, function.STRATEGY, via_instance.STRATEGY, native_kernel.STRATEGY)
 }
 #: default order of preference per provider: the first valid *and stable* strategy wins.
 PREFERENCE: dict[str, tuple[str, ...]] = {
-    "cpu": ("native", "decomposed", "function", "via_instance"),
+    "cpu": ("native_kernel", "native", "decomposed", "function", "via_instance"),
     "cuda": ("native", "decomposed", "function", "via_instance"),
 }
 #: highest default-domain opset normonnx targets (onnx may define newer ones; runtimes lag).

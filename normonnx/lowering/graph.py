@@ -106,6 +106,7 @@ def lower_model(
     records: list[LoweringRecord] = []
     functions = {(f.domain, f.name, f.overload): f for f in model.functions}
     prefer = tuple(prefer) if prefer is not None else None
+    extra_opsets: dict[str, int] = {}
     for i, node in enumerate(model.graph.node):
         if not (node.domain == DOMAIN and node.op_type in BY_OP):
             new_nodes.append(node)
@@ -131,13 +132,15 @@ def lower_model(
         new_nodes.extend(b.nodes)
         for f in strategy.functions(spec, opset):
             functions.setdefault((f.domain, f.name, f.overload), f)
+        for domain, version in strategy.extra_opsets().items():
+            extra_opsets[domain] = max(version, extra_opsets.get(domain, version))
         records.append(LoweringRecord(name, spec.kind, sel.strategy, spec.key(), list(sel.rejected), scope))
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     used_domains = {n.domain for n in new_nodes}
     del model.functions[:]
     model.functions.extend(f for (d, _, _), f in functions.items() if d in used_domains)
-    _set_opsets(model, keep_normonnx=DOMAIN in used_domains)
+    _set_opsets(model, {d: v for d, v in extra_opsets.items() if d in used_domains and d != DOMAIN})
     if model.functions:
         model.ir_version = max(model.ir_version, 10)  # function overloads
     _record(model, records)
@@ -150,10 +153,13 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def _set_opsets(model: onnx.ModelProto, keep_normonnx: bool) -> None:
-    ops = [o for o in model.opset_import if o.domain != DOMAIN]
-    if keep_normonnx:
+def _set_opsets(model: onnx.ModelProto, extra: dict[str, int]) -> None:
+    """Import exactly the custom domains the lowered graph uses (``normonnx`` only if a node kept it)."""
+    used = {n.domain for n in model.graph.node}
+    ops = [o for o in model.opset_import if o.domain != DOMAIN and o.domain not in extra]
+    if DOMAIN in used:
         ops.append(helper.make_opsetid(DOMAIN, function.VERSION))
+    ops.extend(helper.make_opsetid(d, v) for d, v in sorted(extra.items()))
     del model.opset_import[:]
     model.opset_import.extend(ops)
 

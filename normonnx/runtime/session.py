@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -111,7 +112,7 @@ def session(
         so.enable_profiling = True
         so.profile_file_prefix = profile
     if custom_ops:
-        _maybe_register_kernels(so, src)
+        register_kernels(so, src)
     providers: list[Any] = [(wanted, dict(provider_options or {}))]
     if provider == "cuda":
         providers.append("CPUExecutionProvider")  # CPU-only nodes (shape ops); checked below
@@ -145,18 +146,32 @@ def session(
     )
 
 
-def _maybe_register_kernels(so: Any, src: bytes | str) -> None:
-    """Register the native normonnx kernel library if built and the model uses normonnx ops."""
-    try:
-        from ..kernels import library_path  # type: ignore[attr-defined]
-    except Exception:
-        return
-    path = library_path()
+def register_kernels(so: Any, src: bytes | str) -> bool:
+    """Register normonnx's native kernel library on SessionOptions ``so`` if it is built and the
+    model (bytes or path) uses normonnx ops; True if registered.
+
+    A library that fails to register is reported with a warning, not an error: the model's
+    function bodies compute the same ops without it.
+    """
+    from .. import kernels
+
+    path = kernels.library_path()
     if not path:
-        return
-    data = src if isinstance(src, bytes) else None
-    if data is None:
+        return False
+    data = src
+    if not isinstance(data, bytes):
         with open(src, "rb") as f:
             data = f.read()
-    if b"normonnx" in data:
+    if kernels.DOMAIN.encode() not in data:
+        return False
+    try:
         so.register_custom_ops_library(path)
+    except Exception as e:
+        warnings.warn(
+            f"normonnx's kernel library {path} did not register ({str(e).splitlines()[0] if str(e) else e}); "
+            "the model's ONNX function bodies run instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True

@@ -1,0 +1,52 @@
+/* The inner loops of the normonnx kernels: statistics and the normalising affine map, float32 I/O.
+ *
+ * Statistics (one read): over a span x[0..n), with a shift k (a sample of the span),
+ *     s1 = Σ (x − k),   s2 = Σ (x − k)²        accumulated in float64, 16 independent lanes
+ * so mean = k + s1/n and σ² = s2/n − (s1/n)². The shift keeps the cancellation in σ² bounded by
+ * (mean − k)²/σ², a few units for any sample k, and float64 leaves ~10 digits after it; a
+ * zero-variance span gives s1 = s2 = 0 exactly.
+ *
+ * Normalisation: the mean is split into float hi + lo parts (mh = float(mean), ml = float(mean − mh))
+ * and y = ((x − mh) − ml)·a + b. For x near the mean, x − mh is exact (Sterbenz), so an input at
+ * offset 1e3 keeps its full float precision instead of losing 1e3·2⁻²⁴ in a folded x·a + (b − mean·a).
+ *
+ * This header is compiled once per instruction set (NX_ISA_SUFFIX): the loops are written so that
+ * the compiler vectorises them (lane arrays for the reductions, no cross-iteration dependences).
+ */
+#ifndef NORMONNX_NORM_MATH_H
+#define NORMONNX_NORM_MATH_H
+
+#include <stddef.h>
+
+typedef struct NxMath {
+  const char* isa;
+  /* *s1 += Σ(x−k), *s2 += Σ(x−k)² over x[0..n) */
+  void (*sums)(const float* x, size_t n, double k, double* s1, double* s2);
+  /* *s2 += Σ x² over x[0..n) */
+  void (*sumsq)(const float* x, size_t n, double* s2);
+  /* The write passes prefetch pf[0..n) into L2 meanwhile (the next segment; NULL: nothing). */
+  /* y = ((x − mh) − ml)·a + b, optionally followed by SiLU y·σ(y) */
+  void (*affine)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu, const float* pf);
+  /* y[i] = ((x[i] − mh) − ml)·r·w[i] + b[i]; w or b may be NULL (1 / 0) */
+  void (*row)(const float* x, float* y, size_t n, float mh, float ml, float r, const float* w, const float* b,
+              const float* pf);
+  /* y[i] = x[i]·r·w[i]; w may be NULL */
+  void (*rms_row)(const float* x, float* y, size_t n, float r, const float* w, const float* pf);
+  /* column statistics over rows r < `rows` (≤ 8) of x (row stride `stride`):
+   * s1[p] += Σ_r x[r][p] − k[p], s2[p] += Σ_r (x[r][p] − k[p])², in float64 */
+  void (*col_sums)(const float* x, size_t stride, size_t rows, size_t n, const float* k, double* s1, double* s2);
+  /* per position p: mean = k[p] + s1[p]/count → (mh, ml), r = 1/√(max(s2/count − (s1/count)², 0) + ε) */
+  void (*col_finish)(size_t n, const float* k, const double* s1, const double* s2, double count, double eps, float* mh,
+                     float* ml, float* r);
+  /* column normalisation: y[p] = ((x[p] − mh[p]) − ml[p])·(r[p]·a) + b, evaluated in float64 */
+  void (*col_affine)(const float* x, float* y, size_t n, const float* mh, const float* ml, const float* r, float a,
+                     float b);
+} NxMath;
+
+extern const NxMath nx_math_generic;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define NX_HAVE_AVX2_BUILD 1
+extern const NxMath nx_math_avx2;
+#endif
+
+#endif

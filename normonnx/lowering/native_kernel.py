@@ -1,0 +1,69 @@
+"""Native-kernel lowering: a ``normonnx.kernels``-domain op that normonnx's compiled CPU library runs.
+
+The node is the function strategy's node (same op type, inputs, attributes, ``overload =
+spec.key()``) in the domain :data:`normonnx.kernels.DOMAIN`, and the model carries a model-local
+``FunctionProto`` of that (domain, op, overload) whose body is the stable decomposition. So the
+model stays portable:
+
+- onnxruntime without the library (or any other runtime) inlines the body: the same numbers as
+  the ``function`` strategy;
+- onnxruntime with the library registered (``normonnx.session`` does it) runs the float32 kernel,
+  which wins over the model-local function (checked via the profiler in ``tests/test_kernels.py``).
+
+Statistics in the kernel are one read of the input, accumulated in float64 from a shift, and the
+output is ``((x − μ_hi) − μ_lo)·(γ/σ) + β`` (see ``normonnx/kernels/src/norm_math.h``).
+
+Valid for float32 on CPU, and only when :func:`normonnx.kernels.available` says the library is
+built and usable here; other dtypes are lowered by the other strategies (the library's domain
+is separate from ``normonnx`` precisely so that their nodes keep running their bodies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx
+
+from .. import kernels
+from ..norms import KINDS
+from ..spec import NormSpec
+from .base import MIN_OPSET, Capability, Strategy, Verdict
+from .builder import Builder
+from .decomposed import STRATEGY as DECOMPOSED
+from .function import make_function, node_inputs
+
+DOMAIN = kernels.DOMAIN
+_CAP = Capability(
+    MIN_OPSET,
+    {"cpu": frozenset({"float32"}), "cuda": frozenset()},
+    True,
+    "compiled float32 CPU kernel, float64 statistics (needs the built library); carries the function body",
+)
+
+
+class NativeKernel(Strategy):
+    name = "native_kernel"
+    description = "normonnx.kernels-domain op run by normonnx's compiled CPU kernels (function body as fallback)"
+    capabilities = {k: _CAP for k in KINDS}
+
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+        if not kernels.available():
+            return Verdict(False, f"the native kernel library is not available: {kernels.unavailable_reason()}")
+        return DECOMPOSED.check_spec(spec, opset, provider)  # the carried body is the decomposition
+
+    def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        kind = KINDS[spec.kind]
+        return b.op(
+            kind.normonnx_op, node_inputs(spec, x, params), domain=DOMAIN, overload=spec.key(), **kind.attributes(spec)
+        )
+
+    def functions(self, spec: NormSpec, opset: int) -> list[onnx.FunctionProto]:
+        fn = make_function(spec, opset)
+        fn.domain = DOMAIN
+        return [fn]
+
+    def extra_opsets(self) -> dict[str, int]:
+        return {DOMAIN: kernels.DOMAIN_VERSION}
+
+
+STRATEGY = NativeKernel()
