@@ -1,0 +1,364 @@
+"""Per-model latency, accuracy and time breakdown: torch eager vs three ONNX exports in onnxruntime.
+
+For every model in ``models/`` (static shapes: the entry's example inputs):
+
+- ``torch`` — eager, ``torch.inference_mode``;
+- ``onnx:default`` — ``torch.onnx.export(model, inputs, dynamo=True)`` with every argument at its
+  default (opset included), run in an onnxruntime session with default graph optimizations;
+- ``onnx:normonnx`` — :func:`normonnx.exporter.export` (opset chosen by normonnx for the CPU);
+- ``onnx:normonnx+optimize`` — that export after ``normonnx.optimize.optimize_model``, when the
+  optimizer is importable (otherwise the column is skipped with the reason in the results).
+
+All candidates get the same thread count (torch ``set_num_threads``, onnxruntime intra-op
+threads) and are timed round-robin (:mod:`normonnx.bench.timing`). Accuracy is the max absolute
+difference over all outputs against the model run in float64 by torch. "Where the time goes"
+comes from onnxruntime's profiler: per-node kernel times (the first, warm-up run dropped),
+grouped by op type, with the time spent in normalization nodes separated out. A node counts as a
+norm node if normonnx lowered it (node metadata ``normonnx.norm``), if torch's exporter recorded
+it inside a norm module (metadata ``namespace``, innermost module class ``…Norm…``), or if its op
+type is a norm op (ONNX native, onnxruntime contrib fusions, normonnx domain).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .timing import Timing, measure, ort_session, set_threads
+
+TORCH = "torch"
+DEFAULT = "onnx:default"
+NORMONNX = "onnx:normonnx"
+OPTIMIZED = "onnx:normonnx+optimize"
+CANDIDATES = (TORCH, DEFAULT, NORMONNX, OPTIMIZED)
+
+#: op types that are normalizations wherever they appear
+NORM_OP_TYPES = frozenset(
+    {
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "RMSNormalization",
+        # onnxruntime contrib ops / fusions
+        "SimplifiedLayerNormalization",
+        "SkipLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "GroupNorm",
+        "SkipGroupNorm",
+        # normonnx domain (native kernel library)
+        "BatchNorm",
+        "LayerNorm",
+        "InstanceNorm",
+        "RMSNorm",
+    }
+)
+_NORM_CLASS = re.compile(r"(BatchNorm\w*|LayerNorm\w*|InstanceNorm\w*|GroupNorm\w*|RMSNorm\w*)$")
+
+BUDGET_S = 8.0
+QUICK_BUDGET_S = 0.5
+PROFILE_RUNS = 5
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def optimizer() -> tuple[Callable[[onnx.ModelProto], Any] | None, str]:
+    """``normonnx.optimize.optimize_model`` if importable, else None and why."""
+    try:
+        from ..optimize import optimize_model  # type: ignore[attr-defined]
+    except Exception as e:
+        return None, f"normonnx.optimize.optimize_model not importable ({type(e).__name__}: {e})"
+    return optimize_model, ""
+
+
+def _as_model(result: Any) -> onnx.ModelProto:
+    """The ModelProto out of whatever the optimizer returns (model, (model, ...), or .model)."""
+    if isinstance(result, onnx.ModelProto):
+        return result
+    if isinstance(result, tuple) and result and isinstance(result[0], onnx.ModelProto):
+        return result[0]
+    inner = getattr(result, "model", None)
+    if isinstance(inner, onnx.ModelProto):
+        return inner
+    raise TypeError(f"optimize_model returned {type(result).__name__}, not an ONNX model")
+
+
+# -- norm attribution ----------------------------------------------------------------------------
+
+
+def _innermost_module_class(namespace: str) -> str:
+    """``": M/gn: torch.nn….GroupNorm/group_norm: aten.group_norm.default"`` → ``"torch.nn….GroupNorm"``."""
+    parts = [p.split(": ", 1)[-1].strip() for p in namespace.split("/")]
+    modules = [p for p in parts if p and not p.startswith("aten.") and "." in p]
+    return modules[-1] if modules else ""
+
+
+def norm_node_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes of ``model``'s main graph that belong to a normalization."""
+    out = set()
+    for n in model.graph.node:
+        meta = {p.key: p.value for p in n.metadata_props}
+        if "normonnx.norm" in meta or n.op_type in NORM_OP_TYPES:
+            out.add(n.name)
+            continue
+        cls = _innermost_module_class(meta.get("namespace", ""))
+        if cls and _NORM_CLASS.search(cls):
+            out.add(n.name)
+    return out
+
+
+def profile_breakdown(events: list[dict[str, Any]], norm_nodes: set[str]) -> dict[str, Any]:
+    """Kernel time per op type per run (ms), norm nodes separated, from onnxruntime profiler events.
+
+    The first ``model_run`` is a warm-up and is dropped.
+    """
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"]
+    )
+    start = runs[1]["ts"] if len(runs) > 1 else 0
+    n_runs = max(1, len(runs) - 1) if len(runs) > 1 else max(1, len(runs))
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e.get("ts", 0) < start:
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        op = e.get("args", {}).get("op_name", "?")
+        is_norm = node in norm_nodes or op in NORM_OP_TYPES
+        g = groups.setdefault((op, is_norm), {"op": op, "norm": is_norm, "us": 0.0, "nodes": set()})
+        g["us"] += float(e.get("dur", 0))
+        g["nodes"].add(node)
+    total_us = sum(g["us"] for g in groups.values()) or 1.0
+    rows = [
+        {
+            "op": g["op"],
+            "norm": g["norm"],
+            "ms": g["us"] / n_runs / 1e3,
+            "share": g["us"] / total_us,
+            "nodes": len(g["nodes"]),
+        }
+        for g in sorted(groups.values(), key=lambda g: -g["us"])
+    ]
+    norm_ms = sum(r["ms"] for r in rows if r["norm"])
+    return {
+        "kernel_ms": total_us / n_runs / 1e3,
+        "norm_ms": norm_ms,
+        "norm_share": norm_ms / (total_us / n_runs / 1e3),
+        "by_op": rows,
+    }
+
+
+def profile(path: str, feed: dict[str, np.ndarray], threads: int, runs: int = PROFILE_RUNS) -> dict[str, Any]:
+    """Run ``path`` ``runs``+1 times under onnxruntime's profiler and group the kernel times."""
+    model = onnx.load(path, load_external_data=False)
+    with tempfile.TemporaryDirectory() as d:
+        sess = ort_session(path, threads, profile=os.path.join(d, "prof"))
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        prof = sess.end_profiling()
+        with open(prof) as f:
+            events = json.load(f)
+    return profile_breakdown(events, norm_node_names(model))
+
+
+# -- one model -----------------------------------------------------------------------------------
+
+
+def _flatten(out: Any) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out.detach().numpy()]
+    if isinstance(out, (list, tuple)):
+        return [a for o in out for a in _flatten(o)]
+    if isinstance(out, dict):
+        return [a for o in out.values() for a in _flatten(o)]
+    raise TypeError(f"unsupported model output type {type(out).__name__}")
+
+
+def _max_err(outs: list[np.ndarray], refs: list[np.ndarray]) -> float | None:
+    if len(outs) != len(refs):
+        return None
+    errs = []
+    for a, r in zip(outs, refs):
+        if a.shape != r.shape:
+            return None
+        errs.append(float(np.max(np.abs(a.astype(np.float64) - r))) if a.size else 0.0)
+    return max(errs) if errs else 0.0
+
+
+def default_export(model: Any, inputs: tuple[Any, ...], path: str) -> int:
+    """``torch.onnx.export(model, inputs, path, dynamo=True)`` with defaults; returns its opset."""
+    import torch
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        torch.onnx.export(model, inputs, path, dynamo=True)
+    m = onnx.load(path, load_external_data=False)
+    return next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def bench_model(
+    entry: Any,
+    out_dir: str,
+    *,
+    threads: int = 2,
+    budget_s: float = BUDGET_S,
+    quick: bool = False,
+    profile_runs: int = PROFILE_RUNS,
+) -> list[dict[str, Any]]:
+    """Rows (one per candidate) for one ``models`` entry."""
+    import torch
+
+    from ..exporter import export
+
+    set_threads(threads)
+    model = entry.factory()
+    inputs = tuple(entry.example_inputs())
+    with torch.inference_mode():
+        y32 = _flatten(model(*inputs))
+        m64 = copy.deepcopy(model).double()
+        ref = [
+            a.astype(np.float64) for a in _flatten(m64(*[t.double() if t.is_floating_point() else t for t in inputs]))
+        ]
+    feed_arrays = [t.numpy() for t in inputs]
+
+    info: dict[str, dict[str, Any]] = {
+        TORCH: {"max_abs_err": _max_err(y32, ref), "note": f"torch {torch.__version__} eager"}
+    }
+    cands: dict[str, Callable[[], Any]] = {}
+
+    def torch_call() -> Any:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    cands[TORCH] = torch_call
+    paths: dict[str, str] = {}
+
+    # default torch.onnx export
+    p_default = os.path.join(out_dir, f"{entry.name}.default.onnx")
+    try:
+        opset = default_export(model, inputs, p_default)
+        paths[DEFAULT] = p_default
+        info[DEFAULT] = {"opset": opset, "note": "torch.onnx.export(dynamo=True) defaults"}
+    except Exception as e:
+        info[DEFAULT] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+
+    # normonnx export
+    p_nn = os.path.join(out_dir, f"{entry.name}.normonnx.onnx")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            res = export(model, inputs, p_nn, input_names=list(entry.input_names))
+        paths[NORMONNX] = p_nn
+        info[NORMONNX] = {"opset": res.opset, "strategies": res.strategies, "note": res.opset_reason}
+    except Exception as e:
+        info[NORMONNX] = {"error": f"{type(e).__name__}: {getattr(e, 'message', str(e)).splitlines()[0][:200]}"}
+
+    # normonnx export + optimize
+    opt, why = optimizer()
+    if opt is None:
+        info[OPTIMIZED] = {"skipped": why}
+    elif NORMONNX in paths:
+        p_opt = os.path.join(out_dir, f"{entry.name}.normonnx.opt.onnx")
+        try:
+            from ..io import load, save
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = opt(load(p_nn))
+            optimized = _as_model(result)
+            save(optimized, p_opt)
+            paths[OPTIMIZED] = p_opt
+            passed = getattr(result, "passed", None)
+            info[OPTIMIZED] = {
+                "opset": next(o.version for o in optimized.opset_import if o.domain in ("", "ai.onnx")),
+                "note": "normonnx.optimize.optimize_model"
+                + ("" if passed is None else f" (its own verification {'passed' if passed else 'FAILED'})"),
+            }
+        except Exception as e:
+            info[OPTIMIZED] = {"error": f"{type(e).__name__}: {getattr(e, 'message', str(e)).splitlines()[0][:200]}"}
+    else:
+        info[OPTIMIZED] = {"skipped": "the normonnx export failed"}
+
+    for name, path in paths.items():
+        try:
+            sess = ort_session(path, threads)
+            feed = {i.name: a for i, a in zip(sess.get_inputs(), feed_arrays)}
+            outs = sess.run(None, feed)
+            info[name]["max_abs_err"] = _max_err(list(outs), ref)
+            info[name]["nodes"] = len(onnx.load(path, load_external_data=False).graph.node)
+            cands[name] = lambda sess=sess, feed=feed: sess.run(None, feed)
+            info[name]["profile"] = profile(path, feed, threads, runs=1 if quick else profile_runs)
+        except Exception as e:
+            cands.pop(name, None)
+            info[name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+    if quick:
+        timings = measure(cands, budget_s=budget_s, warmup=1, min_rounds=3, max_rounds=20, sample_s=0.001)
+    else:
+        timings = measure(cands, budget_s=budget_s, warmup=3, min_rounds=7, sample_s=0.02, max_inner=20)
+    t_torch = timings[TORCH].median_ms
+    rows = []
+    for name in CANDIDATES:
+        meta = info.get(name, {})
+        t: Timing | None = timings.get(name)
+        row: dict[str, Any] = {
+            "model": entry.name,
+            "candidate": name,
+            "threads": threads,
+            "opset": meta.get("opset"),
+            "max_abs_err": meta.get("max_abs_err"),
+            "nodes": meta.get("nodes"),
+            "strategies": meta.get("strategies"),
+            "profile": meta.get("profile"),
+            "note": meta.get("note", ""),
+            "error": meta.get("error", ""),
+            "skipped": meta.get("skipped", ""),
+        }
+        if t is not None:
+            row.update(t.as_dict())
+            row["x_torch"] = t.median_ms / t_torch
+        rows.append(row)
+    return rows
+
+
+def run_models(
+    names: Iterable[str] | None = None,
+    *,
+    quick: bool = False,
+    threads: int = 2,
+    budget_s: float | None = None,
+    out_dir: str | None = None,
+    log: Callable[[str], None] | None = _log,
+) -> list[dict[str, Any]]:
+    """Benchmark every model in ``models/`` (or ``names``); rows in registry order."""
+    from ..commands import progress
+    from ..errors import InputError
+    from ..modelspec import models_registry
+
+    reg = models_registry()
+    if reg is None:
+        raise InputError("the models/ package is not importable", note="run from the repository root")
+    names = list(names) if names is not None else list(reg.MODELS)
+    unknown = [n for n in names if n not in reg.MODELS]
+    if unknown:
+        raise InputError(f"unknown model(s): {', '.join(unknown)}", note=f"valid models: {', '.join(reg.MODELS)}")
+    budget = budget_s if budget_s is not None else (QUICK_BUDGET_S if quick else BUDGET_S)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
+        d = out_dir or tmp
+        for i, name in enumerate(progress(names, total=len(names), desc="bench models")):
+            if log:
+                log(f"[models {i + 1}/{len(names)}] {name}")
+            rows += bench_model(reg.MODELS[name], d, threads=threads, budget_s=budget, quick=quick)
+    return rows

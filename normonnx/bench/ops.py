@@ -1,0 +1,265 @@
+"""Per-norm-op latency: every valid lowering strategy in onnxruntime vs torch eager vs a copy floor.
+
+A normalization reads its input once or twice and writes its output once, so it is memory-bound:
+the *copy floor*, the time to read and write the same bytes, is the physical limit a kernel can
+approach. Every latency is reported as ``× floor`` measured in the same run, so the numbers
+survive a noisy shared machine.
+
+The floor is the faster of two copies of the input tensor, both timed round-robin with the norms:
+
+- ``copy:numpy`` — ``np.copyto(out, x)`` into a preallocated buffer (one thread, no allocation);
+- ``copy:onnxruntime`` — a one-node ``Identity`` model in an onnxruntime session with the same
+  thread count; checked not to alias (its output is a fresh buffer), so it pays the same
+  per-run overhead and output allocation as the norm models do. Should onnxruntime ever alias
+  it, ``Mul(x, 1)`` is used instead.
+
+Each row records which copy set the floor (``floor_source``).
+
+Candidates per (kind, shape): the copies, torch eager (``kind.torch_forward`` under
+``torch.inference_mode``), and each strategy ``check`` accepts at the best opset (the highest
+both normonnx and the installed onnxruntime support), unstable ones included and flagged; the
+strategy normonnx's selector would choose is flagged ``selected``. onnxruntime sessions use
+default graph optimizations (what a user runs) and ``threads`` intra-op threads; torch gets
+the same count. Every candidate's output is also compared once with the float64 reference.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..spec import NormSpec
+from .timing import Timing, measure, ort_session, set_threads
+
+#: representative shapes (issue 6): diffusion UNet / SD GroupNorms, ViT / LLM LayerNorms.
+GROUP_SHAPES: tuple[tuple[int, ...], ...] = ((1, 320, 64, 64), (2, 256, 64, 64), (8, 64, 32, 32), (1, 1280, 8, 8))
+LAYER_SHAPES: tuple[tuple[int, ...], ...] = ((8, 197, 384), (1, 4096, 1024), (32, 128, 768))
+#: batch / instance norms run at the GroupNorm (NCHW) shapes, RMSNorm at the LayerNorm shapes.
+SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "group": GROUP_SHAPES,
+    "layer": LAYER_SHAPES,
+    "batch": GROUP_SHAPES,
+    "instance": GROUP_SHAPES,
+    "rms": LAYER_SHAPES,
+}
+#: --quick: tiny shapes, for tests and smoke runs (the ratios are dominated by per-call overhead).
+QUICK_SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "group": ((1, 64, 8, 8),),
+    "layer": ((4, 16, 64),),
+    "batch": ((1, 64, 8, 8),),
+    "instance": ((1, 64, 8, 8),),
+    "rms": ((4, 16, 64),),
+}
+GROUPS = 32
+#: time budget per (kind, shape) group of candidates, seconds
+BUDGET_S = 3.0
+QUICK_BUDGET_S = 0.05
+
+COPY_NUMPY = "copy:numpy"
+COPY_ORT = "copy:onnxruntime"
+TORCH = "torch"
+
+
+def spec_for(kind: str, shape: Sequence[int]) -> NormSpec:
+    """The benchmarked spec of ``kind`` at ``shape`` (affine, default epsilon, float32)."""
+    rank = len(shape)
+    if kind == "group":
+        return NormSpec("group", channels=shape[1], groups=GROUPS, rank=rank)
+    if kind == "batch":
+        return NormSpec("batch", channels=shape[1], running_stats=True, rank=rank)
+    if kind == "instance":
+        return NormSpec("instance", channels=shape[1], rank=rank)
+    if kind == "layer":
+        return NormSpec("layer", normalized_shape=(shape[-1],), rank=rank)
+    if kind == "rms":
+        return NormSpec("rms", normalized_shape=(shape[-1],), has_bias=False, rank=rank)
+    raise ValueError(f"no benchmark spec for kind {kind!r}")
+
+
+def best_opset() -> int:
+    """The highest default-domain opset both normonnx emits and the installed onnxruntime loads."""
+    from ..lowering import MAX_OPSET
+    from ..runtime.probe import ort_max_opset
+
+    return min(MAX_OPSET, ort_max_opset())
+
+
+def copy_model(op: str = "Identity") -> onnx.ModelProto:
+    """``Y = Identity(X)`` (or ``Mul(X, 1)``): onnxruntime reading and writing X's bytes once."""
+    inits = []
+    if op == "Identity":
+        node = helper.make_node("Identity", ["X"], ["Y"], name="copy")
+    elif op == "Mul":
+        node = helper.make_node("Mul", ["X", "one"], ["Y"], name="copy")
+        inits = [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])]
+    else:
+        raise ValueError(f"copy model op must be Identity or Mul, got {op!r}")
+    g = helper.make_graph(
+        [node],
+        f"copy_{op.lower()}",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def ort_copy(x: np.ndarray, threads: int) -> tuple[Callable[[], Any], str]:
+    """A callable running the onnxruntime copy model on ``x``, and the op it uses.
+
+    Identity is tried first; if onnxruntime hands back a view of the input (no bytes moved) it
+    is not a copy, and ``Mul(x, 1)`` replaces it.
+    """
+    for op in ("Identity", "Mul"):
+        s = ort_session(copy_model(op), threads)
+        y = s.run(None, {"X": x})[0]
+        if not np.shares_memory(x, y) and np.array_equal(x, y):
+            return (lambda s=s: s.run(None, {"X": x})), op
+    raise RuntimeError("onnxruntime aliased both copy models; no copy floor available")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_shape(
+    kind: str,
+    shape: Sequence[int],
+    *,
+    threads: int = 2,
+    opset: int | None = None,
+    budget_s: float = BUDGET_S,
+    quick: bool = False,
+    strategies: Iterable[str] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Measure every candidate for one (kind, shape); one row (dict) per candidate."""
+    import torch
+
+    from ..lowering import STRATEGIES, build_model, check, select
+    from ..norms import KINDS
+
+    set_threads(threads)
+    opset = best_opset() if opset is None else opset
+    spec = spec_for(kind, shape)
+    k = KINDS[kind]
+    rng = np.random.default_rng(seed)
+    params = k.random_params(spec, rng)
+    x = rng.standard_normal(tuple(shape)).astype(np.float32)
+    ref = k.reference(spec, x.astype(np.float64), params)
+    ref_scale = float(np.max(np.abs(ref)))  # errors below are judged against this scale
+    try:
+        chosen = select(spec, opset, "cpu").strategy
+    except Exception:
+        chosen = None
+
+    cands: dict[str, Callable[[], Any]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    out = np.empty_like(x)
+    cands[COPY_NUMPY] = lambda: np.copyto(out, x)
+    info[COPY_NUMPY] = {"strategy": None, "note": "np.copyto into a preallocated buffer (1 thread)"}
+    fn, op = ort_copy(x, threads)
+    cands[COPY_ORT] = fn
+    info[COPY_ORT] = {"strategy": None, "note": f"onnxruntime {op} model, {threads} threads"}
+
+    xt = torch.from_numpy(x)
+    tparams = {n: torch.from_numpy(np.asarray(v, dtype=np.float32)) for n, v in params.items()}
+
+    def torch_call() -> Any:
+        with torch.inference_mode():
+            return k.torch_forward(spec, xt, tparams)
+
+    cands[TORCH] = torch_call
+    info[TORCH] = {"strategy": None, "note": f"torch {torch.__version__} eager, {threads} threads"}
+    with torch.inference_mode():
+        y_torch = k.torch_forward(spec, xt, tparams).numpy()
+    info[TORCH]["max_abs_err"] = float(np.max(np.abs(y_torch.astype(np.float64) - ref)))
+
+    names = list(strategies) if strategies is not None else list(STRATEGIES)
+    for name in names:
+        if not check(spec, name, opset, "cpu", allow_unstable=True):
+            continue
+        label = f"onnxruntime:{name}"
+        model = build_model(spec, params, opset, name, allow_unstable=True)
+        try:
+            s = ort_session(model, threads)
+            y = s.run(None, {"X": x})[0]
+        except Exception as e:  # a strategy onnxruntime cannot run is a result, not a crash
+            info[label] = {"strategy": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            continue
+        cands[label] = lambda s=s: s.run(None, {"X": x})
+        err = float(np.max(np.abs(y.astype(np.float64) - ref))) if y.shape == ref.shape else math.inf
+        info[label] = {
+            "strategy": name,
+            "stable": bool(check(spec, name, opset, "cpu", allow_unstable=False)),
+            "selected": name == chosen,
+            "max_abs_err": err if np.isfinite(err) else None,
+            "note": f"opset {opset}",
+        }
+
+    if quick:
+        timings = measure(cands, budget_s=budget_s, warmup=1, min_rounds=3, max_rounds=20, sample_s=0.001, seed=seed)
+    else:
+        timings = measure(cands, budget_s=budget_s, seed=seed)
+    floor_name = min((COPY_NUMPY, COPY_ORT), key=lambda n: timings[n].median_ms)
+    floor = timings[floor_name].median_ms
+    nbytes = int(x.nbytes)
+    rows: list[dict[str, Any]] = []
+    for name, meta in info.items():
+        t: Timing | None = timings.get(name)
+        row: dict[str, Any] = {
+            "kind": kind,
+            "shape": list(shape),
+            "spec": spec.key(),
+            "opset": opset,
+            "threads": threads,
+            "candidate": name,
+            "strategy": meta.get("strategy"),
+            "stable": meta.get("stable"),
+            "selected": bool(meta.get("selected", False)),
+            "max_abs_err": meta.get("max_abs_err"),
+            "floor_ms": floor,
+            "floor_source": floor_name,
+            "bytes": nbytes,
+            "ref_scale": ref_scale,
+            "note": meta.get("note", ""),
+            "error": meta.get("error", ""),
+        }
+        if t is not None:
+            row.update(t.as_dict())
+            row["x_floor"] = t.median_ms / floor
+            # read + write of x: the effective bandwidth if the op touched each byte twice
+            row["gb_per_s"] = 2 * nbytes / (t.median_ms * 1e-3) / 1e9
+        rows.append(row)
+    return rows
+
+
+def run_ops(
+    kinds: Iterable[str] | None = None,
+    *,
+    quick: bool = False,
+    threads: int = 2,
+    budget_s: float | None = None,
+    shapes: dict[str, Sequence[Sequence[int]]] | None = None,
+    opset: int | None = None,
+    log: Callable[[str], None] | None = _log,
+) -> list[dict[str, Any]]:
+    """Benchmark every (kind, shape); rows as :func:`bench_shape` returns them, in order."""
+    from ..commands import progress
+
+    table = shapes or (QUICK_SHAPES if quick else SHAPES)
+    kinds = list(kinds) if kinds is not None else list(table)
+    budget = budget_s if budget_s is not None else (QUICK_BUDGET_S if quick else BUDGET_S)
+    jobs = [(k, tuple(s)) for k in kinds for s in table[k]]
+    rows: list[dict[str, Any]] = []
+    for i, (kind, shape) in enumerate(progress(jobs, total=len(jobs), desc="bench ops")):
+        if log:
+            log(f"[ops {i + 1}/{len(jobs)}] {kind} {list(shape)}")
+        rows += bench_shape(kind, shape, threads=threads, opset=opset, budget_s=budget, quick=quick)
+    return rows

@@ -1,0 +1,518 @@
+"""Benchmark results as data (JSON) and as ``BENCHMARKS.md``, and the diff between two runs.
+
+The JSON document is the record; the markdown is rendered from it alone, so a saved JSON can be
+re-rendered or compared later (``--compare old.json``). Comparisons use *ratios measured in the
+same run* (``× floor`` for ops, ``× torch`` for models) besides the raw milliseconds: ratios
+survive a change of machine or of background load, milliseconds do not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+SCHEMA = "normonnx.bench/1"
+#: a change smaller than this (relative) is never reported as a change, whatever the spread says
+MIN_CHANGE = 0.05
+
+
+# -- metadata ------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+
+    from .. import __version__
+
+    out = {
+        "normonnx": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+    try:
+        import onnxscript
+
+        out["onnxscript"] = onnxscript.__version__
+    except Exception:
+        out["onnxscript"] = "not installed"
+    return out
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "loadavg_start": loadavg(),
+    }
+
+
+def make_document(
+    *,
+    command: str,
+    threads: int,
+    quick: bool,
+    ops: list[dict[str, Any]] | None,
+    models: list[dict[str, Any]] | None,
+    machine_info: dict[str, Any],
+    method: dict[str, Any],
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The JSON record of one benchmark run."""
+    m = dict(machine_info)
+    m["loadavg_end"] = loadavg()
+    return {
+        "schema": SCHEMA,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "threads": threads,
+        "quick": quick,
+        "machine": m,
+        "versions": versions(),
+        "method": method,
+        "ops": ops,
+        "models": models,
+        "notes": list(notes),
+    }
+
+
+def load_document(path: str) -> dict[str, Any]:
+    """Read a benchmark JSON file; a clear :class:`InputError` if it is not one."""
+    from ..errors import InputError
+
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise InputError(
+            f"no such benchmark file: {path}", note="give a JSON file written by `normonnx bench --json`"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{path} is not JSON: {e}", note="give a JSON file written by `normonnx bench --json`"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise InputError(
+            f"{path} is not a normonnx benchmark file (schema {doc.get('schema') if isinstance(doc, dict) else None!r})",
+            note=f"expected schema {SCHEMA!r}, written by `normonnx bench --json`",
+        )
+    return doc
+
+
+# -- formatting helpers --------------------------------------------------------------------------
+
+
+def _ms(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "—"
+    if v < 0.1:
+        return f"{1e3 * v:.1f} µs"
+    return f"{v:.3f} ms" if v < 10 else f"{v:.1f} ms"
+
+
+def _spread(row: dict[str, Any]) -> str:
+    m, iqr = row.get("median_ms"), row.get("iqr_ms")
+    if not m or iqr is None:
+        return ""
+    return f"±{100 * iqr / m / 2:.0f}%"
+
+
+def _err(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1e}"
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _shape(s: Sequence[int]) -> str:
+    return "[" + ",".join(map(str, s)) + "]"
+
+
+KIND_TITLES = {
+    "group": "GroupNorm (32 groups)",
+    "layer": "LayerNorm (last axis)",
+    "batch": "BatchNorm (eval, running statistics)",
+    "instance": "InstanceNorm (affine)",
+    "rms": "RMSNorm (last axis)",
+}
+
+
+def _op_groups(ops: list[dict[str, Any]]) -> dict[str, dict[tuple[int, ...], dict[str, dict[str, Any]]]]:
+    by: dict[str, dict[tuple[int, ...], dict[str, dict[str, Any]]]] = {}
+    for r in ops:
+        by.setdefault(r["kind"], {}).setdefault(tuple(r["shape"]), {})[r["candidate"]] = r
+    return by
+
+
+def gaps(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (kind, shape): normonnx's selected strategy, the fastest onnxruntime strategy and torch, in × floor.
+
+    Sorted by the selected strategy's distance to the floor, largest first: the gaps that remain.
+    """
+    out = []
+    for kind, shapes in _op_groups(ops).items():
+        for shape, cands in shapes.items():
+            ort = [r for n, r in cands.items() if n.startswith("onnxruntime:") and r.get("x_floor")]
+            if not ort:
+                continue
+            sel = next((r for r in ort if r.get("selected")), None)
+            best = min(ort, key=lambda r: r["x_floor"])
+            torch_row = cands.get("torch", {})
+            out.append(
+                {
+                    "kind": kind,
+                    "shape": list(shape),
+                    "selected": sel["strategy"] if sel else None,
+                    "selected_x_floor": sel["x_floor"] if sel else None,
+                    "best": best["strategy"],
+                    "best_x_floor": best["x_floor"],
+                    "best_stable": best.get("stable"),
+                    "torch_x_floor": torch_row.get("x_floor"),
+                    "floor_ms": best["floor_ms"],
+                }
+            )
+    out.sort(key=lambda g: -(g["selected_x_floor"] or g["best_x_floor"]))
+    return out
+
+
+# -- markdown ------------------------------------------------------------------------------------
+
+
+def ops_markdown(ops: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    if not ops:
+        return lines
+    opset = ops[0].get("opset")
+    lines += [
+        f"## Norm ops: onnxruntime CPU (opset {opset}) vs torch eager vs the copy floor",
+        "",
+        "Each cell: **× copy floor** (median latency ±half the interquartile range). ★ = the strategy normonnx's "
+        "selector picks for this spec; † = marked numerically unstable (measured on stress inputs, see "
+        "`normonnx capabilities`). Floor = the faster of `np.copyto` into a preallocated buffer and an onnxruntime "
+        "`Identity` model copying the input (checked not to alias); the column gives the one that set it first, "
+        "then the other.",
+        "",
+    ]
+    for kind, shapes in _op_groups(ops).items():
+        strategies: list[str] = []
+        for cands in shapes.values():
+            for n in cands:
+                if n.startswith("onnxruntime:") and n not in strategies:
+                    strategies.append(n)
+        head = ["shape", "copy floor", "torch eager", *(s.split(":", 1)[1] for s in strategies)]
+        rows = []
+        for shape, cands in shapes.items():
+            any_row = next(iter(cands.values()))
+            src = any_row["floor_source"]
+            other = next((r for n, r in cands.items() if n.startswith("copy:") and n != src), None)
+            floor = f"{_ms(any_row['floor_ms'])} {src.split(':')[1]}"
+            if other is not None and other.get("median_ms") is not None:
+                floor += f" · {other['candidate'].split(':')[1]} {_ms(other['median_ms'])}"
+            cells = [_shape(shape), floor]
+            for name in ["torch", *strategies]:
+                r = cands.get(name)
+                if r is None:
+                    cells.append("n/a")
+                elif r.get("error"):
+                    cells.append("error")
+                else:
+                    mark = ("★" if r.get("selected") else "") + ("†" if r.get("stable") is False else "")
+                    cells.append(f"**{r['x_floor']:.2f}×**{mark} ({_ms(r['median_ms'])} {_spread(r)})")
+            rows.append(cells)
+        lines += [f"### {KIND_TITLES.get(kind, kind)}", "", *_table(head, rows), ""]
+    # accuracy
+    lines += [
+        "### Accuracy of the timed outputs",
+        "",
+        "max |y − y_float64| on the benchmark input (N(0,1), float32); stress inputs are `normonnx` "
+        "`tests/test_stress.py`'s job.",
+        "",
+    ]
+    rows = []
+    for kind, shapes in _op_groups(ops).items():
+        for shape, cands in shapes.items():
+            parts = [
+                f"{n.split(':')[-1]} {_err(r.get('max_abs_err'))}"
+                for n, r in cands.items()
+                if not n.startswith("copy:") and not r.get("error")
+            ]
+            rows.append([kind, _shape(shape), ", ".join(parts)])
+    lines += [*_table(["kind", "shape", "max abs error"], rows), ""]
+    errors = [r for r in ops if r.get("error")]
+    if errors:
+        lines += ["Candidates that failed to run:", ""]
+        lines += [f"- {r['kind']} {_shape(r['shape'])} {r['candidate']}: {r['error']}" for r in errors]
+        lines.append("")
+    return lines
+
+
+def gaps_markdown(ops: list[dict[str, Any]], n: int = 3) -> list[str]:
+    g = gaps(ops)
+    if not g:
+        return []
+    rows = [
+        [
+            x["kind"],
+            _shape(x["shape"]),
+            f"{x['selected']} {x['selected_x_floor']:.2f}×" if x["selected"] else "—",
+            f"{x['best']} {x['best_x_floor']:.2f}×" + ("†" if x["best_stable"] is False else ""),
+            f"{x['torch_x_floor']:.2f}×" if x["torch_x_floor"] else "—",
+        ]
+        for x in g[:n]
+    ]
+    return [
+        f"## The {min(n, len(g))} biggest gaps to the copy floor",
+        "",
+        "By the strategy normonnx selects by default (the distance a user pays), with the fastest onnxruntime "
+        "strategy and torch eager for scale.",
+        "",
+        *_table(["kind", "shape", "normonnx default", "fastest onnxruntime", "torch eager"], rows),
+        "",
+    ]
+
+
+def _model_cell(r: dict[str, Any]) -> str:
+    if r.get("skipped"):
+        return "skipped"
+    if r.get("error") or r.get("median_ms") is None:
+        return "error"
+    s = f"{_ms(r['median_ms'])} {_spread(r)} · **{r['x_torch']:.2f}×** torch · err {_err(r.get('max_abs_err'))}"
+    if r.get("opset"):
+        s += f" · opset {r['opset']}"
+    return s
+
+
+def models_markdown(models: list[dict[str, Any]], top: int = 6) -> list[str]:
+    if not models:
+        return []
+    from .models import CANDIDATES
+
+    by: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in models:
+        by.setdefault(r["model"], {})[r["candidate"]] = r
+    lines = [
+        "## Models: torch eager vs ONNX exports in onnxruntime (CPU)",
+        "",
+        "Each cell: median latency ±half the IQR · **latency ÷ torch eager's** · max |error| against the model run "
+        "in float64 by torch · opset. `default` = `torch.onnx.export(model, inputs, dynamo=True)` with default "
+        "arguments; `normonnx` = `normonnx.exporter.export`; `+optimize` = after `normonnx.optimize.optimize_model`. "
+        "Static shapes (the entries' example inputs).",
+        "",
+    ]
+    head = ["model", *CANDIDATES]
+    rows = [[m, *(_model_cell(c.get(n, {"skipped": "-"})) for n in CANDIDATES)] for m, c in by.items()]
+    lines += [*_table(head, rows), ""]
+    skipped = {r["skipped"] for r in models if r.get("skipped")}
+    for s in sorted(skipped):
+        lines.append(f"Skipped column: {s}.")
+    errs = [r for r in models if r.get("error")]
+    for r in errs:
+        lines.append(f"- {r['model']} {r['candidate']}: {r['error']}")
+    if skipped or errs:
+        lines.append("")
+    lines += [
+        "### Where the time goes (onnxruntime profiler)",
+        "",
+        f"Kernel time per run grouped by op type, top {top}; **bold** = nodes of a normalization (normonnx "
+        "metadata, torch's module scope, or a norm op type). `norm` = share of kernel time in normalization nodes.",
+        "",
+    ]
+    rows = []
+    for m, c in by.items():
+        for n in CANDIDATES[1:]:
+            p = (c.get(n) or {}).get("profile")
+            if not p:
+                continue
+            parts = []
+            for g in p["by_op"][:top]:
+                label = f"{g['op']} {100 * g['share']:.0f}%"
+                parts.append(f"**{label}**" if g["norm"] else label)
+            rows.append([m, n, _ms(p["kernel_ms"]), f"{100 * p['norm_share']:.0f}%", ", ".join(parts)])
+    lines += [*_table(["model", "export", "kernel time", "norm", "top op types"], rows), ""]
+    return lines
+
+
+def markdown(doc: dict[str, Any], diff: dict[str, Any] | None = None) -> str:
+    """``BENCHMARKS.md`` for a benchmark document (and a diff against an older one)."""
+    m, v, meth = doc["machine"], doc["versions"], doc["method"]
+    lines = [
+        "# normonnx benchmarks",
+        "",
+        f"Generated {doc['date']} by `{doc['command']}`"
+        + (" (quick mode: tiny shapes, short budgets)" if doc["quick"] else "")
+        + ".",
+        "Every number below was measured in that one run; compare ratios, not milliseconds, across machines.",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['platform']}); load average "
+        f"{m.get('loadavg_start')} at start, {m.get('loadavg_end')} at end"
+        + (
+            " — **the machine was shared; absolute times are noisy, the side-by-side ratios are the result**"
+            if _busy(m)
+            else ""
+        ),
+        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"- Threads: {doc['threads']} for everyone (torch `set_num_threads`, onnxruntime intra-op threads, inter-op 1)",
+    ]
+    lines += [f"- {k[:1].upper() + k[1:]}: {val}" for k, val in meth.items()]
+    lines.append("")
+    if doc.get("ops"):
+        lines += gaps_markdown(doc["ops"])
+        lines += ops_markdown(doc["ops"])
+    if doc.get("models"):
+        lines += models_markdown(doc["models"])
+    if diff is not None:
+        lines += diff_markdown(diff)
+    if doc.get("notes"):
+        lines += ["## Notes", "", *(f"- {n}" for n in doc["notes"]), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _busy(m: dict[str, Any]) -> bool:
+    loads = [x for x in (m.get("loadavg_start"), m.get("loadavg_end")) if x]
+    cores = m.get("cores") or 1
+    return any(x[0] > 0.5 * cores for x in loads)
+
+
+# -- compare -------------------------------------------------------------------------------------
+
+
+def _key(section: str, r: dict[str, Any]) -> tuple[Any, ...]:
+    if section == "ops":
+        return (r["kind"], tuple(r["shape"]), r["candidate"])
+    return (r["model"], r["candidate"])
+
+
+def _rel_spread(r: dict[str, Any]) -> float:
+    m, iqr = r.get("median_ms"), r.get("iqr_ms")
+    return (iqr / m) if m and iqr is not None and m > 0 else 0.0
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """What changed between two benchmark documents, row by row.
+
+    For each row present in both: old/new median and ratio (× floor for ops, × torch for models).
+    ``change`` = new ratio / old ratio − 1; a row is ``changed`` when |change| exceeds both
+    :data:`MIN_CHANGE` and the two runs' combined relative spread (IQR/median), i.e. the
+    difference is larger than the noise either run saw.
+    """
+    out: dict[str, Any] = {"old": {"date": old.get("date"), "command": old.get("command")}, "ops": [], "models": []}
+    for section, ratio in (("ops", "x_floor"), ("models", "x_torch")):
+        olds = {_key(section, r): r for r in old.get(section) or []}
+        news = {_key(section, r): r for r in new.get(section) or []}
+        for k in list(news) + [k for k in olds if k not in news]:
+            o, n = olds.get(k), news.get(k)
+            entry: dict[str, Any] = {"key": list(k) if section == "models" else [k[0], list(k[1]), k[2]]}
+            if o is None or n is None:
+                entry["status"] = "added" if o is None else "removed"
+                out[section].append(entry)
+                continue
+            ro, rn = o.get(ratio), n.get(ratio)
+            entry.update({"old_ms": o.get("median_ms"), "new_ms": n.get("median_ms"), "old_ratio": ro, "new_ratio": rn})
+            if ro and rn and ro > 0:
+                change = rn / ro - 1.0
+                noise = math.hypot(_rel_spread(o), _rel_spread(n))
+                entry["change"] = change
+                entry["noise"] = noise
+                entry["status"] = "changed" if abs(change) > max(MIN_CHANGE, noise) else "same"
+            else:
+                entry["status"] = "not comparable"
+            out[section].append(entry)
+    return out
+
+
+def diff_markdown(diff: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Changes since {diff['old'].get('date')} (`{diff['old'].get('command')}`)",
+        "",
+        "Ratio change beyond both 5 % and the runs' combined spread; ops compare × floor, models × torch.",
+        "",
+    ]
+    rows = []
+    for section, label in (("ops", "× floor"), ("models", "× torch")):
+        # rows added / removed are listed once per group (op shape or model), not per candidate
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for e in diff[section]:
+            if e["status"] in ("added", "removed"):
+                group = " ".join(_shape(p) if isinstance(p, list) else str(p) for p in e["key"][:-1])
+                grouped.setdefault((e["status"], group), []).append(str(e["key"][-1]))
+        for (status, group), cands in grouped.items():
+            rows.append([section, group, f"{status}: {', '.join(cands)}", "", ""])
+        for e in diff[section]:
+            if e["status"] in ("same", "added", "removed"):
+                continue
+            key = " ".join(_shape(p) if isinstance(p, list) else str(p) for p in e["key"])
+            if e["status"] == "not comparable":
+                rows.append([section, key, e["status"], "", ""])
+                continue
+            arrow = "slower" if e["change"] > 0 else "faster"
+            rows.append(
+                [
+                    section,
+                    key,
+                    f"{e['old_ratio']:.2f}{label} → {e['new_ratio']:.2f}{label}",
+                    f"{100 * e['change']:+.0f}% ({arrow})",
+                    f"{_ms(e['old_ms'])} → {_ms(e['new_ms'])}",
+                ]
+            )
+    same = sum(1 for s in ("ops", "models") for e in diff[s] if e["status"] == "same")
+    if rows:
+        lines += _table(["section", "row", "ratio", "change", "median"], rows)
+    else:
+        lines.append("No row changed beyond the noise.")
+    lines += ["", f"{same} row(s) unchanged within the noise.", ""]
+    return lines
+
+
+def print_summary(doc: dict[str, Any], file: Any = sys.stdout) -> None:
+    """A short text summary for the terminal (the markdown is the full report)."""
+    if doc.get("ops"):
+        print("biggest gaps to the copy floor (normonnx default strategy):", file=file)
+        for g in gaps(doc["ops"])[:3]:
+            sel = f"{g['selected']} {g['selected_x_floor']:.2f}×" if g["selected"] else "none selected"
+            tx = f"{g['torch_x_floor']:.2f}×" if g["torch_x_floor"] else "—"
+            print(
+                f"  {g['kind']:8s} {_shape(g['shape']):18s} {sel:24s} fastest {g['best']} {g['best_x_floor']:.2f}×  torch {tx}",
+                file=file,
+            )
+    if doc.get("models"):
+        print("models (median ms, × torch eager):", file=file)
+        by: dict[str, list[str]] = {}
+        for r in doc["models"]:
+            if r.get("median_ms") is not None:
+                by.setdefault(r["model"], []).append(f"{r['candidate']} {r['median_ms']:.1f} ({r['x_torch']:.2f}×)")
+        for mname, parts in by.items():
+            print(f"  {mname:15s} " + "  ".join(parts), file=file)

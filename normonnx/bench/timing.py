@@ -1,0 +1,158 @@
+"""Side-by-side latency measurement: warm-up, adaptive repetitions, round-robin interleaving.
+
+Performance claims in normonnx are *ratios measured in one run*, so every candidate of a
+comparison (copy floor, torch eager, each onnxruntime lowering) is timed by one call of
+:func:`measure`:
+
+1. warm-up: each candidate runs ``warmup`` times (first-call allocations, thread-pool start,
+   onnxruntime's arena growth), the last call estimates its cost;
+2. a *sample* is ``inner`` back-to-back calls, ``inner`` chosen per candidate so a sample lasts
+   about ``sample_s`` (timer resolution and Python overhead become negligible), preceded by one
+   untimed call so the previous candidate's spinning worker threads have yielded the cores;
+3. rounds: every round times one sample of every candidate, in a freshly shuffled order, so a
+   burst of machine noise (another process on the 2 shared cores) hits all candidates alike;
+4. repetitions adapt to a time budget: rounds continue until ``budget_s`` is spent (at least
+   ``min_rounds``, at most ``max_rounds``).
+
+Results are medians with the interquartile range (q1, q3), never means: latency noise is
+one-sided (interrupts only ever add time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Timing:
+    """Per-call latencies of one candidate: each entry is the mean over one sample's ``inner`` calls."""
+
+    name: str
+    samples_ms: list[float]
+    inner: int
+
+    @property
+    def n(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms)) if self.samples_ms else math.nan
+
+    @property
+    def q1_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 25)) if self.samples_ms else math.nan
+
+    @property
+    def q3_ms(self) -> float:
+        return float(np.percentile(self.samples_ms, 75)) if self.samples_ms else math.nan
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+    @property
+    def rel_iqr(self) -> float:
+        """IQR / median: the spread as a fraction (0.05 = ±5 % band around the median)."""
+        m = self.median_ms
+        return self.iqr_ms / m if m > 0 else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "median_ms": self.median_ms,
+            "q1_ms": self.q1_ms,
+            "q3_ms": self.q3_ms,
+            "iqr_ms": self.iqr_ms,
+            "samples": self.n,
+            "calls_per_sample": self.inner,
+        }
+
+
+def _time_calls(fn: Callable[[], Any], k: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(k):
+        fn()
+    return time.perf_counter() - t0
+
+
+def measure(
+    candidates: Mapping[str, Callable[[], Any]],
+    *,
+    budget_s: float = 2.0,
+    warmup: int = 3,
+    min_rounds: int = 7,
+    max_rounds: int = 400,
+    sample_s: float = 0.004,
+    max_inner: int = 200,
+    seed: int = 0,
+) -> dict[str, Timing]:
+    """Time every candidate round-robin; return ``{name: Timing}`` in the candidates' order.
+
+    A candidate that raises stops the measurement of the whole group: timings that did not all
+    run under the same conditions are not comparable, so the caller must drop it and retry.
+    """
+    names = list(candidates)
+    inner: dict[str, int] = {}
+    for name in names:
+        fn = candidates[name]
+        for _ in range(max(0, warmup - 1)):
+            fn()
+        est = _time_calls(fn, 1)
+        inner[name] = max(1, min(max_inner, math.ceil(sample_s / max(est, 1e-7))))
+    out = {n: Timing(n, [], inner[n]) for n in names}
+    rng = random.Random(seed)
+    t_start = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - t_start < budget_s):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            fn = candidates[name]
+            fn()  # untimed: lets the previous candidate's worker threads go idle
+            dt = _time_calls(fn, inner[name])
+            out[name].samples_ms.append(1e3 * dt / inner[name])
+        rounds += 1
+    return out
+
+
+def ort_session(model: Any, threads: int, *, profile: str | None = None, optimize: bool = True) -> Any:
+    """An onnxruntime CPU session for benchmarking: ``threads`` intra-op threads, no spinning.
+
+    onnxruntime's idle intra-op workers spin after each run by default. Interleaved with torch,
+    those spinning threads hold the 2 cores while torch's OpenMP workers wait for a time slice
+    (measured here: a tiny torch GroupNorm at 12 ms instead of 0.01 ms). Every onnxruntime
+    candidate therefore runs with ``session.intra_op.allow_spinning = 0``; graph optimizations
+    stay at onnxruntime's default. normonnx's kernel library is registered as
+    :func:`normonnx.runtime.session` does.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+    from ..runtime.session import register_kernels
+
+    register_kernels(so, src)  # normonnx's native kernels, when built and the model uses them
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def set_threads(threads: int) -> None:
+    """Give torch ``threads`` intra-op threads (onnxruntime sessions get the same count explicitly)."""
+    import torch
+
+    torch.set_num_threads(int(threads))

@@ -1,0 +1,270 @@
+"""normonnx bench: the JSON schema of a --quick run, its invariants, the round-robin timer, the copy
+floor, profiler attribution of norm nodes, and --compare. No assertion depends on how fast anything
+ran (the machine is shared); the invariants hold by construction or by orders of magnitude."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from normonnx.bench import ops as bops
+from normonnx.bench import report
+from normonnx.bench.models import norm_node_names, profile
+from normonnx.bench.timing import measure
+from normonnx.cli import main
+from normonnx.compare import tolerance
+from normonnx.lowering import STRATEGIES, check, select
+from normonnx.lowering.graph import lower_model, make_norm_node
+from normonnx.spec import NormSpec
+
+OP_ROW_KEYS = {
+    "kind",
+    "shape",
+    "spec",
+    "opset",
+    "threads",
+    "candidate",
+    "strategy",
+    "stable",
+    "selected",
+    "max_abs_err",
+    "floor_ms",
+    "floor_source",
+    "bytes",
+    "ref_scale",
+    "note",
+    "error",
+    "median_ms",
+    "q1_ms",
+    "q3_ms",
+    "iqr_ms",
+    "samples",
+    "calls_per_sample",
+    "x_floor",
+    "gb_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_doc(tmp_path_factory):
+    """One `normonnx bench ops --quick` run over every kind, through the CLI."""
+    d = tmp_path_factory.mktemp("bench")
+    path, md = d / "quick.json", d / "BENCHMARKS.md"
+    rc = main(["bench", "ops", "--quick", "--json", str(path), "--markdown", str(md)])
+    assert rc == 0
+    return json.loads(path.read_text()), md.read_text(), path
+
+
+def _groups(rows):
+    out: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        out.setdefault((r["kind"], tuple(r["shape"])), {})[r["candidate"]] = r
+    return out
+
+
+def test_quick_ops_schema(quick_doc):
+    doc, _, _ = quick_doc
+    assert doc["schema"] == report.SCHEMA
+    assert doc["quick"] is True and doc["threads"] == 2 and doc["models"] is None
+    assert doc["command"].startswith("normonnx bench ops --quick --threads 2")
+    assert {"cpu", "cores", "loadavg_start", "loadavg_end"} <= set(doc["machine"])
+    assert {"torch", "onnx", "onnxruntime", "onnxscript", "numpy"} <= set(doc["versions"])
+    assert {"timing", "copy floor", "OpenMP wait policy"} <= set(doc["method"])
+    groups = _groups(doc["ops"])
+    # one group per quick shape of every kind
+    assert sorted(groups) == sorted((k, tuple(s)) for k, shapes in bops.QUICK_SHAPES.items() for s in shapes)
+    for (kind, shape), cands in groups.items():
+        opset = next(iter(cands.values()))["opset"]
+        spec = bops.spec_for(kind, shape)
+        expected = {n for n in STRATEGIES if check(spec, n, opset, "cpu", allow_unstable=True)}
+        assert {r["strategy"] for r in cands.values() if r["strategy"]} == expected, kind
+        assert {bops.COPY_NUMPY, bops.COPY_ORT, bops.TORCH} <= set(cands)
+        for r in cands.values():
+            assert set(r) == OP_ROW_KEYS or r["error"], (kind, r["candidate"], set(r) ^ OP_ROW_KEYS)
+            assert r["bytes"] == 4 * math.prod(shape)
+        # exactly the selector's choice is flagged
+        assert [r["strategy"] for r in cands.values() if r["selected"]] == [select(spec, opset, "cpu").strategy]
+
+
+def test_ratios_finite_positive_and_consistent(quick_doc):
+    doc, _, _ = quick_doc
+    for r in doc["ops"]:
+        assert not r["error"], r
+        assert math.isfinite(r["x_floor"]) and r["x_floor"] > 0
+        assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+        assert r["x_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"], rel=1e-9)
+        assert r["samples"] >= 3 and r["calls_per_sample"] >= 1
+
+
+def test_copy_floor_is_below_every_norm(quick_doc):
+    doc, _, _ = quick_doc
+    for (kind, shape), cands in _groups(doc["ops"]).items():
+        floor = {r["floor_ms"] for r in cands.values()}
+        assert len(floor) == 1
+        source = next(iter(cands.values()))["floor_source"]
+        assert source in (bops.COPY_NUMPY, bops.COPY_ORT)
+        assert floor == {cands[source]["median_ms"]}
+        assert cands[source]["x_floor"] == 1.0
+        for name, r in cands.items():
+            if not name.startswith("copy:"):
+                assert r["median_ms"] > r["floor_ms"], (kind, shape, name)
+                assert r["x_floor"] > 1.0
+
+
+def test_timed_outputs_are_accurate(quick_doc):
+    doc, _, _ = quick_doc
+    tol = tolerance("float32")
+    for r in doc["ops"]:
+        if r["candidate"].startswith("copy:"):
+            assert r["max_abs_err"] is None
+            continue
+        assert r["max_abs_err"] is not None and r["max_abs_err"] <= tol.atol + tol.rtol * r["ref_scale"], r
+
+
+def test_markdown_has_every_kind_and_the_gaps(quick_doc):
+    doc, md, _ = quick_doc
+    for kind in bops.QUICK_SHAPES:
+        assert f"### {report.KIND_TITLES[kind]}" in md
+    assert "biggest gaps to the copy floor" in md
+    assert doc["command"] in md
+    # every measured ratio of the first group appears in its table row
+    (kind, shape), cands = next(iter(_groups(doc["ops"]).items()))
+    row = next(line for line in md.splitlines() if line.startswith(f"| {report._shape(shape)} "))
+    assert f"**{cands['torch']['x_floor']:.2f}×**" in row
+    # gaps are sorted, largest first, and refer to ORT strategies
+    g = report.gaps(doc["ops"])
+    assert len(g) == len(_groups(doc["ops"]))
+    keys = [x["selected_x_floor"] for x in g]
+    assert keys == sorted(keys, reverse=True)
+
+
+def test_compare_reports_changes_removals_and_noise(quick_doc, tmp_path):
+    doc, _, old_path = quick_doc
+    new = copy.deepcopy(doc)
+    dropped = (new["ops"][0]["kind"], tuple(new["ops"][0]["shape"]))
+    new["ops"] = [r for r in new["ops"] if (r["kind"], tuple(r["shape"])) != dropped]
+    slow = next(r for r in new["ops"] if r["candidate"] == "onnxruntime:decomposed")
+    slow["x_floor"] *= 2.0
+    slow["median_ms"] *= 2.0
+    slow["iqr_ms"] = 0.01 * slow["median_ms"]
+    new_path = tmp_path / "new.json"
+    new_path.write_text(json.dumps(new))
+
+    diff = report.compare(report.load_document(str(old_path)), report.load_document(str(new_path)))
+    by_key = {(e["key"][0], tuple(e["key"][1]), e["key"][2]): e for e in diff["ops"]}
+    e = by_key[(slow["kind"], tuple(slow["shape"]), slow["candidate"])]
+    assert e["status"] == "changed" and e["change"] == pytest.approx(1.0)
+    removed = [k for k, e in by_key.items() if e["status"] == "removed"]
+    assert {k[:2] for k in removed} == {dropped}
+    assert sum(e["status"] == "same" for e in diff["ops"]) == len(new["ops"]) - 1
+    md = "\n".join(report.diff_markdown(diff))
+    assert "+100% (slower)" in md and "removed:" in md
+
+
+def test_compare_through_the_cli(quick_doc, tmp_path, capsys):
+    _, _, old_path = quick_doc
+    out = tmp_path / "again.json"
+    rc = main(["bench", "ops", "--quick", "--kinds", "rms", "--json", str(out), "--compare", str(old_path)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    statuses = {e["status"] for e in doc["compare"]["ops"]}
+    assert "removed" in statuses  # the other kinds
+    assert statuses <= {"same", "changed", "removed", "added", "not comparable"}
+    assert "PASSED | bench ops" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "ops", "--quick", "--kinds", "batchnorm"], "unknown norm kind"),
+        (["bench", "ops", "--quick", "--compare", "{missing}"], "no such benchmark file"),
+        (["bench", "ops", "--quick", "--compare", "{notbench}"], "not a normonnx benchmark file"),
+        (["bench", "ops", "--quick", "--threads", "0"], "--threads must be at least 1"),
+    ],
+)
+def test_usage_errors_exit_2_before_running(argv, message, tmp_path, capsys):
+    notbench = tmp_path / "other.json"
+    notbench.write_text(json.dumps({"schema": "something/else"}))
+    argv = [a.format(missing=tmp_path / "nope.json", notbench=notbench) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "FAILED |" in captured.out
+
+
+def test_measure_interleaves_round_robin():
+    log: list[str] = []
+    cands = {n: (lambda n=n: log.append(n)) for n in "abc"}
+    t = measure(cands, budget_s=0.0, warmup=1, min_rounds=5, max_rounds=5, sample_s=0.0, max_inner=1)
+    assert [t[n].n for n in "abc"] == [5, 5, 5]
+    timed = log[3:]  # after one warm-up call each
+    # every round: (untimed + timed call) for each candidate in some order
+    rounds = [timed[i : i + 6] for i in range(0, len(timed), 6)]
+    assert len(rounds) == 5
+    for r in rounds:
+        assert sorted(r) == ["a", "a", "b", "b", "c", "c"]
+        assert r[0] == r[1] and r[2] == r[3] and r[4] == r[5]
+    assert len({tuple(r[::2]) for r in rounds}) > 1  # the order is reshuffled
+
+
+def test_ort_copy_really_copies():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    fn, op = bops.ort_copy(x, threads=1)
+    assert op == "Identity"
+    y = fn()[0]
+    assert np.array_equal(x, y) and not np.shares_memory(x, y)
+    with pytest.raises(ValueError, match="Identity or Mul"):
+        bops.copy_model("Add")
+
+
+def _norm_model() -> onnx.ModelProto:
+    """Relu → normonnx LayerNorm (lowered: decomposed, with metadata) → Relu, plus a torch-scoped node."""
+    spec = NormSpec("layer", normalized_shape=(64,), rank=3)
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((1 + 0.1 * rng.standard_normal(64)).astype(np.float32), "w")
+    b = numpy_helper.from_array((0.1 * rng.standard_normal(64)).astype(np.float32), "b")
+    gn_scoped = helper.make_node("Neg", ["y"], ["z"], name="scoped_neg")
+    gn_scoped.metadata_props.add(
+        key="namespace", value=": M/gn: torch.nn.modules.normalization.GroupNorm/neg: aten.neg.default"
+    )
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="pre"),
+        make_norm_node(spec, "r", {"weight": "w", "bias": "b"}, "y", "ln"),
+        gn_scoped,
+        helper.make_node("Relu", ["z"], ["out"], name="post"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 8, 64])],
+        [w, b],
+        value_info=[helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 8, 64])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("normonnx", 1)])
+    m.ir_version = 10
+    lowered, records = lower_model(m, prefer=["decomposed"])
+    assert [r.strategy for r in records] == ["decomposed"]
+    return lowered
+
+
+def test_norm_attribution_and_profile(tmp_path):
+    model = _norm_model()
+    names = norm_node_names(model)
+    lowered = [n.name for n in model.graph.node if any(p.key == "normonnx.norm" for p in n.metadata_props)]
+    assert len(lowered) > 3
+    assert names == set(lowered) | {"scoped_neg"}  # Relu nodes are not norm nodes
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    p = profile(str(path), {"x": np.ones((2, 8, 64), np.float32)}, threads=1, runs=2)
+    assert p["kernel_ms"] > 0 and 0 < p["norm_share"] < 1
+    assert sum(g["share"] for g in p["by_op"]) == pytest.approx(1.0)
+    relu = [g for g in p["by_op"] if g["op"] == "Relu"]
+    assert relu and all(not g["norm"] for g in relu)
+    # whatever onnxruntime fused the decomposition into, its time is attributed to the norm
+    assert any(g["norm"] for g in p["by_op"])
