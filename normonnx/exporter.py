@@ -26,6 +26,7 @@ import logging
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ import onnx.numpy_helper
 
 from . import io as nio
 from .errors import ExportError, InputError, NormOnnxError
-from .lowering import MAX_OPSET, MIN_OPSET, PREFERENCE, check_opset, check_provider, select
+from .lowering import MAX_OPSET, MIN_OPSET, check_opset, check_provider, preference, select
 from .lowering.graph import LoweringRecord, lower_model
 from .norms import KINDS
 from .spec import DTYPES, NormSpec
@@ -251,22 +252,27 @@ def choose_opset(
     cands = [o for o in CANDIDATE_OPSETS if o <= hi] or [hi]
     if not specs:
         return (18 if 18 in cands else cands[-1]), "no norms found; torch's default opset"
-    order = tuple(prefer) if prefer is not None else PREFERENCE[target]
-    best: tuple[tuple[int, ...], int] | None = None
+    orders = [tuple(prefer) if prefer is not None else preference(target, s.kind) for s in specs]
+    width = max(len(order) for order in orders)
+    best: tuple[tuple[int, ...], int, list[str]] | None = None
     for o in cands:
         try:
-            chosen = [select(s, o, target, prefer=order, allow_unstable=allow_unstable).strategy for s in specs]
+            chosen = [
+                select(s, o, target, prefer=order, allow_unstable=allow_unstable).strategy
+                for s, order in zip(specs, orders)
+            ]
         except NormOnnxError:
             continue
-        # score: how many norms got each rank of preference (earlier = better), lowest opset on ties
-        score = tuple(sum(1 for c in chosen if c == name) for name in order)
+        # score: how many norms got their 1st, 2nd... preferred strategy (earlier = better), lowest opset on ties
+        ranks = [order.index(c) for c, order in zip(chosen, orders)]
+        score = tuple(ranks.count(r) for r in range(width))
         if best is None or score > best[0]:
-            best = (score, o)
+            best = (score, o, chosen)
     if best is None:
         raise ExportError(
             f"no candidate opset ({', '.join(map(str, cands))}) can lower every norm of this model for {target}"
         )
-    counts = ", ".join(f"{n}×{c}" for n, c in zip(order, best[0]) if c)
+    counts = ", ".join(f"{n}×{c}" for n, c in Counter(best[2]).items())
     return best[1], f"lowest opset with the best lowering for {target} ({counts})"
 
 

@@ -30,6 +30,14 @@ PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("native_kernel", "native", "decomposed", "function", "via_instance"),
     "cuda": ("native", "decomposed", "function", "via_instance"),
 }
+#: per-(provider, kind) exceptions to ``PREFERENCE``
+KIND_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
+    # eval BatchNorm computes no statistics: a per-channel affine map that onnxruntime's
+    # BatchNormalization runs at 1.1-2.5x the copy floor, as fast as or faster than the kernels
+    # (BENCHMARKS.md), and that optimize folds into the preceding Conv. With batch statistics the
+    # native op does not apply and the kernels come next.
+    ("cpu", "batch"): ("native", "native_kernel", "decomposed", "function"),
+}
 #: highest default-domain opset normonnx targets (onnx may define newer ones; runtimes lag).
 MAX_OPSET = 23
 OPSETS = tuple(range(MIN_OPSET, MAX_OPSET + 1))
@@ -88,7 +96,7 @@ def select(
     get_kind(spec.kind).validate(spec)
     check_opset(opset)
     check_provider(provider)
-    order = tuple(prefer) if prefer is not None else PREFERENCE[provider]
+    order = tuple(prefer) if prefer is not None else preference(provider, spec.kind)
     rejected: list[tuple[str, str]] = []
     for name in order:
         verdict = get_strategy(name).check(spec, opset, provider, allow_unstable=allow_unstable)
@@ -101,6 +109,12 @@ def select(
         f"no strategy can lower {spec.kind} norm ({spec.dtype}, opset {opset}, {provider}):\n  {reasons}",
         note=(f"strategies valid for this spec: {', '.join(valid)}" if valid else "change the opset or dtype"),
     )
+
+
+def preference(provider: str, kind: str) -> tuple[str, ...]:
+    """The default order in which ``select`` tries strategies for a ``kind`` norm on ``provider``."""
+    check_provider(provider)
+    return KIND_PREFERENCE.get((provider, kind), PREFERENCE[provider])
 
 
 def check(spec: NormSpec, strategy: str, opset: int, provider: str = "cpu", *, allow_unstable: bool = True) -> Verdict:
@@ -205,6 +219,7 @@ def build_model(
 
 
 __all__ = [
+    "KIND_PREFERENCE",
     "MAX_OPSET",
     "MIN_OPSET",
     "OPSETS",
@@ -216,5 +231,6 @@ __all__ = [
     "check",
     "format_capability_table",
     "get_strategy",
+    "preference",
     "select",
 ]

@@ -13,8 +13,6 @@ import pytest
 from _faults import example, make_net
 
 from normonnx.exporter import export
-from normonnx.testing import onnx_equivalence  # noqa: F401  (the plugin's fixture, as pytest11 would load it)
-
 
 STANDARD_OPS = ("native", "decomposed")
 
