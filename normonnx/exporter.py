@@ -405,6 +405,7 @@ def _export(
     if opset < TORCH_MIN_OPSET:
         proto = _convert_down(proto, opset)
     _name_dynamic_dims(proto, dyn)
+    proto = _fuse_activations(proto)
     lowered, records = lower_model(proto, provider=target, prefer=prefer, allow_unstable=allow_unstable)
     import torch as _t
 
@@ -433,6 +434,18 @@ def _export(
         why,
         notes,
     )
+
+
+def _fuse_activations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """GroupNorm followed by SiLU becomes one normonnx GroupNorm with ``activation="silu"`` (the
+    diffusion-UNet block), so every lowering applies the SiLU in the same pass over the tensor.
+    Uses optimize's ``group_norm.silu`` rule: it fires only on exactly y·sigmoid(y) where nothing
+    else reads y."""
+    from .optimize import Report, apply_rule
+    from .optimize.fuse_group import GroupNormSiLU
+
+    fused, _ = apply_rule(GroupNormSiLU(), model, Report())
+    return fused
 
 
 def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:

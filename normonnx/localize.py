@@ -725,6 +725,8 @@ def _norm_info(
         ops = [n.op_type for n in nodes if n.op_type not in ("Constant",)]
         # the nodes' own metadata describe the graph as it is; the record, the graph as exported
         strategy = sorted(strategies)[0] if strategies else rec.get("strategy")
+        if rec.get("activation"):
+            info["fused_activation"] = rec["activation"]  # compared as activation(module output)
         info.update(
             kind=rec.get("kind") or call.norm_kind,
             strategy=strategy,
@@ -805,10 +807,11 @@ def localize(
         comparison = None
         if v is not None and c.output is not None:
             a = values[v]
+            ref = _with_fused_activation(c, records.get(value_norm.get(v, ""), {}))
             comparison = compare_arrays(
-                c.name, a, c.output, _tol(dtype or str(a.dtype), c.norm_kind or "*", provider, atol, rtol), check
+                c.name, a, ref, _tol(dtype or str(a.dtype), c.norm_kind or "*", provider, atol, rtol), check
             )
-            errors[c.name], rel_errors[c.name] = _error_sample(a, c.output)
+            errors[c.name], rel_errors[c.name] = _error_sample(a, ref)
         agree, note = _inputs_agree(c, result_of, entries.get(c.name, []), values, provider, dtype, atol, rtol)
         lr = LayerResult(
             c.name,
@@ -831,6 +834,17 @@ def localize(
         shown = ", ".join(unmapped[:6]) + (f" and {len(unmapped) - 6} more" if len(unmapped) > 6 else "")
         notes.append(f"{len(unmapped)} leaf module outputs have no ONNX value (fused or folded away?): {shown}")
     return LocalizeReport(label, provider, layers, outputs, culprit, between, notes, errors, rel_errors, values)
+
+
+def _with_fused_activation(call: _Call, record: Mapping[str, Any]) -> np.ndarray:
+    """The torch norm module's output, followed by the activation its ONNX node fused (GroupNorm +
+    SiLU is one node after export/optimize: its value is silu(norm(x)), not the module's output)."""
+    out = call.output
+    if call.norm_kind and record.get("activation") == "silu" and out is not None:
+        y = out.astype(np.float64)
+        with np.errstate(over="ignore"):  # exp(-y) → inf for y ≪ 0: silu → -0, as it should
+            return (y / (1.0 + np.exp(-y))).astype(out.dtype)
+    return out
 
 
 def _inputs_agree(

@@ -38,6 +38,7 @@ class LoweringRecord:
     spec: str
     rejected: list[tuple[str, str]]
     scope: str = ""
+    activation: str = ""  # fused after the norm ("silu"): the node's output is act(norm(x))
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -134,7 +135,9 @@ def lower_model(
             functions.setdefault((f.domain, f.name, f.overload), f)
         for domain, version in strategy.extra_opsets().items():
             extra_opsets[domain] = max(version, extra_opsets.get(domain, version))
-        records.append(LoweringRecord(name, spec.kind, sel.strategy, spec.key(), list(sel.rejected), scope))
+        records.append(
+            LoweringRecord(name, spec.kind, sel.strategy, spec.key(), list(sel.rejected), scope, spec.activation)
+        )
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     used_domains = {n.domain for n in new_nodes}
