@@ -345,15 +345,19 @@ def models_markdown(models: list[dict[str, Any]], top: int = 6) -> list[str]:
     if skipped or errs:
         lines.append("")
     lines += [
-        "### Where the time goes (onnxruntime profiler)",
+        "### Where the time goes (profilers)",
         "",
         f"Kernel time per run grouped by op type, top {top}; **bold** = nodes of a normalization (normonnx "
-        "metadata, torch's module scope, or a norm op type). `norm` = share of kernel time in normalization nodes.",
+        "metadata, torch's module scope, or a norm op type). `norm` = time and share of kernel time in "
+        "normalization nodes; `÷ torch` = that time over torch eager's norm time. onnxruntime: its profiler's "
+        "per-node kernel times; torch: `torch.profiler` self CPU time per aten op (norm = the aten batch/layer/"
+        "group/instance/rms norm kernels; a fused GroupNorm+SiLU node in onnxruntime also carries the SiLU).",
         "",
     ]
     rows = []
     for m, c in by.items():
-        for n in CANDIDATES[1:]:
+        t = (c.get(CANDIDATES[0]) or {}).get("profile")
+        for n in CANDIDATES:
             p = (c.get(n) or {}).get("profile")
             if not p:
                 continue
@@ -361,8 +365,18 @@ def models_markdown(models: list[dict[str, Any]], top: int = 6) -> list[str]:
             for g in p["by_op"][:top]:
                 label = f"{g['op']} {100 * g['share']:.0f}%"
                 parts.append(f"**{label}**" if g["norm"] else label)
-            rows.append([m, n, _ms(p["kernel_ms"]), f"{100 * p['norm_share']:.0f}%", ", ".join(parts)])
-    lines += [*_table(["model", "export", "kernel time", "norm", "top op types"], rows), ""]
+            vs = f"{p['norm_ms'] / t['norm_ms']:.2f}×" if t and t["norm_ms"] > 0 and p["norm_ms"] > 0 else "-"
+            rows.append(
+                [
+                    m,
+                    n,
+                    _ms(p["kernel_ms"]),
+                    f"{_ms(p['norm_ms'])} ({100 * p['norm_share']:.0f}%)",
+                    vs,
+                    ", ".join(parts),
+                ]
+            )
+    lines += [*_table(["model", "run", "kernel time", "norm", "÷ torch", "top op types"], rows), ""]
     return lines
 
 

@@ -36,11 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rules", action="append", metavar="NAME", help="only these rule families/rules (repeatable; default all)"
     )
     p.add_argument(
-        "--prefer",
+        "--strategy",
+        dest="prefer",
         action="append",
-        metavar="STRATEGY",
-        help="lowering strategies to try in order for the fused norms (repeatable; default: the selector's order"
-        " for --target, see `normonnx capabilities`), e.g. --prefer native --prefer decomposed for standard ops only",
+        metavar="NAME",
+        help="lowering strategy preference order for the fused norms (repeatable; default: the selector's order"
+        " for --target, see `normonnx capabilities`), e.g. --strategy native --strategy decomposed for standard ops",
     )
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
     p.add_argument("--debug", action="store_true", help="also print why near-miss patterns did not match")

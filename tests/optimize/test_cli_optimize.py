@@ -119,7 +119,7 @@ def test_rules_and_opset(tmp_path, capsys):
     src = tmp_path / "ln13.onnx"
     onnx.save(model(ln_text(opset=13), gamma=GAMMA, beta=BETA), src)
     out = tmp_path / "o.onnx"
-    standard = ["--prefer", "native", "--prefer", "decomposed"]
+    standard = ["--strategy", "native", "--strategy", "decomposed"]
     assert main(["optimize", str(src), "-o", str(out), "--opset", "17", *standard]) == 0
     assert ops(onnx.load(out)) == ["LayerNormalization"]
     assert main(["optimize", str(src), "-o", str(out), "--rules", "fold_batchnorm"]) == 0
