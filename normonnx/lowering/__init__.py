@@ -32,10 +32,11 @@ PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 #: per-(provider, kind) exceptions to ``PREFERENCE``
 KIND_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
-    # eval BatchNorm computes no statistics: a per-channel affine map that onnxruntime's
-    # BatchNormalization runs at 1.1-2.5x the copy floor, as fast as or faster than the kernels
-    # (BENCHMARKS.md), and that optimize folds into the preceding Conv. With batch statistics the
-    # native op does not apply and the kernels come next.
+    # eval BatchNorm computes no statistics: a per-channel affine map. onnxruntime's
+    # BatchNormalization runs it at 1.3-3.5x the copy floor, our kernel at 0.9-7.7x (faster on
+    # large tensors, 2x slower on small ones where per-call cost dominates; BENCHMARKS.md), and
+    # optimize folds it into the preceding Conv anyway: the standard op stays first. With batch
+    # statistics the native op does not apply and the kernels come next.
     ("cpu", "batch"): ("native", "native_kernel", "decomposed", "function"),
 }
 #: highest default-domain opset normonnx targets (onnx may define newer ones; runtimes lag).
