@@ -18,6 +18,17 @@ the reason recorded as a refusal) is lowered by the core's selector as usual.
   onnxruntime registers it in the default domain (as its own transformer optimizer emits it), so
   ``onnx.checker`` does not know it; the model is for onnxruntime.
 
+- residual Add + layer → ``com.microsoft.SkipLayerNormalization`` (onnxruntime's BERT fusion op,
+  CPU and CUDA kernels): inputs (input, skip, gamma, beta), attribute epsilon, outputs (output,
+  mean, inv_std_var, input_skip_bias_sum); it computes ``LN(input + skip)·γ + β`` over the last
+  axis of a rank-2/3 input. Taken when the LayerNorm's input is an ``Add`` of two operands of
+  the same shape (no broadcasting), the norm is over the last axis only (not channels-first),
+  float32/float16, γ/β constant (a missing γ becomes ones). When the sum is read elsewhere too
+  (the residual stream of a transformer block) those reads take the fourth output, so the Add
+  disappears entirely. Numerical note: the kernels form σ² from Σx and Σx² in one pass (like
+  the contrib GroupNorm), mathematically equal, weaker than the float64 decomposition at large
+  offsets; the CPU provider has the kernel too, so the rewrite is verified numerically here.
+
 No CUDA here: :func:`cpu_equivalent` replaces the contrib GroupNorm by its reference semantics in
 standard ops (same layout and parameters; statistics two-pass in float64) so the lowered graph's
 wiring — transposes, γ/β, ε, groups, activation — is verified numerically on CPU.
@@ -66,6 +77,38 @@ def check_rms(g: GraphView, spec: NormSpec) -> Verdict:
     return OK
 
 
+def check_skip(g: GraphView, spec: NormSpec, add: onnx.NodeProto, params: dict[str, str]) -> Verdict:
+    """Can ``SkipLayerNormalization(add.input[0], add.input[1], γ, β)`` replace Add → LayerNorm?"""
+    if spec.channels_first:
+        return Verdict.fail("channels-first LayerNorm: SkipLayerNormalization normalises the last axis")
+    if len(spec.normalized_shape or ()) != 1:
+        return Verdict.fail(
+            f"normalises {len(spec.normalized_shape or ())} trailing axes; SkipLayerNormalization normalises one"
+        )
+    if spec.dtype not in ("float32", "float16"):
+        return Verdict.fail(f"SkipLayerNormalization has float32/float16 kernels, not {spec.dtype}")
+    sa, sb = g.shape(add.input[0]), g.shape(add.input[1])
+    if sa is None or sb is None or None in sa or None in sb:
+        return Verdict.fail("the residual Add's operand shapes are unknown", add.output[0])
+    if tuple(sa) != tuple(sb):
+        return Verdict.fail(
+            f"the residual Add broadcasts {list(sa)} with {list(sb)}; SkipLayerNormalization needs equal shapes",
+            add.output[0],
+        )
+    if len(sa) not in (2, 3):
+        return Verdict.fail(f"rank-{len(sa)} input; SkipLayerNormalization takes rank 2 or 3", add.output[0])
+    for slot in ("weight", "bias"):
+        v = params.get(slot)
+        if not v:
+            continue
+        if g.const(v) is None:
+            return Verdict.fail(f"the LayerNorm's {slot} is computed at run time, not a constant", v)
+        producer = g.op(v)
+        if producer is not None and g.index[id(producer)] > g.index[id(add)]:
+            return Verdict.fail(f"the LayerNorm's {slot} is produced after the residual Add", v)
+    return OK
+
+
 def _float32_param(
     g: GraphView, value: str | None, fill: float, c: int, b: Builder
 ) -> tuple[str, list[onnx.TensorProto]]:
@@ -87,11 +130,18 @@ def lower_for_cuda(model: onnx.ModelProto, report: Any) -> tuple[onnx.ModelProto
     g = GraphView(model)
     rewrites: list[Rewrite] = []
     records: list[dict[str, Any]] = []
+    claimed: set[int] = set()  # residual Adds already fused (one Add may feed two LayerNorms)
     for node in g.nodes:
-        if node.domain != "normonnx" or node.op_type not in ("GroupNorm", "RMSNorm"):
+        if node.domain != "normonnx" or node.op_type not in ("GroupNorm", "RMSNorm", "LayerNorm"):
             continue
         spec = spec_of_node(g, node)
         if spec is None:
+            continue
+        if spec.kind == "layer":
+            rewrite, record = _skip_layer_norm(g, node, spec, report, claimed)
+            if rewrite is not None:
+                rewrites.append(rewrite)
+                records.append(record)
             continue
         rule = "cuda.group_norm" if spec.kind == "group" else "cuda.rms_norm"
         verdict = check_group(g, spec) if spec.kind == "group" else check_rms(g, spec)
@@ -151,6 +201,7 @@ def lower_for_cuda(model: onnx.ModelProto, report: Any) -> tuple[onnx.ModelProto
                 "spec": spec.key(),
                 "rejected": [],
                 "scope": "",
+                "activation": spec.activation,
                 "note": note,
             }
         )
@@ -161,6 +212,65 @@ def lower_for_cuda(model: onnx.ModelProto, report: Any) -> tuple[onnx.ModelProto
     if any(n.domain == MS_DOMAIN for n in out.graph.node) and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return out, records
+
+
+def _skip_layer_norm(
+    g: GraphView, node: onnx.NodeProto, spec: NormSpec, report: Any, claimed: set[int]
+) -> tuple[Rewrite | None, dict[str, Any]]:
+    """The rewrite of Add → normonnx LayerNorm into SkipLayerNormalization, or (None, {}) if not taken."""
+    rule = "cuda.skip_layer_norm"
+    add = g.op(node.input[0], "Add")
+    if add is None or add.domain not in ("", "ai.onnx"):  # not a residual LayerNorm: the core lowers it
+        return None, {}
+    if id(add) in claimed:
+        report.refuse(
+            rule, node, Verdict.fail("its residual Add is already fused into another LayerNorm", add.output[0])
+        )
+        return None, {}
+    params = norm_node_params(node)
+    verdict = check_skip(g, spec, add, params)
+    if not verdict:
+        report.refuse(rule, node, verdict)
+        return None, {}
+    inits: list[onnx.TensorProto] = []
+    gamma = params.get("weight")
+    if not gamma:
+        t = tensor(
+            g, "cuda_skip_ln_gamma", np.ones(spec.normalized_shape, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype))
+        )
+        inits.append(t)
+        gamma = t.name
+    s = add.output[0]
+    residual_read = s in g.graph_outputs or any(u is not node for u in g.users(s))
+    outputs = [node.output[0], "", "", s] if residual_read else [node.output[0]]
+    inputs = [add.input[0], add.input[1], gamma] + ([params["bias"]] if params.get("bias") else [])
+    new = helper.make_node(
+        "SkipLayerNormalization",
+        inputs,
+        outputs,
+        name=g.fresh(node.name or "skip_layer_norm"),
+        domain=MS_DOMAIN,
+        epsilon=spec.eps,
+    )
+    strategy = f"contrib:{MS_DOMAIN}.SkipLayerNormalization"
+    new.metadata_props.extend(node.metadata_props)
+    new.metadata_props.add(key="normonnx.norm", value=node.name)
+    new.metadata_props.add(key="normonnx.strategy", value=strategy)
+    report.fired[rule] += 1
+    claimed.add(id(add))
+    record = {
+        "node": node.name,
+        "kind": "layer",
+        "strategy": strategy,
+        "spec": spec.key(),
+        "rejected": [],
+        "scope": "",
+        "activation": "",
+        "note": "residual Add fused; σ² from Σx, Σx² in one pass"
+        + ("; the sum kept as output 3" if residual_read else ""),
+    }
+    # at the Add: readers of the sum between the Add and the LayerNorm still see it produced first
+    return Rewrite([add, node], [new], inits, at=add), record
 
 
 def cpu_equivalent(model: onnx.ModelProto) -> onnx.ModelProto:

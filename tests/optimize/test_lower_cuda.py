@@ -105,3 +105,96 @@ def test_rms_over_4096_elements_refused():
     res = optimize(m, target="cuda", verify=False)
     assert "accurate up to 4096" in refusal(res, "cuda.rms_norm")
     assert "SimplifiedLayerNormalization" not in ops(res.model)
+
+
+# -- residual Add + LayerNorm → com.microsoft.SkipLayerNormalization (CPU has the kernel: run as is) ----------
+SKIP_G = RNG.standard_normal(16).astype(np.float32)
+SKIP_B = RNG.standard_normal(16).astype(np.float32)
+
+
+def skip_text(skip_shape="2,5,16", axis=-1, residual=False) -> str:
+    outs = "float[2,5,16] y, float[2,5,16] z" if residual else "float[2,5,16] y"
+    tail = "z = Add(s, y)" if residual else ""
+    return f"""<ir_version: 10, opset_import: ["" : 18]>
+    g (float[2,5,16] x, float[{skip_shape}] r) => ({outs}) {{
+      s = Add(x, r)
+      y = LayerNormalization <axis = {axis}, epsilon = 1e-5> (s, gamma, beta)
+      {tail}
+    }}"""
+
+
+def _ln64(s, gamma=SKIP_G, beta=SKIP_B, eps=1e-5):
+    s = s.astype(np.float64)
+    mu = s.mean(-1, keepdims=True)
+    return (s - mu) / np.sqrt(((s - mu) ** 2).mean(-1, keepdims=True) + eps) * gamma + beta
+
+
+def test_residual_add_and_layernorm_become_skiplayernormalization():
+    res = optimize(model(skip_text(), gamma=SKIP_G, beta=SKIP_B), target="cuda")
+    assert ops(res.model) == ["com.microsoft.SkipLayerNormalization"]
+    (node,) = res.model.graph.node
+    assert list(node.input) == ["x", "r", "gamma", "beta"] and list(node.output) == ["y"]
+    assert np.isclose(attrs(node)["epsilon"], 1e-5) and res.fired["cuda.skip_layer_norm"] == 1
+    assert [(r["kind"], r["strategy"]) for r in res.lowerings] == [
+        ("layer", "contrib:com.microsoft.SkipLayerNormalization")
+    ]
+    assert res.passed  # verified against the original on onnxruntime CPU, which has the kernel
+    x, r = (RNG.standard_normal((2, 5, 16)).astype(np.float32) for _ in range(2))
+    (y,) = run(res.model, x, r)
+    assert_close(y, _ln64(x + r.astype(np.float64)), "layer", "SkipLayerNormalization vs float64")
+
+
+def test_residual_stream_reads_the_fourth_output():
+    """h = x + r feeds the LayerNorm and the next residual Add: output 3 (input_skip_bias_sum) replaces it."""
+    res = optimize(model(skip_text(residual=True), gamma=SKIP_G, beta=SKIP_B), target="cuda")
+    assert ops(res.model) == ["com.microsoft.SkipLayerNormalization", "Add"]
+    skip, add = res.model.graph.node
+    assert list(skip.output) == ["y", "", "", "s"] and list(add.input) == ["s", "y"]
+    assert res.passed
+    x, r = (RNG.standard_normal((2, 5, 16)).astype(np.float32) for _ in range(2))
+    y, z = run(res.model, x, r)
+    s64 = x.astype(np.float64) + r
+    assert_close(y, _ln64(s64), "layer", "y")
+    assert_close(z, s64 + _ln64(s64), "layer", "z = s + y")
+
+
+def test_broadcasting_residual_is_refused():
+    res = optimize(model(skip_text(skip_shape="16"), gamma=SKIP_G, beta=SKIP_B), target="cuda")
+    assert "com.microsoft.SkipLayerNormalization" not in ops(res.model)
+    assert "broadcasts [2, 5, 16] with [16]" in refusal(res, "cuda.skip_layer_norm")
+    assert res.passed
+
+
+def test_two_trailing_axes_are_refused():
+    g2, b2 = RNG.standard_normal((5, 16)).astype(np.float32), RNG.standard_normal((5, 16)).astype(np.float32)
+    res = optimize(model(skip_text(axis=-2), gamma=g2, beta=b2), target="cuda")
+    assert "com.microsoft.SkipLayerNormalization" not in ops(res.model)
+    assert "normalises 2 trailing axes" in refusal(res, "cuda.skip_layer_norm")
+    assert res.passed
+
+
+def test_torch_block_export_gets_skiplayernormalization():
+    """torch's own export of a residual block (Linear, residual Add, LayerNorm, second residual)."""
+    import torch
+    from optimize_helpers import export, torch_out
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(32, 32)
+            self.ln = torch.nn.LayerNorm(32)
+            self.fc2 = torch.nn.Linear(32, 32)
+
+        def forward(self, x):
+            h = x + self.fc(x)
+            return h + self.fc2(self.ln(h))
+
+    torch.manual_seed(0)
+    block = Block().eval()
+    x = torch.randn(2, 7, 32)
+    res = optimize(export(block, x, "dynamo", 18), target="cuda")
+    assert res.passed and res.fired.get("cuda.skip_layer_norm") == 1, (res.fired, res.refused)
+    skip = next(n for n in res.model.graph.node if n.op_type == "SkipLayerNormalization")
+    assert skip.output[3]  # the residual h is read again after the norm
+    (y,) = run(res.model, x.numpy())
+    assert_close(y, torch_out(block, x), "model", "optimized block vs torch")
