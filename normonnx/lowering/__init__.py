@@ -1,8 +1,9 @@
 """Lowering strategies, the capability table, and the selector.
 
-``STRATEGIES`` is ordered by default preference per provider (``PREFERENCE``). ``select`` walks it,
-asks each strategy ``check``, and returns the first that accepts together with every rejection and
-its reason. ``capability_table()`` is the same data as rows, for printing.
+``STRATEGIES`` holds every strategy; ``preference(provider, kind)`` is the default order to try
+them in (``PREFERENCE`` per provider, ``KIND_PREFERENCE`` for per-kind exceptions). ``select``
+walks that order, asks each strategy ``check``, and returns the first that accepts together with
+every rejection and its reason. ``capability_table()`` is the same data as rows, for printing.
 """
 
 from __future__ import annotations
