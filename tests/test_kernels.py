@@ -54,6 +54,11 @@ CASES = {
         (3, 8, 5, 5),
     ),
     "group_rank3": (NormSpec("group", channels=6, groups=3, rank=3), (2, 6, 100)),
+    # channels of >= 256 elements: statistics of the next segment are read while this one is
+    # written (pipelined tasks of many segments; lengths off the 32-lane grid)
+    "group_pipelined": (NormSpec("group", channels=64, groups=16, rank=4), (3, 64, 17, 19)),
+    "group_silu_pipelined": (NormSpec("group", channels=32, groups=8, activation="silu", rank=4), (2, 32, 16, 17)),
+    "instance_pipelined": (NormSpec("instance", channels=24, rank=3), (2, 24, 300)),
     "group_rank5": (NormSpec("group", channels=16, groups=4, rank=5), (1, 16, 3, 8, 8)),
     "layer": (NormSpec("layer", normalized_shape=(77,), rank=3), (2, 7, 77)),
     "layer_2axes": (NormSpec("layer", normalized_shape=(7, 64), rank=3), (3, 7, 64)),
@@ -272,7 +277,9 @@ def test_deterministic_across_thread_counts(shape, tmp_path):
 
 
 @needs_lib
-@pytest.mark.parametrize("case", ["group_silu", "layer", "layer_cf", "rms", "batch_stats"])
+@pytest.mark.parametrize(
+    "case", ["group_silu", "group_pipelined", "group_silu_pipelined", "layer", "layer_cf", "rms", "batch_stats"]
+)
 def test_portable_loops_match_the_avx2_ones(case, monkeypatch, tmp_path):
     """The library picks its AVX2+FMA loops at registration when the CPU has them; the portable C
     loops (other CPUs) are forced with NORMONNX_KERNELS_ISA=generic and must give the same numbers."""

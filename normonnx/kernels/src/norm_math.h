@@ -27,6 +27,11 @@ typedef struct NxMath {
   /* The write passes prefetch pf[0..n) into L2 meanwhile (the next segment; NULL: nothing). */
   /* y = ((x − mh) − ml)·a + b, optionally followed by SiLU y·σ(y) */
   void (*affine)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu, const float* pf);
+  /* affine(x → y) over [0, n) fused with sums(xn[0..n), k): normalise this segment while reading
+   * the next one for its statistics, so that reads and writes stream together as in a copy.
+   * y and *s1, *s2 come out bitwise equal to affine(...) followed by sums(xn, n, k, s1, s2). */
+  void (*affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu,
+                      const float* xn, double k, double* s1, double* s2);
   /* y[i] = ((x[i] − mh) − ml)·r·w[i] + b[i]; w or b may be NULL (1 / 0) */
   void (*row)(const float* x, float* y, size_t n, float mh, float ml, float r, const float* w, const float* b,
               const float* pf);

@@ -13,6 +13,7 @@
 #define NX_ISA_SUFFIX _avx2
 #define NX_ISA_NAME "avx2+fma"
 #define NX_HAVE_ISA_SUMS 1
+#define NX_HAVE_ISA_AFFINE_SUMS 1
 
 static inline __m256d nx_widen_sum(__m256d acc, __m256 v) {
   acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
@@ -81,6 +82,55 @@ static void sumsq_avx2(const float* restrict x, size_t n, double* s2) {
 }
 
 #include "norm_math_impl.h"
+
+/* affine_span(x → y) and sums_avx2(xn) in one loop: the same blocks of 256, the same accumulators
+ * in the same order as sums_avx2 (so the statistics are bitwise those of sums_avx2(xn, n)), with
+ * 32 elements of the affine map written per 32 read for the statistics. With SiLU the affine part
+ * of each block is affine_span's own loop (compute-bound; the reads of the next block still
+ * stream meanwhile). */
+static void affine_sums_avx2(const float* restrict x, float* restrict y, size_t n, float mh, float ml, float a,
+                             float b, int silu, const float* restrict xn, double k, double* s1, double* s2) {
+  const __m256 kv = _mm256_set1_ps((float)k);
+  const __m256 mhv = _mm256_set1_ps(mh), mlv = _mm256_set1_ps(ml), av = _mm256_set1_ps(a), bv = _mm256_set1_ps(b);
+  __m256d a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd();
+  size_t i = 0;
+  while (i + 32 <= n) {
+    size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
+    if (silu) affine_span_avx2(x + i, y + i, end - i, mh, ml, a, b, 1);
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, q0 = p0, q1 = p0, q2 = p0, q3 = p0;
+    for (; i < end; i += 32) {
+      __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(xn + i), kv);
+      __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(xn + i + 8), kv);
+      __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(xn + i + 16), kv);
+      __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(xn + i + 24), kv);
+      if (!silu) {
+        for (int u = 0; u < 32; u += 8) {
+          __m256 v = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + u), mhv), mlv);
+          _mm256_storeu_ps(y + i + u, _mm256_fmadd_ps(v, av, bv));
+        }
+      }
+      p0 = _mm256_add_ps(p0, d0);
+      p1 = _mm256_add_ps(p1, d1);
+      p2 = _mm256_add_ps(p2, d2);
+      p3 = _mm256_add_ps(p3, d3);
+      q0 = _mm256_fmadd_ps(d0, d0, q0);
+      q1 = _mm256_fmadd_ps(d1, d1, q1);
+      q2 = _mm256_fmadd_ps(d2, d2, q2);
+      q3 = _mm256_fmadd_ps(d3, d3, q3);
+    }
+    a1 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a1, p0), p1), p2), p3);
+    a2 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a2, q0), q1), q2), q3);
+  }
+  if (i < n) affine_span_avx2(x + i, y + i, n - i, mh, ml, a, b, silu);
+  double t1 = nx_hsum(a1), t2 = nx_hsum(a2);
+  for (; i < n; ++i) {
+    double d = (double)xn[i] - k;
+    t1 += d;
+    t2 += d * d;
+  }
+  *s1 += t1;
+  *s2 += t2;
+}
 #else
 typedef int nx_no_avx2_build; /* ISO C forbids an empty translation unit */
 #endif

@@ -15,6 +15,11 @@
 #define NX_LANES 32 /* independent accumulators: enough to hide add/fma latency with AVX2 */
 #define NX_BLOCK 256 /* elements per float block: NX_BLOCK / NX_LANES = 8 terms per float partial sum */
 
+#ifdef NX_HAVE_ISA_AFFINE_SUMS /* defined by the ISA file after this header */
+static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu,
+                               const float* xn, double k, double* s1, double* s2);
+#endif
+
 #ifndef NX_HAVE_ISA_SUMS /* an ISA file may supply hand-written sums/sumsq instead */
 /* Σ(x − k), Σ(x − k)²: each block of NX_BLOCK elements is summed per lane in float (8 terms of
  * (x − k), rounding ≤ 8·2⁻²⁴ relative per partial sum, unbiased), then added to float64 lanes,
@@ -205,6 +210,15 @@ static void NX_FN(rms_row)(const float* restrict x, float* restrict y, size_t n,
   }
 }
 
+#ifndef NX_HAVE_ISA_AFFINE_SUMS
+/* generic: the two passes one after the other (an ISA file interleaves them) */
+static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu,
+                               const float* xn, double k, double* s1, double* s2) {
+  NX_FN(affine_span)(x, y, n, mh, ml, a, b, silu);
+  NX_FN(sums)(xn, n, k, s1, s2);
+}
+#endif
+
 /* column statistics over `rows` (≤ 8) rows of `stride` floats, in float64 throughout: channel axes
  * are short, so float partial sums (as in `sums`) would cost ~2 ulp of the output, twice torch's
  * error (tests/test_stress.py, layer_cf). Eight rows (the common case) are one loop body over
@@ -261,6 +275,6 @@ static void NX_FN(col_affine)(const float* restrict x, float* restrict y, size_t
 }
 
 const NxMath NX_FN(nx_math) = {
-    NX_ISA_NAME,      NX_FN(sums),     NX_FN(sumsq),      NX_FN(affine),
+    NX_ISA_NAME,      NX_FN(sums),     NX_FN(sumsq),      NX_FN(affine),     NX_FN(affine_sums),
     NX_FN(row),       NX_FN(rms_row),  NX_FN(col_sums),   NX_FN(col_finish), NX_FN(col_affine),
 };
