@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from normonnx.bench import ops as bops
 from normonnx.bench import report
 from normonnx.bench.models import norm_node_names, profile
-from normonnx.bench.timing import measure
+from normonnx.bench.timing import measure, measure_isolated, paired_ratio
 from normonnx.cli import main
 from normonnx.compare import tolerance
 from normonnx.lowering import STRATEGIES, check, select
@@ -210,6 +210,60 @@ def test_measure_interleaves_round_robin():
         assert sorted(r) == ["a", "a", "b", "b", "c", "c"]
         assert r[0] == r[1] and r[2] == r[3] and r[4] == r[5]
     assert len({tuple(r[::2]) for r in rounds}) > 1  # the order is reshuffled
+
+
+def test_measure_isolated_keeps_one_candidate_alive_at_a_time():
+    log: list[tuple[str, str]] = []
+    alive: set[str] = set()
+
+    class Candidate:
+        def __init__(self, name: str) -> None:
+            assert not alive, f"{name} built while {alive} still alive"
+            self.name = name
+            alive.add(name)
+            log.append(("build", name))
+
+        def __call__(self) -> None:
+            assert alive == {self.name}
+            log.append(("call", self.name))
+
+        def __del__(self) -> None:
+            alive.discard(self.name)
+            log.append(("release", self.name))
+
+    factories = {n: (lambda n=n: Candidate(n)) for n in "abc"}
+    t = measure_isolated(factories, rounds=4, block_s=0.0, warmup=2, sample_s=0.0, max_inner=1)
+    assert not alive
+    assert [len(t[n].block_medians_ms) for n in "abc"] == [4, 4, 4]
+    assert all(t[n].n == 4 for n in "abc")  # block_s=0: one sample per block
+    builds = [n for e, n in log if e == "build"]
+    assert len(builds) == 12 and all(sorted(builds[i : i + 3]) == ["a", "b", "c"] for i in range(0, 12, 3))
+    # build, warm-up call, estimate call, timed sample, release: never another candidate in between
+    for i in range(0, len(log), 5):
+        assert [e for e, _ in log[i : i + 5]] == ["build", "call", "call", "call", "release"]
+        assert len({n for _, n in log[i : i + 5]}) == 1
+    # paired ratio: per round a/b, then the median
+    t["a"].block_medians_ms[:] = [2.0, 4.0, 9.0, 2.0]
+    t["b"].block_medians_ms[:] = [1.0, 1.0, 3.0, 1.0]
+    assert paired_ratio(t["a"], t["b"]) == pytest.approx(2.5)
+
+
+def test_quick_model_bench_times_default_sessions(tmp_path):
+    """One real model through `bench models --quick`: the default-session block is there for the
+    three ONNX files, with paired speed-ups (1 for the default export itself) and its table."""
+    path, md = tmp_path / "m.json", tmp_path / "m.md"
+    assert (
+        main(["bench", "models", "--quick", "--models", "resnet_gn", "--json", str(path), "--markdown", str(md)]) == 0
+    )
+    rows = {r["candidate"]: r for r in json.loads(path.read_text())["models"]}
+    assert "default_session" not in rows["torch"]
+    for name in ("onnx:default", "onnx:normonnx", "onnx:normonnx+optimize"):
+        d = rows[name]["default_session"]
+        assert d["median_ms"] > 0 and d["rounds"] >= 1 and d["samples"] >= 1
+        assert math.isfinite(d["speedup_vs_default_export"]) and d["speedup_vs_default_export"] > 0
+    assert rows["onnx:default"]["default_session"]["speedup_vs_default_export"] == 1.0
+    text = md.read_text()
+    assert "### End to end in default onnxruntime sessions" in text and "| resnet_gn |" in text
 
 
 def test_ort_copy_really_copies():

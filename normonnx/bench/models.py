@@ -10,7 +10,12 @@ For every model in ``models/`` (static shapes: the entry's example inputs):
   optimizer is importable (otherwise the column is skipped with the reason in the results).
 
 All candidates get the same thread count (torch ``set_num_threads``, onnxruntime intra-op
-threads) and are timed round-robin (:mod:`normonnx.bench.timing`). Accuracy is the max absolute
+threads) and are timed round-robin (:mod:`normonnx.bench.timing`) with onnxruntime's idle
+workers not spinning (they would steal the cores from torch). The three ONNX files are then timed
+again in *default* onnxruntime sessions (workers spin, as in a deployment), one session alive at
+a time (:func:`~normonnx.bench.timing.measure_isolated`): each row's ``default_session`` holds
+that timing and ``speedup_vs_default_export``: the median over rounds of the default export's
+block median / this file's (paired within a round, so load changes between rounds cancel). Accuracy is the max absolute
 difference over all outputs against the model run in float64 by torch. "Where the time goes"
 comes from onnxruntime's profiler: per-node kernel times (the first, warm-up run dropped),
 grouped by op type, with the time spent in normalization nodes separated out; torch's from
@@ -36,7 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .timing import Timing, measure, ort_session, set_threads
+from .timing import Timing, default_session, measure, measure_isolated, ort_session, paired_ratio, set_threads
 
 TORCH = "torch"
 DEFAULT = "onnx:default"
@@ -70,6 +75,9 @@ _NORM_CLASS = re.compile(r"(BatchNorm\w*|LayerNorm\w*|InstanceNorm\w*|GroupNorm\
 BUDGET_S = 8.0
 QUICK_BUDGET_S = 0.5
 PROFILE_RUNS = 5
+#: rounds x seconds per block of the default-session comparison (one session alive at a time)
+ISOLATED_ROUNDS, ISOLATED_BLOCK_S = 7, 0.4
+QUICK_ISOLATED_ROUNDS, QUICK_ISOLATED_BLOCK_S = 1, 0.02
 
 
 def _log(msg: str) -> None:
@@ -351,6 +359,25 @@ def bench_model(
     else:
         timings = measure(cands, budget_s=budget_s, warmup=3, min_rounds=7, sample_s=0.02, max_inner=20)
     t_torch = timings[TORCH].median_ms
+
+    # the same files in default onnxruntime sessions (idle workers spin, as users run them); such
+    # sessions cannot be interleaved with each other or with torch, so each is timed alone
+    ort_names = [n for n in (DEFAULT, NORMONNX, OPTIMIZED) if n in cands]
+    feeds = {n: {i.name: a for i, a in zip(ort_session(paths[n], 1).get_inputs(), feed_arrays)} for n in ort_names}
+
+    def factory(name: str) -> Callable[[], Callable[[], Any]]:
+        def build() -> Callable[[], Any]:
+            sess = default_session(paths[name], threads)
+            return lambda: sess.run(None, feeds[name])
+
+        return build
+
+    isolated = measure_isolated(
+        {n: factory(n) for n in ort_names},
+        rounds=QUICK_ISOLATED_ROUNDS if quick else ISOLATED_ROUNDS,
+        block_s=QUICK_ISOLATED_BLOCK_S if quick else ISOLATED_BLOCK_S,
+        warmup=1 if quick else 3,
+    )
     rows = []
     for name in CANDIDATES:
         meta = info.get(name, {})
@@ -371,6 +398,12 @@ def bench_model(
         if t is not None:
             row.update(t.as_dict())
             row["x_torch"] = t.median_ms / t_torch
+        if name in isolated:
+            iso = isolated[name].as_dict()
+            if DEFAULT in isolated:
+                iso["speedup_vs_default_export"] = paired_ratio(isolated[DEFAULT], isolated[name])
+            iso["rounds"] = len(isolated[name].block_medians_ms)
+            row["default_session"] = iso
         rows.append(row)
     return rows
 

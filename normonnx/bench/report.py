@@ -344,6 +344,30 @@ def models_markdown(models: list[dict[str, Any]], top: int = 6) -> list[str]:
         lines.append(f"- {r['model']} {r['candidate']}: {r['error']}")
     if skipped or errs:
         lines.append("")
+    iso_names = [n for n in CANDIDATES if any((c.get(n) or {}).get("default_session") for c in by.values())]
+    if iso_names:
+        lines += [
+            "### End to end in default onnxruntime sessions",
+            "",
+            "The same files in onnxruntime sessions with default options (idle intra-op workers spin, as in a "
+            "deployment; same thread count), which cannot share the cores with each other or with torch: rounds of "
+            "blocks, one session alive at a time, in a shuffled order per round. Each cell: median ±half the IQR of "
+            "the pooled samples · **speed-up over the default export**: the median over rounds of (the default "
+            "export's block median ÷ this file's block median in the same round).",
+            "",
+        ]
+        rows = []
+        for m, c in by.items():
+            cells = []
+            for n in iso_names:
+                d = (c.get(n) or {}).get("default_session")
+                if not d:
+                    cells.append("-")
+                    continue
+                sp = d.get("speedup_vs_default_export")
+                cells.append(f"{_ms(d['median_ms'])} {_spread(d)}" + (f" · **{sp:.2f}×**" if sp else ""))
+            rows.append([m, *cells])
+        lines += [*_table(["model", *iso_names], rows), ""]
     lines += [
         "### Where the time goes (profilers)",
         "",

@@ -16,6 +16,10 @@ comparison (copy floor, torch eager, each onnxruntime lowering) is timed by one 
 
 Results are medians with the interquartile range (q1, q3), never means: latency noise is
 one-sided (interrupts only ever add time).
+
+Candidates that cannot share the machine — onnxruntime sessions with default options, whose idle
+intra-op workers spin on the cores after every run — are timed by :func:`measure_isolated`
+instead: rounds of blocks, one candidate alive at a time (built, warmed up, timed, released).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class Timing:
     name: str
     samples_ms: list[float]
     inner: int
+    #: :func:`measure_isolated` only: the median of each round's block, in round order
+    block_medians_ms: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -120,6 +126,77 @@ def measure(
             out[name].samples_ms.append(1e3 * dt / inner[name])
         rounds += 1
     return out
+
+
+def measure_isolated(
+    factories: Mapping[str, Callable[[], Callable[[], Any]]],
+    *,
+    rounds: int = 5,
+    block_s: float = 0.3,
+    warmup: int = 3,
+    sample_s: float = 0.005,
+    max_inner: int = 200,
+    seed: int = 0,
+) -> dict[str, Timing]:
+    """Time candidates that must not run side by side; return ``{name: Timing}`` in the given order.
+
+    ``factories[name]()`` builds a candidate (e.g. an onnxruntime session with default options)
+    and returns the call to time. Every round visits the candidates in a freshly shuffled order;
+    each visit builds the candidate, warms it up, times samples of ``inner`` back-to-back calls for
+    about ``block_s``, and drops it (a session's destructor joins its worker threads) before the
+    next is built, so spinning workers of one candidate never hold the cores during another's
+    block. Samples of all rounds are pooled (medians and quartiles as in :func:`measure`), and
+    each round's block median is kept for paired ratios (:func:`paired_ratio`).
+    """
+    import gc
+
+    names = list(factories)
+    out = {n: Timing(n, [], 0) for n in names}
+    rng = random.Random(seed)
+    for _ in range(max(1, rounds)):
+        order = names[:]
+        rng.shuffle(order)
+        for name in order:
+            fn = factories[name]()
+            for _ in range(max(0, warmup - 1)):
+                fn()
+            est = _time_calls(fn, 1)
+            inner = max(1, min(max_inner, math.ceil(sample_s / max(est, 1e-7))))
+            out[name].inner = inner
+            block: list[float] = []
+            t_end = time.perf_counter() + block_s
+            while True:
+                block.append(1e3 * _time_calls(fn, inner) / inner)
+                if time.perf_counter() >= t_end:
+                    break
+            out[name].samples_ms += block
+            out[name].block_medians_ms.append(float(np.median(block)))
+            del fn
+            gc.collect()
+    return out
+
+
+def paired_ratio(num: Timing, den: Timing) -> float:
+    """Median over rounds of ``num``'s block median / ``den``'s (same round): a load change on the
+    machine between rounds moves both blocks of a round alike and cancels in their ratio."""
+    pairs = [a / b for a, b in zip(num.block_medians_ms, den.block_medians_ms) if b > 0]
+    return float(np.median(pairs)) if pairs else math.nan
+
+
+def default_session(model: Any, threads: int) -> Any:
+    """An onnxruntime CPU session as users get it: default options (idle workers spin), ``threads``
+    intra-op threads (onnxruntime's own default is the number of physical cores), normonnx's
+    kernel library registered when the model uses it (:func:`normonnx.session` does the same)."""
+    import onnxruntime as ort
+
+    from ..runtime.session import register_kernels
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = int(threads)
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+    register_kernels(so, src)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def ort_session(model: Any, threads: int, *, profile: str | None = None, optimize: bool = True) -> Any:

@@ -27,6 +27,11 @@ typedef struct NxMath {
   /* The write passes prefetch pf[0..n) into L2 meanwhile (the next segment; NULL: nothing). */
   /* y = ((x − mh) − ml)·a + b, optionally followed by SiLU y·σ(y) */
   void (*affine)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu, const float* pf);
+  /* affine over `nch` consecutive channels of `block` elements, channel c with a[c], b[c]: one call
+   * instead of one per channel (small maps: an 8x8 channel is 64 elements, call overhead doubled
+   * the pass, measured) */
+  void (*affine_channels)(const float* x, float* y, size_t block, size_t nch, float mh, float ml, const float* a,
+                          const float* b, int silu);
   /* affine(x → y) over [0, n) fused with sums(xn[0..n), k): normalise this segment while reading
    * the next one for its statistics, so that reads and writes stream together as in a copy.
    * y and *s1, *s2 come out bitwise equal to affine(...) followed by sums(xn, n, k, s1, s2). */

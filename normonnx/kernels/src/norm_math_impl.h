@@ -170,6 +170,11 @@ static void NX_FN(rms_span)(const float* restrict x, float* restrict y, size_t n
   }
 }
 
+static void NX_FN(affine_channels)(const float* restrict x, float* restrict y, size_t block, size_t nch, float mh,
+                                   float ml, const float* restrict a, const float* restrict b, int silu) {
+  for (size_t c = 0; c < nch; ++c) NX_FN(affine_span)(x + c * block, y + c * block, block, mh, ml, a[c], b[c], silu);
+}
+
 /* with a prefetch target, the span is written in chunks of NX_CHUNK, one prefetch per line each */
 static void NX_FN(affine)(const float* restrict x, float* restrict y, size_t n, float mh, float ml, float a, float b,
                           int silu, const float* pf) {
@@ -275,6 +280,6 @@ static void NX_FN(col_affine)(const float* restrict x, float* restrict y, size_t
 }
 
 const NxMath NX_FN(nx_math) = {
-    NX_ISA_NAME,      NX_FN(sums),     NX_FN(sumsq),      NX_FN(affine),     NX_FN(affine_sums),
+    NX_ISA_NAME,      NX_FN(sums),     NX_FN(sumsq),      NX_FN(affine),     NX_FN(affine_channels), NX_FN(affine_sums),
     NX_FN(row),       NX_FN(rms_row),  NX_FN(col_sums),   NX_FN(col_finish), NX_FN(col_affine),
 };

@@ -276,6 +276,20 @@ static void seg_affine(const NxSegJob* j, size_t s, size_t lo, size_t hi, float 
     return;
   }
   size_t c0 = (s % j->cps) * j->cpseg;
+  if (!pf && lo % j->block == 0 && hi % j->block == 0) { /* whole channels: one call per 64 of them */
+    float a[64], b[64];
+    for (size_t ci = lo / j->block, ce = hi / j->block; ci < ce;) {
+      size_t m = ce - ci < 64 ? ce - ci : 64;
+      for (size_t q = 0; q < m; ++q) {
+        size_t c = c0 + ci + q;
+        a[q] = (float)(rstd * (j->w ? (double)j->w[c] : 1.0));
+        b[q] = j->b ? j->b[c] : 0.0f;
+      }
+      g_math->affine_channels(x + ci * j->block, y + ci * j->block, j->block, m, mh, ml, a, b, j->silu);
+      ci += m;
+    }
+    return;
+  }
   while (lo < hi) {
     size_t ci = lo / j->block;
     size_t end = (ci + 1) * j->block;
