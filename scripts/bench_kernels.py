@@ -24,7 +24,7 @@ cores from the torch candidate). A sleeping worker wakes too late to help a kern
 re-times every target shape as users run it — native_kernel in a default onnxruntime session
 (workers spin), with torch eager and three copies: ``np.copyto``, and ``Identity`` and
 ``Mul(X, 1)`` in default sessions (the Mul uses both threads) — one candidate alive at a time
-(:func:`normonnx.bench.timing.measure_isolated`), since spinning workers would steal the cores
+(:func:`normonnx.bench.ops.bench_shape_default`), since spinning workers would steal the cores
 from whoever runs next. The closing lines check the issue's targets in both settings
 (benchmarks, not tests: a busy machine moves them); the default-session ones are the targets'
 setting ("2 threads").
@@ -41,11 +41,10 @@ from typing import Any
 import numpy as np
 
 from normonnx import kernels
-from normonnx.bench.ops import COPY_NUMPY, COPY_ORT, TORCH, bench_shape, best_opset, ort_copy
-from normonnx.bench.timing import measure, measure_isolated, ort_session, set_threads
+from normonnx.bench.ops import COPY_NUMPY, COPY_ORT, TORCH, bench_shape, bench_shape_default, best_opset, ort_copy
+from normonnx.bench.timing import measure, ort_session, set_threads
 from normonnx.spec import NormSpec
 
-COPY_ORT_MUL = "copy:onnxruntime[Mul]"
 GROUP_SHAPES = [(1, 320, 64, 64), (2, 256, 64, 64), (8, 64, 32, 32), (1, 1280, 8, 8)]
 LAYER_SHAPES = [(1, 4096, 1024), (32, 128, 768), (8, 197, 384)]
 SHAPES = {"group": GROUP_SHAPES, "layer": LAYER_SHAPES, "rms": LAYER_SHAPES, "instance": GROUP_SHAPES[:2]}
@@ -106,54 +105,6 @@ def bench_spec(
         errs[name] = float(np.max(np.abs(sess.run(None, {"X": x})[0] - ref)))
         cands[name] = lambda sess=sess: sess.run(None, {"X": x})
     return _rows(label, shape, measure(cands, budget_s=budget_s), errs)
-
-
-def bench_default(kind: str, shape: tuple[int, ...], threads: int, budget_s: float) -> list[dict[str, Any]]:
-    """native_kernel as users run it: a default onnxruntime session (idle workers spin), ``threads``
-    threads, against copies that use the threads too and torch eager.
-
-    Spinning sessions cannot share the cores with each other or with torch, so the candidates are
-    timed by :func:`measure_isolated` (one alive at a time, rounds of blocks). Copies: ``np.copyto``
-    (1 thread), ``Identity`` and ``Mul(X, 1)`` in default sessions (onnxruntime splits the
-    element-wise Mul over its threads); the floor is the fastest.
-    """
-    import torch
-
-    from normonnx.bench.ops import copy_model, spec_for
-    from normonnx.bench.timing import default_session
-    from normonnx.lowering import build_model
-    from normonnx.norms import KINDS
-
-    set_threads(threads)
-    spec = spec_for(kind, shape)
-    rng = np.random.default_rng(0)
-    params = KINDS[kind].random_params(spec, rng)
-    x = rng.standard_normal(shape).astype(np.float32)
-    model = build_model(spec, params, best_opset(), "native_kernel")
-    out = np.empty_like(x)
-    xt = torch.from_numpy(x)
-    tp = {n: torch.from_numpy(np.asarray(v, np.float32)) for n, v in params.items()}
-
-    def session(m: Any) -> Any:
-        def build() -> Any:
-            sess = default_session(m, threads)
-            return lambda: sess.run(None, {"X": x})
-
-        return build
-
-    def torch_call() -> Any:
-        with torch.inference_mode():
-            return KINDS[kind].torch_forward(spec, xt, tp)
-
-    factories: dict[str, Any] = {
-        COPY_NUMPY: lambda: lambda: np.copyto(out, x),
-        COPY_ORT: session(copy_model("Identity")),
-        COPY_ORT_MUL: session(copy_model("Mul")),
-        TORCH: lambda: torch_call,
-        "onnxruntime:native_kernel": session(model),
-    }
-    timings = measure_isolated(factories, rounds=5, block_s=max(0.05, budget_s / 10))
-    return _rows(f"{kind}[default]", shape, timings, {})
 
 
 def _rows(label: str, shape: tuple[int, ...], timings: dict[str, Any], errs: dict[str, float]) -> list[dict[str, Any]]:
@@ -247,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n--- default onnxruntime sessions (idle workers spin), one alive at a time; 2-thread copies ---")
         for kind, shape, _, _ in TARGETS:
             if kind in a.kinds:
-                rows = bench_default(kind, shape, a.threads, a.budget)
+                rows = bench_shape_default(kind, shape, threads=a.threads)
+                for r in rows:
+                    r["kind"] = f"{kind}[default]"
                 groups[(f"{kind}[default]", tuple(shape))] = rows
                 print_group(rows)
     print("\nno-spin sessions, interleaved with torch:")

@@ -10,12 +10,13 @@ import math
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from normonnx.bench import ops as bops
 from normonnx.bench import report
-from normonnx.bench.models import norm_node_names, profile
+from normonnx.bench.models import norm_node_names, norm_replaced, profile
 from normonnx.bench.timing import measure, measure_isolated, paired_ratio
 from normonnx.cli import main
 from normonnx.compare import tolerance
@@ -144,6 +145,22 @@ def test_markdown_has_every_kind_and_the_gaps(quick_doc):
     assert keys == sorted(keys, reverse=True)
 
 
+def test_default_session_rows_for_every_shape(quick_doc):
+    doc, md, _ = quick_doc
+    groups = _groups(doc["ops_default"])
+    assert {k for k, _ in groups} == set(bops.QUICK_SHAPES)
+    for cands in groups.values():
+        assert {bops.COPY_NUMPY, bops.COPY_ORT, bops.COPY_ORT_MUL, bops.TORCH} < set(cands)
+        selected = [r for r in cands.values() if r["strategy"]]
+        assert len(selected) == 1 and selected[0]["candidate"] == f"onnxruntime:{selected[0]['strategy']}"
+        floor = min(cands[c]["median_ms"] for c in (bops.COPY_NUMPY, bops.COPY_ORT, bops.COPY_ORT_MUL))
+        for r in cands.values():
+            assert r["session"] == "default" and r["floor_ms"] == floor and r["x_floor"] > 0
+            assert r["x_floor"] == pytest.approx(r["median_ms"] / floor)
+        assert cands[bops.TORCH]["x_torch"] == pytest.approx(1.0)
+    assert "## Norm ops in default onnxruntime sessions (as deployed)" in md
+
+
 def test_compare_reports_changes_removals_and_noise(quick_doc, tmp_path):
     doc, _, old_path = quick_doc
     new = copy.deepcopy(doc)
@@ -262,8 +279,51 @@ def test_quick_model_bench_times_default_sessions(tmp_path):
         assert d["median_ms"] > 0 and d["rounds"] >= 1 and d["samples"] >= 1
         assert math.isfinite(d["speedup_vs_default_export"]) and d["speedup_vs_default_export"] > 0
     assert rows["onnx:default"]["default_session"]["speedup_vs_default_export"] == 1.0
+    head = rows["onnx:normonnx+optimize"]["default_session"]["headroom"]
+    assert set(head) == {"norm→Neg", "norm removed"}
+    assert all(h["median_ms"] > 0 and h["speedup_vs_default_export"] > 0 for h in head.values())
     text = md.read_text()
     assert "### End to end in default onnxruntime sessions" in text and "| resnet_gn |" in text
+    assert "headroom: norm→Neg" in text
+
+
+def test_norm_replaced_swaps_exactly_the_norm_nodes():
+    """bench models' headroom files: every norm node becomes Neg / Identity of its input, or no file."""
+    spec = NormSpec("layer", normalized_shape=(64,), rank=3)
+    rng = np.random.default_rng(0)
+    m = _norm_model()
+    # a decomposed norm has no single node to swap: no bound
+    assert norm_replaced(m, "Neg") is None
+    # one LayerNormalization node (native lowering) between the Relus
+    native, _ = lower_model(
+        helper.make_model(
+            helper.make_graph(
+                [
+                    helper.make_node("Relu", ["x"], ["r"], name="pre"),
+                    make_norm_node(spec, "r", {"weight": "w", "bias": "b"}, "y", "ln"),
+                    helper.make_node("Relu", ["y"], ["out"], name="post"),
+                ],
+                "m",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 64])],
+                [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 8, 64])],
+                [
+                    numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "w"),
+                    numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"),
+                ],
+                value_info=[helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 8, 64])],
+            ),
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("normonnx", 1)],
+            ir_version=10,
+        ),
+        prefer=["native"],
+    )
+    assert [n.op_type for n in native.graph.node] == ["Relu", "LayerNormalization", "Relu"]
+    neg = norm_replaced(native, "Neg")
+    assert [n.op_type for n in neg.graph.node] == ["Relu", "Neg", "Relu"] and list(neg.graph.node[1].input) == ["r"]
+    x = rng.standard_normal((2, 8, 64)).astype(np.float32)
+    (y,) = onnxruntime.InferenceSession(neg.SerializeToString()).run(None, {"x": x})
+    np.testing.assert_array_equal(y, np.maximum(-np.maximum(x, 0), 0))
+    assert norm_replaced(neg, "Identity") is None  # no norm left
 
 
 def test_ort_copy_really_copies():

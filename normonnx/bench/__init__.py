@@ -62,7 +62,7 @@ def run_bench(
     from . import report
 
     machine = report.machine()
-    ops_rows = models_rows = None
+    ops_rows = ops_default_rows = models_rows = None
     method: dict[str, Any] = {
         "timing": (
             "warm-up, then rounds timing one sample of every candidate in a freshly shuffled order until the "
@@ -76,12 +76,17 @@ def run_bench(
             "norms; the row names which one set it"
         ),
         "OpenMP wait policy": wait_policy,
-        "onnxruntime sessions": "CPUExecutionProvider, default graph optimizations, intra-op spinning off",
+        "onnxruntime sessions": (
+            "CPUExecutionProvider, default graph optimizations, intra-op spinning off when timed round-robin with "
+            "torch; the 'default sessions' tables use onnxruntime's default options (idle workers spin), one "
+            "candidate alive at a time in shuffled rounds of blocks"
+        ),
     }
     notes: list[str] = []
     if what in ("ops", "all"):
         method["ops opset"] = bops.best_opset()
         ops_rows = bops.run_ops(kinds, quick=quick, threads=threads, budget_s=budget_s)
+        ops_default_rows = bops.run_ops_default(kinds, quick=quick, threads=threads)
     if what in ("models", "all"):
         opt, why = bmodels.optimizer()
         if opt is None:
@@ -92,6 +97,7 @@ def run_bench(
         threads=threads,
         quick=quick,
         ops=ops_rows,
+        ops_default=ops_default_rows,
         models=models_rows,
         machine_info=machine,
         method=method,

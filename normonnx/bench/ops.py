@@ -15,6 +15,14 @@ The floor is the faster of two copies of the input tensor, both timed round-robi
 
 Each row records which copy set the floor (``floor_source``).
 
+Those sessions run with idle workers not spinning (they would steal the cores from torch), so a
+kernel shorter than ~0.3 ms effectively runs on one thread. :func:`bench_shape_default` times
+the strategy normonnx selects as users run it — a default onnxruntime session, idle workers
+spinning — next to torch eager and three copies (``np.copyto``, and ``Identity`` and
+``Mul(x, 1)`` in default sessions; onnxruntime splits the element-wise Mul over its threads, so
+the floor also uses every thread), one candidate alive at a time
+(:func:`~normonnx.bench.timing.measure_isolated`).
+
 Candidates per (kind, shape): the copies, torch eager (``kind.torch_forward`` under
 ``torch.inference_mode``), and each strategy ``check`` accepts at the best opset (the highest
 both normonnx and the installed onnxruntime support), unstable ones included and flagged; the
@@ -35,7 +43,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..spec import NormSpec
-from .timing import Timing, measure, ort_session, set_threads
+from .timing import Timing, default_session, measure, measure_isolated, ort_session, set_threads
 
 #: representative shapes (issue 6): diffusion UNet / SD GroupNorms, ViT / LLM LayerNorms.
 GROUP_SHAPES: tuple[tuple[int, ...], ...] = ((1, 320, 64, 64), (2, 256, 64, 64), (8, 64, 32, 32), (1, 1280, 8, 8))
@@ -63,7 +71,11 @@ QUICK_BUDGET_S = 0.05
 
 COPY_NUMPY = "copy:numpy"
 COPY_ORT = "copy:onnxruntime"
+COPY_ORT_MUL = "copy:onnxruntime[Mul]"
 TORCH = "torch"
+#: rounds x seconds per block of the default-session timing (one candidate alive at a time)
+DEFAULT_ROUNDS, DEFAULT_BLOCK_S = 5, 0.3
+QUICK_DEFAULT_ROUNDS, QUICK_DEFAULT_BLOCK_S = 1, 0.01
 
 
 def spec_for(kind: str, shape: Sequence[int]) -> NormSpec:
@@ -240,6 +252,84 @@ def bench_shape(
     return rows
 
 
+def bench_shape_default(
+    kind: str,
+    shape: Sequence[int],
+    *,
+    threads: int = 2,
+    opset: int | None = None,
+    quick: bool = False,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The selected strategy in a default onnxruntime session vs torch eager vs three copies.
+
+    One row per candidate (``session: "default"``); ``x_floor`` against the fastest copy,
+    ``x_torch`` against torch eager, all from one :func:`measure_isolated` run.
+    """
+    import torch
+
+    from ..lowering import build_model, select
+    from ..norms import KINDS
+
+    set_threads(threads)
+    opset = best_opset() if opset is None else opset
+    spec = spec_for(kind, shape)
+    k = KINDS[kind]
+    rng = np.random.default_rng(seed)
+    params = k.random_params(spec, rng)
+    x = rng.standard_normal(tuple(shape)).astype(np.float32)
+    strategy = select(spec, opset, "cpu").strategy
+    model = build_model(spec, params, opset, strategy)
+    out = np.empty_like(x)
+    xt = torch.from_numpy(x)
+    tparams = {n: torch.from_numpy(np.asarray(v, dtype=np.float32)) for n, v in params.items()}
+
+    def session(m: onnx.ModelProto) -> Callable[[], Callable[[], Any]]:
+        def build() -> Callable[[], Any]:
+            sess = default_session(m, threads)
+            return lambda: sess.run(None, {"X": x})
+
+        return build
+
+    def torch_call() -> Any:
+        with torch.inference_mode():
+            return k.torch_forward(spec, xt, tparams)
+
+    label = f"onnxruntime:{strategy}"
+    factories: dict[str, Callable[[], Callable[[], Any]]] = {
+        COPY_NUMPY: lambda: lambda: np.copyto(out, x),
+        COPY_ORT: session(copy_model("Identity")),
+        COPY_ORT_MUL: session(copy_model("Mul")),
+        TORCH: lambda: torch_call,
+        label: session(model),
+    }
+    timings = measure_isolated(
+        factories,
+        rounds=QUICK_DEFAULT_ROUNDS if quick else DEFAULT_ROUNDS,
+        block_s=QUICK_DEFAULT_BLOCK_S if quick else DEFAULT_BLOCK_S,
+        warmup=1 if quick else 3,
+        seed=seed,
+    )
+    floor_name = min((COPY_NUMPY, COPY_ORT, COPY_ORT_MUL), key=lambda n: timings[n].median_ms)
+    floor, t_torch = timings[floor_name].median_ms, timings[TORCH].median_ms
+    return [
+        {
+            "kind": kind,
+            "shape": list(shape),
+            "session": "default",
+            "threads": threads,
+            "candidate": name,
+            "strategy": strategy if name == label else None,
+            "floor_ms": floor,
+            "floor_source": floor_name,
+            **t.as_dict(),
+            "x_floor": t.median_ms / floor,
+            "x_torch": t.median_ms / t_torch,
+        }
+        for name, t in timings.items()
+    ]
+
+
 def run_ops(
     kinds: Iterable[str] | None = None,
     *,
@@ -262,4 +352,27 @@ def run_ops(
         if log:
             log(f"[ops {i + 1}/{len(jobs)}] {kind} {list(shape)}")
         rows += bench_shape(kind, shape, threads=threads, opset=opset, budget_s=budget, quick=quick)
+    return rows
+
+
+def run_ops_default(
+    kinds: Iterable[str] | None = None,
+    *,
+    quick: bool = False,
+    threads: int = 2,
+    shapes: dict[str, Sequence[Sequence[int]]] | None = None,
+    opset: int | None = None,
+    log: Callable[[str], None] | None = _log,
+) -> list[dict[str, Any]]:
+    """:func:`bench_shape_default` for every (kind, shape), rows in order."""
+    from ..commands import progress
+
+    table = shapes or (QUICK_SHAPES if quick else SHAPES)
+    kinds = list(kinds) if kinds is not None else list(table)
+    jobs = [(k, tuple(s)) for k in kinds for s in table[k]]
+    rows: list[dict[str, Any]] = []
+    for i, (kind, shape) in enumerate(progress(jobs, total=len(jobs), desc="bench ops (default sessions)")):
+        if log:
+            log(f"[ops, default sessions {i + 1}/{len(jobs)}] {kind} {list(shape)}")
+        rows += bench_shape_default(kind, shape, threads=threads, opset=opset, quick=quick)
     return rows

@@ -86,6 +86,7 @@ def make_document(
     ops: list[dict[str, Any]] | None,
     models: list[dict[str, Any]] | None,
     machine_info: dict[str, Any],
+    ops_default: list[dict[str, Any]] | None = None,
     method: dict[str, Any],
     notes: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -102,6 +103,7 @@ def make_document(
         "versions": versions(),
         "method": method,
         "ops": ops,
+        "ops_default": ops_default,
         "models": models,
         "notes": list(notes),
     }
@@ -305,6 +307,42 @@ def gaps_markdown(ops: list[dict[str, Any]], n: int = 3) -> list[str]:
     ]
 
 
+def ops_default_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The selected strategy as deployed: default onnxruntime sessions vs torch vs copies using the threads."""
+    from .ops import TORCH
+
+    by: dict[tuple[str, tuple[int, ...]], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["kind"], tuple(r["shape"])), {})[r["candidate"]] = r
+    lines = [
+        "## Norm ops in default onnxruntime sessions (as deployed)",
+        "",
+        "The strategy normonnx selects, in an onnxruntime session with default options (idle intra-op workers "
+        "spin, so short kernels get both threads), next to torch eager and three copies of the input: "
+        "`np.copyto` (1 thread), and `Identity` and `Mul(X, 1)` in default sessions (onnxruntime splits the "
+        "element-wise Mul over its threads). Floor = the fastest copy. One candidate alive at a time, shuffled "
+        "rounds of blocks (spinning workers would steal the cores from the next candidate).",
+        "",
+    ]
+    table = []
+    for (kind, shape), c in by.items():
+        sel = next((r for r in c.values() if r.get("strategy")), None)
+        floor = next(iter(c.values()))
+        torch_row = c.get(TORCH)
+        table.append(
+            [
+                kind,
+                _shape(shape),
+                f"{_ms(floor['floor_ms'])} ({floor['floor_source']})",
+                f"{sel['strategy']} **{sel['x_floor']:.2f}×** floor ({_ms(sel['median_ms'])}) · {sel['x_torch']:.2f}× torch"
+                if sel
+                else "-",
+                f"{torch_row['x_floor']:.2f}× floor ({_ms(torch_row['median_ms'])})" if torch_row else "-",
+            ]
+        )
+    return [*lines, *_table(["kind", "shape", "copy floor", "normonnx (selected)", "torch eager"], table), ""]
+
+
 def _model_cell(r: dict[str, Any]) -> str:
     if r.get("skipped"):
         return "skipped"
@@ -353,21 +391,28 @@ def models_markdown(models: list[dict[str, Any]], top: int = 6) -> list[str]:
             "deployment; same thread count), which cannot share the cores with each other or with torch: rounds of "
             "blocks, one session alive at a time, in a shuffled order per round. Each cell: median ±half the IQR of "
             "the pooled samples · **speed-up over the default export**: the median over rounds of (the default "
-            "export's block median ÷ this file's block median in the same round).",
+            "export's block median ÷ this file's block median in the same round). Headroom columns: normonnx's "
+            "best file with every norm node replaced by `Neg` — one cheap pass that, like any custom op, keeps the "
+            "layout conversions around it: **no norm implementation can beat it** — and with the norm nodes removed "
+            "(onnxruntime then also drops those conversions). Timed only: they compute something else.",
             "",
         ]
+        from .models import BOUND_NEG, NO_NORM
+
+        def cell(d: dict[str, Any] | None) -> str:
+            if not d:
+                return "-"
+            sp = d.get("speedup_vs_default_export")
+            return f"{_ms(d['median_ms'])} {_spread(d)}" + (f" · **{sp:.2f}×**" if sp else "")
+
         rows = []
         for m, c in by.items():
-            cells = []
-            for n in iso_names:
-                d = (c.get(n) or {}).get("default_session")
-                if not d:
-                    cells.append("-")
-                    continue
-                sp = d.get("speedup_vs_default_export")
-                cells.append(f"{_ms(d['median_ms'])} {_spread(d)}" + (f" · **{sp:.2f}×**" if sp else ""))
-            rows.append([m, *cells])
-        lines += [*_table(["model", *iso_names], rows), ""]
+            head = next(
+                (h for n in iso_names if (h := ((c.get(n) or {}).get("default_session") or {}).get("headroom"))), {}
+            )
+            cells = [cell((c.get(n) or {}).get("default_session")) for n in iso_names]
+            rows.append([m, *cells, cell(head.get(BOUND_NEG)), cell(head.get(NO_NORM))])
+        lines += [*_table(["model", *iso_names, f"headroom: {BOUND_NEG}", f"headroom: {NO_NORM}"], rows), ""]
     lines += [
         "### Where the time goes (profilers)",
         "",
@@ -430,6 +475,8 @@ def markdown(doc: dict[str, Any], diff: dict[str, Any] | None = None) -> str:
     if doc.get("ops"):
         lines += gaps_markdown(doc["ops"])
         lines += ops_markdown(doc["ops"])
+    if doc.get("ops_default"):
+        lines += ops_default_markdown(doc["ops_default"])
     if doc.get("models"):
         lines += models_markdown(doc["models"])
     if diff is not None:
