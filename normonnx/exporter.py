@@ -43,10 +43,16 @@ from .spec import DTYPES, NormSpec
 
 #: torch's dynamo exporter emits opset 18+; lower opsets are reached with onnx's version converter
 TORCH_MIN_OPSET = 18
-#: opsets considered when choosing a default (each adds a native norm op). 17 (the first with
-#: LayerNormalization) is left out of the default choice: torch emits 18+ and reaching 17 needs
-#: onnx's version converter, which lacks adapters for some ops (Pad); 18 lowers the same norms.
-CANDIDATE_OPSETS = (18, 21, 23)
+#: opsets considered when choosing a default: 18, 21, 23 each add a native norm op; 20 is torch's
+#: own default. 17 (the first with LayerNormalization) is left out of the default choice: torch
+#: emits 18+ and reaching 17 needs onnx's version converter, which lacks adapters for some ops
+#: (Pad); 18 lowers the same norms.
+CANDIDATE_OPSETS = (18, 20, 21, 23)
+#: among opsets that lower the norms equally well, the one ``torch.onnx.export`` uses by default:
+#: the rest of the model then gets torch's own ops. At 18, GELU is exported as Erf/Div/Mul/Add,
+#: which onnxruntime 1.32 does not fuse back (measured on models/vit: 17 more nodes, ~15% slower
+#: than the default export); from 20 it is the Gelu op.
+PREFERRED_OPSET = 20
 _IR_DTYPES = {v: k for k, v in DTYPES.items()}
 
 
@@ -247,14 +253,17 @@ def choose_opset(
     prefer: Iterable[str] | None = None,
     allow_unstable: bool = False,
 ) -> tuple[int, str]:
-    """The lowest candidate opset that lowers the most norms natively (fast), with the reason."""
+    """The candidate opset with the best lowering of the norms for ``target``, with the reason.
+
+    Ties go to :data:`PREFERRED_OPSET` (torch's default) if it is among them, else to the lowest.
+    """
     hi = min(MAX_OPSET, max_opset or MAX_OPSET)
     cands = [o for o in CANDIDATE_OPSETS if o <= hi] or [hi]
     if not specs:
-        return (18 if 18 in cands else cands[-1]), "no norms found; torch's default opset"
+        return (PREFERRED_OPSET if PREFERRED_OPSET in cands else cands[-1]), "no norms found; torch's default opset"
     orders = [tuple(prefer) if prefer is not None else preference(target, s.kind) for s in specs]
     width = max(len(order) for order in orders)
-    best: tuple[tuple[int, ...], int, list[str]] | None = None
+    scored: list[tuple[tuple[int, ...], int, list[str]]] = []
     for o in cands:
         try:
             chosen = [
@@ -263,17 +272,19 @@ def choose_opset(
             ]
         except NormOnnxError:
             continue
-        # score: how many norms got their 1st, 2nd... preferred strategy (earlier = better), lowest opset on ties
+        # score: how many norms got their 1st, 2nd... preferred strategy (earlier = better)
         ranks = [order.index(c) for c, order in zip(chosen, orders)]
-        score = tuple(ranks.count(r) for r in range(width))
-        if best is None or score > best[0]:
-            best = (score, o, chosen)
-    if best is None:
+        scored.append((tuple(ranks.count(r) for r in range(width)), o, chosen))
+    if not scored:
         raise ExportError(
             f"no candidate opset ({', '.join(map(str, cands))}) can lower every norm of this model for {target}"
         )
+    top = max(s[0] for s in scored)
+    ties = [s for s in scored if s[0] == top]
+    best = next((s for s in ties if s[1] == PREFERRED_OPSET), ties[0])
     counts = ", ".join(f"{n}×{c}" for n, c in Counter(best[2]).items())
-    return best[1], f"lowest opset with the best lowering for {target} ({counts})"
+    why = "torch's default opset" if best[1] == PREFERRED_OPSET else "lowest opset"
+    return best[1], f"{why} with the best lowering for {target} ({counts})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,8 +307,9 @@ def export(
 ) -> ExportResult:
     """Export ``model`` (an ``nn.Module`` or ``torch.export.ExportedProgram``) to ``path``.
 
-    opset:          default-domain opset; None picks the lowest of 18/21/23 that gives the best
-                    valid lowering for ``target`` (capped by the installed onnxruntime).
+    opset:          default-domain opset; None picks, of 18/20/21/23 (capped by the installed
+                    onnxruntime), one that gives the best valid lowering for ``target``: torch's
+                    default 20 on ties, else the lowest.
     target:         "cpu" or "cuda": which execution provider the lowering is chosen for.
     dynamic:        ``{"x": {0: "batch", 2: "h", 3: "w"}}`` or ``"batch,h,w"``.
     prefer:         strategy order overriding the default (e.g. ``["function"]``).
