@@ -43,7 +43,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..spec import NormSpec
-from .timing import Timing, default_session, measure, measure_isolated, ort_session, set_threads
+from .timing import Timing, default_session, measure, measure_isolated, ort_session, paired_ratio, set_threads
 
 #: representative shapes (issue 6): diffusion UNet / SD GroupNorms, ViT / LLM LayerNorms.
 GROUP_SHAPES: tuple[tuple[int, ...], ...] = ((1, 320, 64, 64), (2, 256, 64, 64), (8, 64, 32, 32), (1, 1280, 8, 8))
@@ -74,7 +74,7 @@ COPY_ORT = "copy:onnxruntime"
 COPY_ORT_MUL = "copy:onnxruntime[Mul]"
 TORCH = "torch"
 #: rounds x seconds per block of the default-session timing (one candidate alive at a time)
-DEFAULT_ROUNDS, DEFAULT_BLOCK_S = 5, 0.3
+DEFAULT_ROUNDS, DEFAULT_BLOCK_S = 9, 0.2
 QUICK_DEFAULT_ROUNDS, QUICK_DEFAULT_BLOCK_S = 1, 0.01
 
 
@@ -263,8 +263,10 @@ def bench_shape_default(
 ) -> list[dict[str, Any]]:
     """The selected strategy in a default onnxruntime session vs torch eager vs three copies.
 
-    One row per candidate (``session: "default"``); ``x_floor`` against the fastest copy,
-    ``x_torch`` against torch eager, all from one :func:`measure_isolated` run.
+    One row per candidate (``session: "default"``), all from one :func:`measure_isolated` run:
+    ``x_floor`` against the fastest copy (by median) and ``x_torch`` against torch eager, each the
+    median over rounds of the two block medians' ratio (:func:`paired_ratio`), so a load change on
+    the shared machine between rounds cancels.
     """
     import torch
 
@@ -311,7 +313,7 @@ def bench_shape_default(
         seed=seed,
     )
     floor_name = min((COPY_NUMPY, COPY_ORT, COPY_ORT_MUL), key=lambda n: timings[n].median_ms)
-    floor, t_torch = timings[floor_name].median_ms, timings[TORCH].median_ms
+    floor = timings[floor_name].median_ms
     return [
         {
             "kind": kind,
@@ -323,8 +325,8 @@ def bench_shape_default(
             "floor_ms": floor,
             "floor_source": floor_name,
             **t.as_dict(),
-            "x_floor": t.median_ms / floor,
-            "x_torch": t.median_ms / t_torch,
+            "x_floor": paired_ratio(t, timings[floor_name]),
+            "x_torch": paired_ratio(t, timings[TORCH]),
         }
         for name, t in timings.items()
     ]

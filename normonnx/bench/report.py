@@ -321,7 +321,8 @@ def ops_default_markdown(rows: list[dict[str, Any]]) -> list[str]:
         "spin, so short kernels get both threads), next to torch eager and three copies of the input: "
         "`np.copyto` (1 thread), and `Identity` and `Mul(X, 1)` in default sessions (onnxruntime splits the "
         "element-wise Mul over its threads). Floor = the fastest copy. One candidate alive at a time, shuffled "
-        "rounds of blocks (spinning workers would steal the cores from the next candidate).",
+        "rounds of blocks (spinning workers would steal the cores from the next candidate); the × ratios are "
+        "paired: the median over rounds of the two block medians' ratio.",
         "",
     ]
     table = []
