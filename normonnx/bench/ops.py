@@ -140,6 +140,19 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _problem(kind: str, shape: Sequence[int], threads: int, opset: int | None, seed: int) -> tuple[Any, ...]:
+    """Threads set for torch; (opset, spec, norm kind, float64 params, float32 input) of one benchmark."""
+    from ..norms import KINDS
+
+    set_threads(threads)
+    spec = spec_for(kind, shape)
+    k = KINDS[kind]
+    rng = np.random.default_rng(seed)
+    params = k.random_params(spec, rng)
+    x = rng.standard_normal(tuple(shape)).astype(np.float32)
+    return (best_opset() if opset is None else opset), spec, k, params, x
+
+
 def bench_shape(
     kind: str,
     shape: Sequence[int],
@@ -155,15 +168,8 @@ def bench_shape(
     import torch
 
     from ..lowering import STRATEGIES, build_model, check, select
-    from ..norms import KINDS
 
-    set_threads(threads)
-    opset = best_opset() if opset is None else opset
-    spec = spec_for(kind, shape)
-    k = KINDS[kind]
-    rng = np.random.default_rng(seed)
-    params = k.random_params(spec, rng)
-    x = rng.standard_normal(tuple(shape)).astype(np.float32)
+    opset, spec, k, params, x = _problem(kind, shape, threads, opset, seed)
     ref = k.reference(spec, x.astype(np.float64), params)
     ref_scale = float(np.max(np.abs(ref)))  # errors below are judged against this scale
     try:
@@ -271,15 +277,8 @@ def bench_shape_default(
     import torch
 
     from ..lowering import build_model, select
-    from ..norms import KINDS
 
-    set_threads(threads)
-    opset = best_opset() if opset is None else opset
-    spec = spec_for(kind, shape)
-    k = KINDS[kind]
-    rng = np.random.default_rng(seed)
-    params = k.random_params(spec, rng)
-    x = rng.standard_normal(tuple(shape)).astype(np.float32)
+    opset, spec, k, params, x = _problem(kind, shape, threads, opset, seed)
     strategy = select(spec, opset, "cpu").strategy
     model = build_model(spec, params, opset, strategy)
     out = np.empty_like(x)
@@ -332,6 +331,28 @@ def bench_shape_default(
     ]
 
 
+def _over_shapes(
+    what: str,
+    bench: Callable[[str, tuple[int, ...]], list[dict[str, Any]]],
+    kinds: Iterable[str] | None,
+    quick: bool,
+    shapes: dict[str, Sequence[Sequence[int]]] | None,
+    log: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """``bench(kind, shape)`` for every (kind, shape) of the table, with progress; rows in order."""
+    from ..commands import progress
+
+    table = shapes or (QUICK_SHAPES if quick else SHAPES)
+    kinds = list(kinds) if kinds is not None else list(table)
+    jobs = [(k, tuple(s)) for k in kinds for s in table[k]]
+    rows: list[dict[str, Any]] = []
+    for i, (kind, shape) in enumerate(progress(jobs, total=len(jobs), desc=f"bench {what}")):
+        if log:
+            log(f"[{what} {i + 1}/{len(jobs)}] {kind} {list(shape)}")
+        rows += bench(kind, shape)
+    return rows
+
+
 def run_ops(
     kinds: Iterable[str] | None = None,
     *,
@@ -343,18 +364,12 @@ def run_ops(
     log: Callable[[str], None] | None = _log,
 ) -> list[dict[str, Any]]:
     """Benchmark every (kind, shape); rows as :func:`bench_shape` returns them, in order."""
-    from ..commands import progress
-
-    table = shapes or (QUICK_SHAPES if quick else SHAPES)
-    kinds = list(kinds) if kinds is not None else list(table)
     budget = budget_s if budget_s is not None else (QUICK_BUDGET_S if quick else BUDGET_S)
-    jobs = [(k, tuple(s)) for k in kinds for s in table[k]]
-    rows: list[dict[str, Any]] = []
-    for i, (kind, shape) in enumerate(progress(jobs, total=len(jobs), desc="bench ops")):
-        if log:
-            log(f"[ops {i + 1}/{len(jobs)}] {kind} {list(shape)}")
-        rows += bench_shape(kind, shape, threads=threads, opset=opset, budget_s=budget, quick=quick)
-    return rows
+
+    def bench(kind: str, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+        return bench_shape(kind, shape, threads=threads, opset=opset, budget_s=budget, quick=quick)
+
+    return _over_shapes("ops", bench, kinds, quick, shapes, log)
 
 
 def run_ops_default(
@@ -367,14 +382,8 @@ def run_ops_default(
     log: Callable[[str], None] | None = _log,
 ) -> list[dict[str, Any]]:
     """:func:`bench_shape_default` for every (kind, shape), rows in order."""
-    from ..commands import progress
 
-    table = shapes or (QUICK_SHAPES if quick else SHAPES)
-    kinds = list(kinds) if kinds is not None else list(table)
-    jobs = [(k, tuple(s)) for k in kinds for s in table[k]]
-    rows: list[dict[str, Any]] = []
-    for i, (kind, shape) in enumerate(progress(jobs, total=len(jobs), desc="bench ops (default sessions)")):
-        if log:
-            log(f"[ops, default sessions {i + 1}/{len(jobs)}] {kind} {list(shape)}")
-        rows += bench_shape_default(kind, shape, threads=threads, opset=opset, quick=quick)
-    return rows
+    def bench(kind: str, shape: tuple[int, ...]) -> list[dict[str, Any]]:
+        return bench_shape_default(kind, shape, threads=threads, opset=opset, quick=quick)
+
+    return _over_shapes("ops, default sessions", bench, kinds, quick, shapes, log)

@@ -26,6 +26,23 @@ static inline double nx_hsum(__m256d v) {
   return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
 }
 
+/* One step of the statistics loop: 32 elements of src − kv into the 4 + 4 float accumulators. */
+#define NX_STATS32(src)                                         \
+  do {                                                          \
+    __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps((src)), kv);      \
+    __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps((src) + 8), kv);  \
+    __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps((src) + 16), kv); \
+    __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps((src) + 24), kv); \
+    p0 = _mm256_add_ps(p0, d0);                                 \
+    p1 = _mm256_add_ps(p1, d1);                                 \
+    p2 = _mm256_add_ps(p2, d2);                                 \
+    p3 = _mm256_add_ps(p3, d3);                                 \
+    q0 = _mm256_fmadd_ps(d0, d0, q0);                           \
+    q1 = _mm256_fmadd_ps(d1, d1, q1);                           \
+    q2 = _mm256_fmadd_ps(d2, d2, q2);                           \
+    q3 = _mm256_fmadd_ps(d3, d3, q3);                           \
+  } while (0)
+
 static void sums_avx2(const float* restrict x, size_t n, double k, double* s1, double* s2) {
   const __m256 kv = _mm256_set1_ps((float)k); /* k is a sample of x: exact in float */
   __m256d a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd();
@@ -33,20 +50,7 @@ static void sums_avx2(const float* restrict x, size_t n, double k, double* s1, d
   while (i + 32 <= n) {
     size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
     __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, q0 = p0, q1 = p0, q2 = p0, q3 = p0;
-    for (; i < end; i += 32) {
-      __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), kv);
-      __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), kv);
-      __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), kv);
-      __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), kv);
-      p0 = _mm256_add_ps(p0, d0);
-      p1 = _mm256_add_ps(p1, d1);
-      p2 = _mm256_add_ps(p2, d2);
-      p3 = _mm256_add_ps(p3, d3);
-      q0 = _mm256_fmadd_ps(d0, d0, q0);
-      q1 = _mm256_fmadd_ps(d1, d1, q1);
-      q2 = _mm256_fmadd_ps(d2, d2, q2);
-      q3 = _mm256_fmadd_ps(d3, d3, q3);
-    }
+    for (; i < end; i += 32) NX_STATS32(x + i);
     a1 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a1, p0), p1), p2), p3);
     a2 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a2, q0), q1), q2), q3);
   }
@@ -99,24 +103,13 @@ static void affine_sums_avx2(const float* restrict x, float* restrict y, size_t 
     if (silu) affine_span_avx2(x + i, y + i, end - i, mh, ml, a, b, 1);
     __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, q0 = p0, q1 = p0, q2 = p0, q3 = p0;
     for (; i < end; i += 32) {
-      __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(xn + i), kv);
-      __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(xn + i + 8), kv);
-      __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(xn + i + 16), kv);
-      __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(xn + i + 24), kv);
+      NX_STATS32(xn + i);
       if (!silu) {
         for (int u = 0; u < 32; u += 8) {
           __m256 v = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + u), mhv), mlv);
           _mm256_storeu_ps(y + i + u, _mm256_fmadd_ps(v, av, bv));
         }
       }
-      p0 = _mm256_add_ps(p0, d0);
-      p1 = _mm256_add_ps(p1, d1);
-      p2 = _mm256_add_ps(p2, d2);
-      p3 = _mm256_add_ps(p3, d3);
-      q0 = _mm256_fmadd_ps(d0, d0, q0);
-      q1 = _mm256_fmadd_ps(d1, d1, q1);
-      q2 = _mm256_fmadd_ps(d2, d2, q2);
-      q3 = _mm256_fmadd_ps(d3, d3, q3);
     }
     a1 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a1, p0), p1), p2), p3);
     a2 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a2, q0), q1), q2), q3);
