@@ -5,8 +5,12 @@ onnxruntime (CPU), next to torch eager and a copy floor (the time to read and wr
 reported as × floor. `models`: every model in models/ — torch eager, torch's default ONNX export,
 normonnx's export, and normonnx's export after optimize — latency, max error vs float64 torch, and
 onnxruntime's profile per op type with normalization nodes highlighted. Same thread count for
-everyone, warm-up, round-robin interleaving, medians and interquartile ranges. Writes BENCHMARKS.md
-(--markdown) and a JSON record (--json); --compare shows what changed since an older record."""
+everyone, warm-up, round-robin interleaving, medians and interquartile ranges. Both then re-time
+in default onnxruntime sessions (idle workers spin, as deployed), one session alive at a time,
+ratios paired per round: ops the selected strategy vs torch vs copies using every thread, models
+the three files plus two headroom files (norm nodes replaced by Neg, and removed). Writes
+BENCHMARKS.md (--markdown) and a JSON record (--json); --compare shows what changed since an
+older record."""
 
 from __future__ import annotations
 
