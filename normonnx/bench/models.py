@@ -17,9 +17,9 @@ a time (:func:`~normonnx.bench.timing.measure_isolated`): each row's ``default_s
 that timing and ``speedup_vs_default_export``: the median over rounds of the default export's
 block median / this file's (paired within a round, so load changes between rounds cancel).
 The row of normonnx's best file also carries ``headroom``: the same timing for that file with its
-norm nodes replaced by ``Neg`` (what no norm kernel can beat) and removed (:func:`norm_replaced`). Accuracy is the max absolute
-difference over all outputs against the model run in float64 by torch. "Where the time goes"
-comes from onnxruntime's profiler: per-node kernel times (the first, warm-up run dropped),
+norm nodes replaced by ``Neg`` (what no norm kernel can beat) and removed (:func:`norm_replaced`).
+Accuracy is the max absolute difference over all outputs against the model run in float64 by
+torch. "Where the time goes" comes from onnxruntime's profiler: per-node kernel times (the first, warm-up run dropped),
 grouped by op type, with the time spent in normalization nodes separated out; torch's from
 ``torch.profiler`` (self CPU time per aten op, norm kernels separated). A node counts as a
 norm node if normonnx lowered it (node metadata ``normonnx.norm``), if torch's exporter recorded
