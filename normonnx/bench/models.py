@@ -407,12 +407,12 @@ def bench_model(
                 paths[label] = os.path.join(out_dir, f"{entry.name}.{op.lower()}-for-norms.onnx")
                 onnx.save(variant, paths[label])
                 ort_names.append(label)
-    feeds = {n: {i.name: a for i, a in zip(ort_session(paths[n], 1).get_inputs(), feed_arrays)} for n in ort_names}
 
     def factory(name: str) -> Callable[[], Callable[[], Any]]:
         def build() -> Callable[[], Any]:
             sess = default_session(paths[name], threads)
-            return lambda: sess.run(None, feeds[name])
+            feed = {i.name: a for i, a in zip(sess.get_inputs(), feed_arrays)}
+            return lambda: sess.run(None, feed)
 
         return build
 

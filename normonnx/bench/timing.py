@@ -88,6 +88,14 @@ def _time_calls(fn: Callable[[], Any], k: int) -> float:
     return time.perf_counter() - t0
 
 
+def _warm_up(fn: Callable[[], Any], warmup: int, sample_s: float, max_inner: int) -> int:
+    """Call ``fn`` ``warmup`` times (the last one timed); the calls per sample to last ~``sample_s``."""
+    for _ in range(max(0, warmup - 1)):
+        fn()
+    est = _time_calls(fn, 1)
+    return max(1, min(max_inner, math.ceil(sample_s / max(est, 1e-7))))
+
+
 def measure(
     candidates: Mapping[str, Callable[[], Any]],
     *,
@@ -105,13 +113,7 @@ def measure(
     run under the same conditions are not comparable, so the caller must drop it and retry.
     """
     names = list(candidates)
-    inner: dict[str, int] = {}
-    for name in names:
-        fn = candidates[name]
-        for _ in range(max(0, warmup - 1)):
-            fn()
-        est = _time_calls(fn, 1)
-        inner[name] = max(1, min(max_inner, math.ceil(sample_s / max(est, 1e-7))))
+    inner = {name: _warm_up(candidates[name], warmup, sample_s, max_inner) for name in names}
     out = {n: Timing(n, [], inner[n]) for n in names}
     rng = random.Random(seed)
     t_start = time.perf_counter()
@@ -158,11 +160,7 @@ def measure_isolated(
         rng.shuffle(order)
         for name in order:
             fn = factories[name]()
-            for _ in range(max(0, warmup - 1)):
-                fn()
-            est = _time_calls(fn, 1)
-            inner = max(1, min(max_inner, math.ceil(sample_s / max(est, 1e-7))))
-            out[name].inner = inner
+            inner = out[name].inner = _warm_up(fn, warmup, sample_s, max_inner)
             block: list[float] = []
             t_end = time.perf_counter() + block_s
             while True:
@@ -183,30 +181,17 @@ def paired_ratio(num: Timing, den: Timing) -> float:
     return float(np.median(pairs)) if pairs else math.nan
 
 
-def default_session(model: Any, threads: int) -> Any:
-    """An onnxruntime CPU session as users get it: default options (idle workers spin), ``threads``
-    intra-op threads (onnxruntime's own default is the number of physical cores), normonnx's
-    kernel library registered when the model uses it (:func:`normonnx.session` does the same)."""
-    import onnxruntime as ort
-
-    from ..runtime.session import register_kernels
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = int(threads)
-    src = model.SerializeToString() if hasattr(model, "SerializeToString") else model
-    register_kernels(so, src)
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-
-
-def ort_session(model: Any, threads: int, *, profile: str | None = None, optimize: bool = True) -> Any:
+def ort_session(
+    model: Any, threads: int, *, profile: str | None = None, optimize: bool = True, spinning: bool = False
+) -> Any:
     """An onnxruntime CPU session for benchmarking: ``threads`` intra-op threads, no spinning.
 
     onnxruntime's idle intra-op workers spin after each run by default. Interleaved with torch,
     those spinning threads hold the 2 cores while torch's OpenMP workers wait for a time slice
     (measured here: a tiny torch GroupNorm at 12 ms instead of 0.01 ms). Every onnxruntime
-    candidate therefore runs with ``session.intra_op.allow_spinning = 0``; graph optimizations
-    stay at onnxruntime's default. normonnx's kernel library is registered as
+    candidate of :func:`measure` therefore runs with ``session.intra_op.allow_spinning = 0``;
+    ``spinning=True`` keeps onnxruntime's default (see :func:`default_session`). Graph
+    optimizations stay at onnxruntime's default. normonnx's kernel library is registered as
     :func:`normonnx.runtime.session` does.
     """
     import onnxruntime as ort
@@ -215,7 +200,8 @@ def ort_session(model: Any, threads: int, *, profile: str | None = None, optimiz
     so.log_severity_level = 3
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if profile:
@@ -226,6 +212,14 @@ def ort_session(model: Any, threads: int, *, profile: str | None = None, optimiz
 
     register_kernels(so, src)  # normonnx's native kernels, when built and the model uses them
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def default_session(model: Any, threads: int) -> Any:
+    """An onnxruntime CPU session as users get it: default options (idle workers spin), ``threads``
+    intra-op threads (onnxruntime's own default is the number of physical cores; inter-op 1, which
+    its default sequential execution does not use), normonnx's kernel library registered when the
+    model uses it (:func:`normonnx.session` does the same)."""
+    return ort_session(model, threads, spinning=True)
 
 
 def set_threads(threads: int) -> None:
