@@ -37,8 +37,9 @@ import onnx.numpy_helper
 from . import io as nio
 from .errors import ExportError, InputError, NormOnnxError
 from .lowering import MAX_OPSET, MIN_OPSET, check_opset, check_provider, preference, select
-from .lowering.graph import LoweringRecord, lower_model
+from .lowering.graph import LoweringRecord
 from .norms import KINDS
+from .optimize import Report, family_rules, pipeline
 from .spec import DTYPES, NormSpec
 
 #: torch's dynamo exporter emits opset 18+; lower opsets are reached with onnx's version converter
@@ -71,6 +72,9 @@ class ExportResult:
     dynamic: dict[str, dict[int, str]]
     opset_reason: str
     warnings: list[str]
+    #: recognition rules that fired (e.g. ``{"group_norm.split": 2}``) and candidates refused, with reasons
+    fired: dict[str, int] = dataclasses.field(default_factory=dict)
+    refused: list[Any] = dataclasses.field(default_factory=list)
 
     @property
     def strategies(self) -> dict[str, int]:
@@ -398,27 +402,29 @@ def _export(
         raise InputError(f"{len(names)} input names for {len(args)} inputs")
     dyn = normalize_dynamic(dynamic, names, [a.dim() for a in args])
     ep = model if is_program else _torch_export(model, args, names, dyn)
-    specs = scan_specs(ep)
+    aten_specs = scan_specs(ep)
+    requested = opset
     if opset is None:
-        from .runtime.probe import ort_max_opset
-
-        opset, why = choose_opset(
-            specs,
-            target,
-            max_opset=ort_max_opset() if target == "cpu" else None,
-            prefer=prefer,
-            allow_unstable=allow_unstable,
-        )
+        max_opset = _max_opset(target)
+        opset, why = choose_opset(aten_specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable)
     else:
         why = "requested"
         if opset < MIN_OPSET:
             raise ExportError(f"opset {opset} is below {MIN_OPSET}")
-    proto = _onnx_export(ep, args, max(opset, TORCH_MIN_OPSET), names, output_names)
-    if opset < TORCH_MIN_OPSET:
-        proto = _convert_down(proto, opset)
-    _name_dynamic_dims(proto, dyn)
-    proto = _fuse_activations(proto)
-    lowered, records = lower_model(proto, provider=target, prefer=prefer, allow_unstable=allow_unstable)
+    report = Report()
+    recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report)
+    specs = norm_specs(recognised)
+    if requested is None and len(specs) > len(aten_specs):
+        # hand-written norms were recognised after capture: choose the opset again for all norms
+        best, why = choose_opset(specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable)
+        if best != opset:
+            opset, report = best, Report()
+            recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report)
+            specs = norm_specs(recognised)
+    lowered, raw_records = pipeline.lower(
+        recognised, report, target=target, prefer=prefer, allow_unstable=allow_unstable
+    )
+    records = [r if isinstance(r, LoweringRecord) else _record_of(r) for r in raw_records]
     import torch as _t
 
     for k, v in {
@@ -445,19 +451,50 @@ def _export(
         dyn,
         why,
         notes,
+        dict(report.fired),
+        list(report.refused),
     )
 
 
-def _fuse_activations(model: onnx.ModelProto) -> onnx.ModelProto:
-    """GroupNorm followed by SiLU becomes one normonnx GroupNorm with ``activation="silu"`` (the
-    diffusion-UNet block), so every lowering applies the SiLU in the same pass over the tensor.
-    Uses optimize's ``group_norm.silu`` rule: it fires only on exactly y·sigmoid(y) where nothing
-    else reads y."""
-    from .optimize import Report, apply_rule
-    from .optimize.fuse_group import GroupNormSiLU
+def _max_opset(target: str) -> int | None:
+    if target != "cpu":
+        return None
+    from .runtime.probe import ort_max_opset
 
-    fused, _ = apply_rule(GroupNormSiLU(), model, Report())
-    return fused
+    return ort_max_opset()
+
+
+def _capture_and_recognise(
+    ep: Any,
+    args: tuple[Any, ...],
+    opset: int,
+    names: Sequence[str],
+    output_names: Sequence[str] | None,
+    dyn: Mapping[str, Mapping[int, str]],
+    report: Any,
+) -> onnx.ModelProto:
+    """torch's ONNX program at ``opset`` (aten norms as ``normonnx.<Op>`` nodes), then the same
+    recognition passes ``normonnx optimize`` runs: BatchNorm and parameter-norm folding, every
+    hand-written norm spelling fused into one norm node, activations fused."""
+    proto = _onnx_export(ep, args, max(opset, TORCH_MIN_OPSET), names, output_names)
+    if opset < TORCH_MIN_OPSET:
+        proto = _convert_down(proto, opset)
+    _name_dynamic_dims(proto, dyn)
+    return pipeline.recognise(proto, report, family_rules())
+
+
+def norm_specs(model: onnx.ModelProto) -> list[NormSpec]:
+    """The specs of a model's ``normonnx`` norm nodes (after recognition, before lowering)."""
+    from .lowering.graph import norm_nodes, spec_of, value_types
+
+    types = value_types(model)
+    return [spec_of(n, types) for n in norm_nodes(model)]
+
+
+def _record_of(d: Mapping[str, Any]) -> LoweringRecord:
+    """A LoweringRecord from the dict a CUDA contrib lowering reports."""
+    fields = {f.name for f in dataclasses.fields(LoweringRecord)}
+    return LoweringRecord(**{k: v for k, v in d.items() if k in fields})
 
 
 def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:

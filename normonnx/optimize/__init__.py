@@ -26,7 +26,6 @@ why near-misses did not match at all.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections import Counter
@@ -39,7 +38,6 @@ from ..errors import OptimizeError
 from ._graph import OK, GraphView, Rewrite, Verdict, apply_rewrites, interior_check
 
 __all__ = [
-    "FAMILIES",
     "OK",
     "Match",
     "NoMatch",
@@ -55,10 +53,7 @@ __all__ = [
     "rule_names",
 ]
 
-#: rule families in the order the driver runs them (one module each under normonnx/optimize/)
-FAMILIES = ("fold_batchnorm", "fold_param_norms", "fuse_group", "fuse_layer", "fuse_rms")
 TARGETS = ("cpu", "cuda")
-META_KEY = "normonnx.optimize"
 
 
 # -- rules ----------------------------------------------------------------------------------------------
@@ -186,6 +181,8 @@ def apply_rule(rule: Rule, model: onnx.ModelProto, report: Report) -> tuple[onnx
     for node in rule.candidates(g):
         if id(node) in claimed:
             continue
+        if not any(o in g.graph_outputs or g.users(o) for o in node.output if o):
+            continue  # dead (an earlier rewrite bypassed it): cleanup removes it, nothing to prove
         if rule.skip_lowered:
             lowered = next((p.value for p in node.metadata_props if p.key == "normonnx.strategy"), None)
             if lowered is not None:
@@ -215,14 +212,16 @@ def apply_rule(rule: Rule, model: onnx.ModelProto, report: Report) -> tuple[onnx
 
 # -- families -----------------------------------------------------------------------------------------------
 def family_rules() -> dict[str, list[Rule]]:
-    from . import fold_batchnorm, fold_param_norms, fuse_group, fuse_layer, fuse_rms
+    from . import canonical, fold_batchnorm, fold_param_norms, fuse_group, fuse_layer, fuse_modulated, fuse_rms
 
     mods = {
         "fold_batchnorm": fold_batchnorm,
         "fold_param_norms": fold_param_norms,
+        "canonical": canonical,
         "fuse_group": fuse_group,
         "fuse_layer": fuse_layer,
         "fuse_rms": fuse_rms,
+        "modulated": fuse_modulated,
     }
     return {name: list(mod.RULES) for name, mod in mods.items()}
 
@@ -425,7 +424,7 @@ def optimize_model(
     """
     from .. import io as nio
     from ..lowering import MAX_OPSET, MIN_OPSET
-    from ..lowering.graph import lower_model, norm_nodes
+    from .pipeline import lower, recognise
 
     t0 = time.perf_counter()
     if target not in TARGETS:
@@ -441,34 +440,17 @@ def optimize_model(
     if opset is not None:
         model = _convert_opset(model, opset)
     model_opset = _opset(model)
-    model = infer(model)
     nodes_before, ops_before = len(original.graph.node), _ops(original)
 
-    for fam in ("fold_batchnorm", "fold_param_norms"):
-        if selected[fam]:
-            model, _ = RulePass(fam, selected[fam]).run(model, report)
-    model = cleanup(model)
     can_lower = MIN_OPSET <= model_opset <= MAX_OPSET
     if not can_lower:
         report.notes.append(
             f"norm fusions skipped: the model's opset {model_opset} is outside {MIN_OPSET}..{MAX_OPSET}, "
             "where normonnx lowers norms (pass --opset to convert)"
         )
-    else:
-        for fam in ("fuse_group", "fuse_layer", "fuse_rms"):
-            if selected[fam]:
-                model, _ = RulePass(fam, selected[fam]).run(model, report)
-    lowerings: list[dict[str, Any]] = []
-    if norm_nodes(model):
-        if target == "cuda":
-            from . import lower_cuda
-
-            model, cuda_records = lower_cuda.lower_for_cuda(model, report)
-            lowerings += cuda_records
-        model, records = lower_model(model, provider=target, prefer=prefer)
-        lowerings += [r.as_dict() for r in records]
-    model = cleanup(model)
-    _record(model, report)
+    model = recognise(model, report, selected, fuse=can_lower)
+    model, records = lower(model, report, target=target, prefer=prefer)
+    lowerings = [r if isinstance(r, dict) else r.as_dict() for r in records]
     verification = None
     if verify:
         from .verify import verify_models
@@ -490,11 +472,3 @@ def optimize_model(
         misses=list(report.misses),
         notes=list(report.notes),
     )
-
-
-def _record(model: onnx.ModelProto, report: Report) -> None:
-    keep = [p for p in model.metadata_props if p.key != META_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    data = {"fired": dict(report.fired), "refused": [r.as_dict() for r in report.refused]}
-    model.metadata_props.add(key=META_KEY, value=json.dumps(data))

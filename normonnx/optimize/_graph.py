@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ._shapes import dims_of, shape_value, static_scalar
+
 FLOAT_TYPES = {
     TensorProto.FLOAT: "float32",
     TensorProto.FLOAT16: "float16",
@@ -196,6 +198,19 @@ class GraphView:
         na, nb = self.producer.get(a), self.producer.get(b)
         if na is None or nb is None or (na.op_type, na.domain) != (nb.op_type, nb.domain):
             return False
+        ra, rb = reduction_of(self, na), reduction_of(self, nb)
+        if ra is not None and rb is not None:
+            # the same reduction written with other axes constants ([-1] vs [2]): compare the axes
+            # they mean, not the tensors that spell them
+            rank = self.rank(ra.input)
+            return (
+                ra.dynamic_axes is None
+                and rb.dynamic_axes is None
+                and ra.keepdims == rb.keepdims
+                and rank is not None
+                and norm_axes(ra.axes, rank) == norm_axes(rb.axes, rank)
+                and self.same_value(ra.input, rb.input, depth - 1)
+            )
         if list(na.output).index(a) != list(nb.output).index(b) or len(na.input) != len(nb.input):
             return False
         if sorted(x.SerializeToString() for x in na.attribute) != sorted(x.SerializeToString() for x in nb.attribute):
@@ -604,44 +619,91 @@ def reduced_count(view: GraphView, x: str, axes: tuple[int, ...]) -> int | None:
 def check_restore(view: GraphView, red: Reduction, x: str, axes: tuple[int, ...]) -> Verdict:
     """A keepdims=0 reduction must be followed by a Reshape that puts the reduced dims back as 1s."""
     what = f"{red.op} {red.node.name!r}"
-    if red.keepdims:
-        if red.restore is None:
-            return OK
-        target = view.const(red.restore.input[1])
-        if target is None:
-            return Verdict.fail(f"{what} is reshaped to a run-time shape", red.restore.input[1])
-    else:
-        if red.restore is None:
-            return Verdict.fail(
-                f"{what} has keepdims=0, so its result broadcasts against the wrong axes of x", red.node.output[0]
-            )
-        target = view.const(red.restore.input[1])
-        if target is None:
-            return Verdict.fail(f"keepdims=0 {what} is reshaped to a run-time shape", red.restore.input[1])
-    shape = view.shape(x)
-    t = [int(v) for v in target.reshape(-1)]
-    if shape is None or len(t) != len(shape):
+    if red.keepdims and red.restore is None:
+        return OK
+    if red.restore is None:
+        return Verdict.fail(
+            f"{what} has keepdims=0, so its result broadcasts against the wrong axes of x", red.node.output[0]
+        )
+    target = shape_value(view, red.restore.input[1])
+    if target is None:
+        return Verdict.fail(f"{what} is reshaped to a shape computed at run time", red.restore.input[1])
+    shape = dims_of(view, x)
+    if shape is None or len(target) != len(shape):
         return Verdict.fail(
             f"cannot prove that Reshape {red.restore.name!r} restores the reduced axes of {what}", target
         )
     allow_zero = attr(red.restore, "allowzero", 0)
-    for i, (want, dim) in enumerate(zip(t, shape)):
+    kept_mismatch = [i for i, (w, d) in enumerate(zip(target, shape)) if i not in axes and w != d]
+    if target.count(-1) == 1 and kept_mismatch == [target.index(-1)]:
+        # one −1 on a kept axis, every other entry proven: the element count fixes it to that dim
+        target = [shape[i] if w == -1 else w for i, w in enumerate(target)]
+    for i, (want, dim) in enumerate(zip(target, shape)):
         if i in axes:
             if want != 1:
                 return Verdict.fail(f"Reshape {red.restore.name!r} does not put a 1 at reduced axis {i}", target)
-        elif not (want == dim or (want == 0 and not allow_zero)):
+        # a 0 copies the reshaped tensor's own dim i: x's dim i when the reduction kept its dims or
+        # when i comes before the first reduced axis
+        elif not (want == dim or (want == 0 and not allow_zero and (red.keepdims or i < min(axes)))):
             return Verdict.fail(f"Reshape {red.restore.name!r} changes kept axis {i} ({want} vs {dim})", target)
     return OK
 
 
-def check_normalize(view: GraphView, nm: Normalize, *, want_centered: bool) -> tuple[Verdict, tuple[int, ...], float]:
-    """Prove that ``nm`` computes a norm's biased statistics; returns (verdict, axes, ε)."""
-    none: tuple[int, ...] = ()
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    """What :func:`check_normalize` proved: the statistics are taken over ``axes`` and the written
+    variance is ``factor · σ²`` (σ² the biased one, ``factor`` a positive constant: 1 for a norm,
+    N/(N−1) for an unbiased ``x.var()``), with ``eps`` added before the square root.
+
+    Because ``(x − μ)/√(f·σ² + ε) = f^(−1/2) · (x − μ)/√(σ² + ε/f)``, every such spelling is the
+    norm with ``ε' = ε/f`` followed by the constant scale ``k = f^(−1/2)`` (exact up to rounding);
+    :attr:`proof` says so in words for the node's metadata.
+    """
+
+    axes: tuple[int, ...]
+    eps: float
+    factor: float = 1.0
+    count: int | None = None
+
+    @property
+    def corrected(self) -> bool:
+        return self.factor != 1.0
+
+    @property
+    def norm_eps(self) -> float:
+        """ε of the equivalent norm (ε/f)."""
+        return self.eps / self.factor
+
+    @property
+    def scale(self) -> float:
+        """The constant the equivalent norm's output is multiplied by (f^(−1/2))."""
+        return float(1.0 / np.sqrt(self.factor))
+
+    @property
+    def proof(self) -> str:
+        if not self.corrected:
+            return ""
+        n = self.count
+        what = (
+            f"unbiased variance σ²·N/(N−1) with N={n}"
+            if n and n > 1 and np.isclose(self.factor, n / (n - 1), rtol=2e-7)
+            else f"variance scaled by {self.factor:.9g}"
+        )
+        return (
+            f"{what}: (x−μ)/√(f·σ²+ε) = f^(−1/2)·(x−μ)/√(σ²+ε/f) with f={self.factor:.9g}, "
+            f"so ε'={self.norm_eps:.9g} and the output (and β's partner γ) is scaled by {self.scale:.9g}"
+        )
+
+
+def check_normalize(view: GraphView, nm: Normalize, *, want_centered: bool) -> tuple[Verdict, Moments]:
+    """Prove that ``nm`` computes a norm's statistics up to a constant factor on the variance;
+    returns (verdict, :class:`Moments`)."""
+    none = Moments((), 0.0)
     if nm.centered != want_centered:
-        return Verdict.fail("x − mean(x) is subtracted" if nm.centered else "no mean is subtracted"), none, 0.0
+        return Verdict.fail("x − mean(x) is subtracted" if nm.centered else "no mean is subtracted"), none
     et = view.elem_type(nm.x)
     if et not in FLOAT_TYPES:
-        return Verdict.fail(f"input {nm.x!r} has element type {dtype_name(et)}, not a float type", nm.x), none, 0.0
+        return Verdict.fail(f"input {nm.x!r} has element type {dtype_name(et)}, not a float type", nm.x), none
     if et in LOW_PRECISION:
         return (
             Verdict.fail(
@@ -650,7 +712,6 @@ def check_normalize(view: GraphView, nm: Normalize, *, want_centered: bool) -> t
                 nm.x,
             ),
             none,
-            0.0,
         )
     for n in nm.nodes:  # every value on the way must be of x's type (no hidden Casts)
         t = view.elem_type(n.output[0])
@@ -658,23 +719,22 @@ def check_normalize(view: GraphView, nm: Normalize, *, want_centered: bool) -> t
             return (
                 Verdict.fail(f"{n.op_type} {n.name!r} computes in {dtype_name(t)}, not {dtype_name(et)}", n.output[0]),
                 none,
-                0.0,
             )
     rank = view.rank(nm.x)
     if rank is None:
-        return Verdict.fail(f"rank of {nm.x!r} is unknown", nm.x), none, 0.0
+        return Verdict.fail(f"rank of {nm.x!r} is unknown", nm.x), none
     # ε
     eps = 0.0
     if nm.eps is not None:
         c = view.const(nm.eps)
         if c is None:
             why = "a graph input" if view.is_graph_input(nm.eps) else "computed at run time"
-            return Verdict.fail(f"ε is not a constant ({nm.eps!r} is {why})", nm.eps), none, 0.0
+            return Verdict.fail(f"ε is not a constant ({nm.eps!r} is {why})", nm.eps), none
         e = scalar(c)
         if e is None:
-            return Verdict.fail(f"ε is not a single number (shape {list(c.shape)})", c), none, 0.0
+            return Verdict.fail(f"ε is not a single number (shape {list(c.shape)})", c), none
         if not e >= 0:
-            return Verdict.fail(f"ε = {e} is negative", c), none, 0.0
+            return Verdict.fail(f"ε = {e} is negative", c), none
         eps = e
     # 1/√ spellings
     if nm.inverse == "one_div":
@@ -683,78 +743,73 @@ def check_normalize(view: GraphView, nm: Normalize, *, want_centered: bool) -> t
             return (
                 Verdict.fail("numerator of 1/√(·) is not the constant 1", c if c is not None else nm.inverse_operand),
                 none,
-                eps,
             )
     if nm.inverse == "pow":
         p = scalar(view.const(nm.inverse_operand or ""))
         if p != -0.5:
-            return Verdict.fail(f"Pow exponent {p} is not −0.5", nm.inverse_operand), none, eps
+            return Verdict.fail(f"Pow exponent {p} is not −0.5", nm.inverse_operand), none
     # the square
     if nm.square is not None:
         if nm.square.op_type == "Pow":
             p = scalar(view.const(nm.square.input[1]))
             if p != 2.0:
-                return Verdict.fail(f"Pow exponent {p} is not 2", nm.square.input[1]), none, eps
+                return Verdict.fail(f"Pow exponent {p} is not 2", nm.square.input[1]), none
         elif not view.same_value(nm.square.input[0], nm.square.input[1]):
-            return Verdict.fail("Mul is not a square (different operands)", nm.square.output[0]), none, eps
+            return Verdict.fail("Mul is not a square (different operands)", nm.square.output[0]), none
     # axes
     for red in [r for r in (nm.mean, nm.var) if r is not None]:
         if red.dynamic_axes:
-            return Verdict.fail(f"{red.op} {red.node.name!r} reduces run-time axes", red.dynamic_axes), none, eps
+            return Verdict.fail(f"{red.op} {red.node.name!r} reduces run-time axes", red.dynamic_axes), none
     var_axes = norm_axes(nm.var.axes, rank)
     if var_axes is None or not var_axes:
-        return Verdict.fail(f"invalid axes {nm.var.axes} for a rank-{rank} input", nm.var.node.output[0]), none, eps
+        return Verdict.fail(f"invalid axes {nm.var.axes} for a rank-{rank} input", nm.var.node.output[0]), none
     if nm.mean is not None:
         mean_axes = norm_axes(nm.mean.axes, rank)
         if mean_axes != var_axes:
             return (
                 Verdict.fail(f"mean over axes {mean_axes} but variance over axes {var_axes}", nm.mean.node.output[0]),
                 none,
-                eps,
             )
         v = check_restore(view, nm.mean, nm.x, var_axes)
         if not v:
-            return v, none, eps
+            return v, none
     v = check_restore(view, nm.var, nm.x, var_axes)
     if not v:
-        return v, none, eps
-    # the variance's normaliser: 1/N (biased), not 1/(N−1)
+        return v, none
+    # the variance's normaliser: 1/N (biased) or another constant (1/(N−1): unbiased), which the
+    # equivalent norm absorbs into ε and a scale; a count computed at run time cannot be absorbed
     factor = 1.0
     for _node, how, other in nm.scales:
-        c = scalar(view.const(other))
+        c = static_scalar(view, other)
         if c is None:
             why = "not a single constant" if view.const(other) is not None else "computed at run time"
             return (
                 Verdict.fail(
-                    f"σ² is scaled by {other!r} ({why}) — the {how} by a count that an unbiased x.var() computes from the shape",
+                    f"σ² is scaled by {other!r} ({why}): the {how} by a count that an unbiased x.var() computes from "
+                    "a dynamic shape, so N is not static and the exact rewrite ε' = ε·(N−1)/N has no constant ε'",
                     other,
                 ),
                 none,
-                eps,
             )
         factor = factor * c if how == "mul" else factor / c
     n = reduced_count(view, nm.x, var_axes)
-    expected = 1.0 if nm.var.op == "ReduceMean" else (1.0 / n if n else None)
-    if expected is None:
-        return Verdict.fail(f"{nm.var.op} over dynamic dims: the count N is unknown", nm.var.node.output[0]), none, eps
-    if not np.isclose(factor, expected, rtol=2e-7, atol=0.0):
-        mean_factor = factor if nm.var.op == "ReduceMean" else factor * (n or 1)
-        if n and n > 1 and np.isclose(mean_factor, n / (n - 1), rtol=2e-7):
-            return (
-                Verdict.fail(
-                    f"unbiased variance: σ² is multiplied by N/(N−1) = {n}/{n - 1} (x.var() with correction=1); "
-                    "a norm divides by N, so fusing would change the result by that factor",
-                    f"factor {mean_factor:.7g}",
-                ),
-                none,
-                eps,
-            )
-        return (
-            Verdict.fail(f"σ² is scaled by {mean_factor:.7g}, not by 1 (mean of squares)", f"factor {mean_factor:.7g}"),
-            none,
-            eps,
-        )
-    return OK, var_axes, eps
+    if nm.var.op != "ReduceMean":
+        if not n:
+            return Verdict.fail(f"{nm.var.op} over dynamic dims: the count N is unknown", nm.var.node.output[0]), none
+        factor *= n  # ReduceSum = N · mean
+    if np.isclose(factor, 1.0, rtol=2e-7, atol=0.0):
+        factor = 1.0
+    if not (np.isfinite(factor) and factor > 0):
+        return Verdict.fail(f"σ² is scaled by {factor:.7g}, not by a positive constant", f"factor {factor:.7g}"), none
+    return OK, Moments(var_axes, eps, factor, n)
+
+
+PROOF_KEY = "normonnx.proof"
+
+
+def corrected_weight(mo: Moments, shape: Sequence[int]) -> dict[str, np.ndarray]:
+    """The weight of the norm equivalent to a spelling whose variance is scaled (see :class:`Moments`)."""
+    return {"weight": np.full(tuple(shape), mo.scale)} if mo.corrected else {}
 
 
 def tensor(view: GraphView, hint: str, array: np.ndarray) -> onnx.TensorProto:
@@ -815,11 +870,13 @@ def norm_rewrite(
     params: dict[str, str | np.ndarray],
     anchor: onnx.NodeProto,
     hint: str,
+    proof: str = "",
 ) -> Rewrite:
     """Replace ``nodes`` by one portable ``normonnx`` node computing ``output`` from ``x``.
 
     ``params`` maps slots ("weight", "bias", ...) to value names or to arrays, which become new
-    initializers in the spec's dtype.
+    initializers in the spec's dtype. ``proof`` (why a rewrite with corrected constants is exact)
+    is kept in the node's ``normonnx.proof`` metadata, after any proof the anchor carried.
     """
     from ..lowering.graph import make_norm_node
 
@@ -840,6 +897,9 @@ def norm_rewrite(
     name = anchor.name if anchor.domain == "normonnx" and anchor.name else view.fresh(f"{base}/{hint}")
     node = make_norm_node(spec, x, names, output, name)
     node.metadata_props.extend(p for p in anchor.metadata_props if p.key == "namespace")
+    proofs = [p.value for n in nodes for p in n.metadata_props if p.key == PROOF_KEY] + ([proof] if proof else [])
+    if proofs:
+        node.metadata_props.add(key=PROOF_KEY, value="; ".join(dict.fromkeys(proofs)))
     return Rewrite(list(nodes), [node], inits, value_info_like(view, output, spec.onnx_dtype))
 
 

@@ -33,7 +33,13 @@ DOMAIN = "normonnx"
 
 
 class NormAffine(Rule):
-    """Absorb a following Mul γ / Add β into a normonnx node (shared by layer, group, rms)."""
+    """Absorb a following Mul γ / Add β into a normonnx node (shared by layer, group, rms).
+
+    ``(n·w + b)·γ = n·(w·γ) + b·γ`` and ``(n·w + b) + β = n·w + (b + β)``, so a Mul is absorbed
+    whatever parameters the node has as long as those are constants (a corrected-ε rewrite leaves
+    a constant weight), and an Add when the bias is absent or constant. Products and sums are
+    formed in float64 and rounded to the norm's dtype once.
+    """
 
     name = ""
     anchor_domain = DOMAIN
@@ -41,7 +47,6 @@ class NormAffine(Rule):
     allow_bias = True
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
-        params = norm_node_params(node)
         if node.op_type != self.op:
             return NoMatch(f"not a {self.op}")
         if attr(node, "activation", ""):
@@ -51,9 +56,9 @@ class NormAffine(Rule):
             return NoMatch("output has several users or none")
         if len(u.input) == 2 and u.input[0] == u.input[1]:
             return NoMatch(f"{u.op_type} of the output with itself")
-        if u.op_type == "Mul" and not params:
+        if u.op_type == "Mul":
             slot = "weight"
-        elif u.op_type == "Add" and "bias" not in params and self.allow_bias:
+        elif u.op_type == "Add" and self.allow_bias:
             slot = "bias"
         else:
             return NoMatch(f"followed by {u.op_type}, not an absorbable Mul/Add")
@@ -85,14 +90,30 @@ class NormAffine(Rule):
         arr, v = affine_param(g, operand, rank=r, axes=axes, target=target, what=what)
         if not v:
             return v
+        present = norm_node_params(node)
+        # the parameters the new one combines with must be constants (folded in float64)
+        touched = ("weight", "bias") if slot == "weight" else ("bias",)
+        params: dict[str, object] = dict(present)
+        for s in touched:
+            if s not in present:
+                continue
+            c = g.const(present[s])
+            if c is None:
+                return Verdict.fail(
+                    f"the norm's {s} {present[s]!r} is not a constant, so {what} cannot be combined with it", present[s]
+                )
+            c64 = c.astype(np.float64).reshape(target)
+            params[s] = c64 * arr if slot == "weight" else c64 + arr
+        if slot not in present:
+            params[slot] = arr
         m.facts["spec"] = spec.replace(**{"has_weight" if slot == "weight" else "has_bias": True})
-        m.facts["array"] = arr
+        m.facts["params"] = params
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        params: dict[str, object] = dict(norm_node_params(m.anchor))
-        params[m.facts["slot"]] = m.facts["array"]
-        return norm_rewrite(g, m.nodes, m.output, m.facts["spec"], m.anchor.input[0], params, m.anchor, m.facts["slot"])  # type: ignore[arg-type]
+        return norm_rewrite(
+            g, m.nodes, m.output, m.facts["spec"], m.anchor.input[0], m.facts["params"], m.anchor, m.facts["slot"]
+        )  # type: ignore[arg-type]
 
 
 class CastWrapper(Rule):

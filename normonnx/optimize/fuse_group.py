@@ -8,8 +8,11 @@ Rules:
   γ_c = a_{g(c)}, β_c = b_{g(c)}.
 - ``group_norm.decomposed``: Reshape(x, [N, G, …]) → the moments pattern over every axis ≥ 2 of the
   view → Reshape back: hand-written GroupNorms (the tutorial module with ``x.view(N, G, -1, H, W)``).
-  The variance must be the biased one: the tutorial's ``x.var()`` is *unbiased* (× N/(N−1)), which
-  is not GroupNorm, and is refused with that reason; ``x.var(unbiased=False)`` fuses.
+  The tutorial's ``x.var()`` is *unbiased* (× N/(N−1)); with N static that is exactly
+  ``GN(x; ε' = ε·(N−1)/N)·√((N−1)/N)``, so it fuses with those constants (the proof is kept in the
+  node's ``normonnx.proof`` metadata); with N from a dynamic dim it is refused with that reason.
+- ``group_norm.split``: ``Split(x, G, axis=1)`` → each chunk normalised over all its non-batch axes →
+  ``Concat(axis=1)`` in order (the tutorial's ``torch.cat([... for t in x.split(C // G, 1)], 1)``).
 - ``group_norm.native``: GroupNormalization lifted into the portable op. At opsets 18–20 its
   scale/bias are per *group* (the deprecated op): converted to per channel by repeating each group's
   value over its C/G channels. onnxruntime has no kernel for it and inlines a function computing
@@ -37,46 +40,53 @@ from ._graph import (
     Verdict,
     attr,
     check_normalize,
+    corrected_weight,
     dtype_name,
     match_normalize,
+    norm_axes,
     norm_node_params,
     norm_rewrite,
     spec_of_node,
 )
 from ._rules import NormAffine
+from ._shapes import dims_of, shape_value
 
 DOMAIN = "normonnx"
 
 
 def check_group_view(g: GraphView, view_node: onnx.NodeProto, x0: str) -> tuple[Verdict, int, int]:
-    """(verdict, C, G) for ``Reshape(x0, target)`` grouping the channels of ``x0``."""
-    shape = g.shape(x0)
+    """(verdict, C, G) for ``Reshape(x0, target)`` grouping the channels of ``x0``.
+
+    The target may be computed from shapes (a dynamic export's ``Concat(Shape(x)[0:1], [G], [-1])``):
+    it is evaluated symbolically, and its axis 0 must provably be x0's batch dim."""
+    shape = dims_of(g, x0)
     if shape is None or len(shape) < 2:
         return Verdict.fail(f"shape of {x0!r} is unknown or of rank < 2", x0), 0, 0
     c = shape[1]
     if not isinstance(c, int):
         return Verdict.fail(f"channel dim of {x0!r} is not static", x0), 0, 0
-    target = g.const(view_node.input[1])
-    if target is None:
+    t = shape_value(g, view_node.input[1])
+    if t is None:
         return Verdict.fail("the group view's shape is computed at run time", view_node.input[1]), 0, 0
-    t = [int(v) for v in target.reshape(-1)]
-    if len(t) < 3:
-        return Verdict.fail(f"view shape {t} has no [N, G, …] layout", target), 0, 0
+    if len(t) < 3 or not isinstance(t[1], int):
+        return Verdict.fail(f"view shape {t} has no [N, G, …] layout", view_node.input[1]), 0, 0
     groups = t[1]
     if groups < 1 or c % groups:
-        return Verdict.fail(f"view shape {t}: {groups} does not divide C={c}", target), 0, 0
+        return Verdict.fail(f"view shape {t}: {groups} does not divide C={c}", view_node.input[1]), 0, 0
     allow_zero = int(attr(view_node, "allowzero", 0))
     n = shape[0]
-    spatial = [d for d in shape[2:]]
-    if t[0] == 0 and not allow_zero:
+    spatial = shape[2:]
+    rest = t[2:]
+    if t[0] == n or (t[0] == 0 and not allow_zero):
         pass
     elif t[0] == -1:
-        rest_static = all(v > 0 for v in t[2:]) and all(isinstance(d, int) for d in spatial)
+        rest_static = all(isinstance(v, int) and v > 0 for v in rest) and all(isinstance(d, int) for d in spatial)
         per_group = (c // groups) * int(np.prod([d for d in spatial if isinstance(d, int)] or [1]))
-        if not (rest_static and int(np.prod(t[2:])) == per_group):
-            return Verdict.fail(f"view shape {t}: −1 on the batch axis is not provably N", target), 0, 0
-    elif not (isinstance(n, int) and t[0] == n):
-        return Verdict.fail(f"view shape {t}: axis 0 is not the batch size ({n})", target), 0, 0
+        if not (rest_static and int(np.prod(rest)) == per_group):  # type: ignore[arg-type]
+            return Verdict.fail(f"view shape {t}: −1 on the batch axis is not provably N", view_node.input[1]), 0, 0
+    else:
+        return Verdict.fail(f"view shape {t}: axis 0 is not the batch size ({n})", view_node.input[1]), 0, 0
+    # the rest is the per-group size whatever its spelling: the element count fixes it
     return OK, c, groups
 
 
@@ -85,10 +95,9 @@ def check_restored(g: GraphView, back: onnx.NodeProto, x0: str) -> Verdict:
     src = g.op(back.input[1], "Shape")
     if src is not None and src.input[0] == x0 and not attr(src, "start") and attr(src, "end") is None:
         return OK
-    s_in, s_out = g.shape(x0), g.shape(back.output[0])
-    target = g.const(back.input[1])
-    if target is not None and s_in is not None and all(isinstance(d, int) for d in s_in):
-        t = [int(v) for v in target.reshape(-1)]
+    s_in, s_out = dims_of(g, x0), dims_of(g, back.output[0])
+    t = shape_value(g, back.input[1])
+    if t is not None and s_in is not None:
         # a 0 copies the *view's* dim: only axis 0 (N) is the same in the view and in x0
         zero_ok = not attr(back, "allowzero", 0)
         same = [a == b or (i == 0 and a == 0 and zero_ok) for i, (a, b) in enumerate(zip(t, s_in))]
@@ -96,7 +105,7 @@ def check_restored(g: GraphView, back: onnx.NodeProto, x0: str) -> Verdict:
             all(same) or (t.count(-1) == 1 and sum(not x for x in same) == 1 and t[same.index(False)] == -1)
         ):
             return OK
-    if s_in is not None and s_out is not None and s_in == s_out and all(d is not None for d in s_in):
+    if s_in is not None and s_out is not None and s_in == s_out and not any(str(d).startswith("?") for d in s_in):
         return OK
     return Verdict.fail(f"cannot prove that Reshape {back.name!r} restores the shape of {x0!r}", back.input[1])
 
@@ -184,9 +193,10 @@ class GroupNormDecomposed(Rule):
     def check(self, g: GraphView, m: Match) -> Verdict:
         nm, view = m.facts["nm"], m.facts["view"]
         x0 = view.input[0]
-        v, axes, eps = check_normalize(g, nm, want_centered=True)
+        v, mo = check_normalize(g, nm, want_centered=True)
         if not v:
             return v
+        axes = mo.axes
         r = g.rank(nm.x) or 0
         if axes != tuple(range(2, r)):
             return Verdict.fail(
@@ -201,13 +211,122 @@ class GroupNormDecomposed(Rule):
         v = check_restored(g, m.anchor, x0)
         if not v:
             return v
+        m.facts["params"] = corrected_weight(mo, (c,))
+        m.facts["proof"] = mo.proof
         m.facts["spec"] = NormSpec(
-            "group", eps=eps, channels=c, groups=groups, has_weight=False, has_bias=False, dtype=dt, rank=g.rank(x0)
+            "group",
+            eps=mo.norm_eps,
+            channels=c,
+            groups=groups,
+            has_weight=mo.corrected,
+            has_bias=False,
+            dtype=dt,
+            rank=g.rank(x0),
         )
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(g, m.nodes, m.output, m.facts["spec"], m.facts["view"].input[0], {}, m.anchor, "group_norm")
+        return norm_rewrite(
+            g,
+            m.nodes,
+            m.output,
+            m.facts["spec"],
+            m.facts["view"].input[0],
+            m.facts["params"],
+            m.anchor,
+            "group_norm",
+            m.facts["proof"],
+        )
+
+
+class GroupNormSplit(Rule):
+    """``torch.cat([norm(t) for t in x.split(C // G, dim=1)], 1)``: the tutorial GroupNorm that
+    normalises each chunk of channels over all of its non-batch axes is GroupNorm(G)."""
+
+    name = "group_norm.split"
+    anchor_ops = ("Concat",)
+    skip_lowered = True
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+        if len(node.input) < 2:
+            return NoMatch("fewer than two chunks")
+        split = None
+        chunks = []
+        nodes: list[onnx.NodeProto] = [node]
+        for v in node.input:
+            a = g.op(v, ("Div", "Mul"))
+            if a is None:
+                return NoMatch(f"chunk {v!r} is not a normalising Div/Mul")
+            nm = match_normalize(g, a)
+            if isinstance(nm, str):
+                return NoMatch(f"chunk {v!r}: {nm}")
+            sp = g.op(nm.x, "Split")
+            if sp is None or (split is not None and sp is not split):
+                return NoMatch("the chunks are not the outputs of one Split")
+            split = sp
+            chunks.append(nm)
+            nodes += nm.nodes
+        assert split is not None
+        return Match(node, [split, *nodes], node.output[0], {"split": split, "chunks": chunks})
+
+    def check(self, g: GraphView, m: Match) -> Verdict:
+        split, chunks, cat = m.facts["split"], m.facts["chunks"], m.anchor
+        x0 = split.input[0]
+        r = g.rank(x0)
+        if r is None or r < 3:
+            return Verdict.fail(f"rank of {x0!r} is unknown or < 3", x0)
+        if norm_axes([int(attr(split, "axis", 0))], r) != (1,) or norm_axes([int(attr(cat, "axis", 0))], r) != (1,):
+            return Verdict.fail("Split and Concat are not both along the channel axis 1", split.output[0])
+        if [nm.x for nm in chunks] != list(split.output):
+            return Verdict.fail("the chunks are not concatenated in the order of the Split's outputs", cat.output[0])
+        v, dt = _dtype(g, x0)
+        if not v:
+            return v
+        shape = g.shape(x0)
+        c = shape[1] if shape is not None else None
+        if not isinstance(c, int):
+            return Verdict.fail(f"channel dim of {x0!r} is not static", x0)
+        groups = len(chunks)
+        sizes = [(g.shape(o) or (None, None))[1] for o in split.output]
+        if c % groups or any(s != c // groups for s in sizes):
+            return Verdict.fail(f"chunks of {sizes} channels are not {groups} equal groups of C={c}", split.output[0])
+        moments = []
+        for nm in chunks:
+            v, mo = check_normalize(g, nm, want_centered=True)
+            if not v:
+                return v
+            if mo.axes != tuple(range(1, r)):
+                return Verdict.fail(f"a chunk is normalised over axes {list(mo.axes)}, not over 1..{r - 1}", nm.x)
+            moments.append(mo)
+        if len({(mo.eps, mo.factor) for mo in moments}) != 1:
+            return Verdict.fail("the chunks use different ε or variance normalisers", chunks[0].x)
+        mo = moments[0]
+        m.facts["params"] = corrected_weight(mo, (c,))
+        m.facts["proof"] = mo.proof
+        m.facts["spec"] = NormSpec(
+            "group",
+            eps=mo.norm_eps,
+            channels=c,
+            groups=groups,
+            has_weight=mo.corrected,
+            has_bias=False,
+            dtype=dt,
+            rank=r,
+        )
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        return norm_rewrite(
+            g,
+            m.nodes,
+            m.output,
+            m.facts["spec"],
+            m.facts["split"].input[0],
+            m.facts["params"],
+            m.anchor,
+            "group_norm",
+            m.facts["proof"],
+        )
 
 
 class GroupNormNative(Rule):
@@ -309,6 +428,7 @@ class GroupNormSiLU(Rule):
 RULES: list[Rule] = [
     GroupNormViaInstance(),
     GroupNormDecomposed(),
+    GroupNormSplit(),
     GroupNormNative(),
     GroupNormAffine(),
     GroupNormSiLU(),

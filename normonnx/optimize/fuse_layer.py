@@ -6,7 +6,9 @@ Rules (run in this order until none fires):
   (Sqrt → Div | Sqrt → Reciprocal → Mul | 1/Sqrt → Mul | Pow −0.5 → Mul), over the trailing axes
   (``nn.LayerNorm``, one or several axes) or over axis 1 of an N,C,… tensor (ConvNeXt's
   channels-first LayerNorm). Proven: same axes for μ and σ², keepdims=1 (or keepdims=0 restored by
-  a Reshape), σ² divided by N (an unbiased ``x.var()`` is refused), ε a non-negative constant, all
+  a Reshape), σ² divided by N — or by another constant such as an unbiased ``x.var()``'s N−1, rewritten
+  exactly as ε' = ε/f and a scale f^(−1/2) on the output (:class:`~normonnx.optimize._graph.Moments`),
+  recorded in the node's ``normonnx.proof`` —, ε a non-negative constant, all
   in float32/float64 (float16 statistics without a Cast would be computed in float32 after fusion).
   onnxruntime's own LayerNorm fusion only catches the Pow/Div spelling.
 - ``layer_norm.native``: LayerNormalization-17 lifted into the portable op, so the target's
@@ -35,6 +37,7 @@ from ._graph import (
     affine_param,
     attr,
     check_normalize,
+    corrected_weight,
     dtype_name,
     match_normalize,
     norm_node_params,
@@ -85,18 +88,20 @@ class LayerNormDecomposed(Rule):
 
     def check(self, g: GraphView, m: Match) -> Verdict:
         nm = m.facts["nm"]
-        v, axes, eps = check_normalize(g, nm, want_centered=True)
+        v, mo = check_normalize(g, nm, want_centered=True)
         if not v:
             return v
-        v, ns, cf = layer_layout(g, nm.x, axes)
+        v, ns, cf = layer_layout(g, nm.x, mo.axes)
         if not v:
             return v
+        m.facts["params"] = corrected_weight(mo, ns)
+        m.facts["proof"] = mo.proof
         m.facts["spec"] = NormSpec(
             "layer",
-            eps=eps,
+            eps=mo.norm_eps,
             normalized_shape=ns,
             channels_first=cf,
-            has_weight=False,
+            has_weight=mo.corrected,
             has_bias=False,
             dtype=FLOAT_TYPES[g.elem_type(nm.x)],  # type: ignore[index]
             rank=g.rank(nm.x),
@@ -104,7 +109,17 @@ class LayerNormDecomposed(Rule):
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(g, m.nodes, m.output, m.facts["spec"], m.facts["nm"].x, {}, m.anchor, "layer_norm")
+        return norm_rewrite(
+            g,
+            m.nodes,
+            m.output,
+            m.facts["spec"],
+            m.facts["nm"].x,
+            m.facts["params"],
+            m.anchor,
+            "layer_norm",
+            m.facts["proof"],
+        )
 
 
 class LayerNormNative(Rule):

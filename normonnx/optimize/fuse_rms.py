@@ -31,6 +31,7 @@ from ._graph import (
     affine_param,
     attr,
     check_normalize,
+    corrected_weight,
     dtype_name,
     match_normalize,
     norm_rewrite,
@@ -55,9 +56,10 @@ class RMSNormDecomposed(Rule):
 
     def check(self, g: GraphView, m: Match) -> Verdict:
         nm = m.facts["nm"]
-        v, axes, eps = check_normalize(g, nm, want_centered=False)
+        v, mo = check_normalize(g, nm, want_centered=False)
         if not v:
             return v
+        axes = mo.axes
         shape = g.shape(nm.x)
         assert shape is not None
         r = len(shape)
@@ -66,11 +68,13 @@ class RMSNormDecomposed(Rule):
         ns = tuple(shape[a] for a in axes)
         if not all(isinstance(d, int) for d in ns):
             return Verdict.fail(f"normalised dims {list(ns)} are not static", nm.x)
+        m.facts["params"] = corrected_weight(mo, ns)  # type: ignore[arg-type]
+        m.facts["proof"] = mo.proof
         m.facts["spec"] = NormSpec(
             "rms",
-            eps=eps,
+            eps=mo.norm_eps,
             normalized_shape=ns,  # type: ignore[arg-type]
-            has_weight=False,
+            has_weight=mo.corrected,
             has_bias=False,
             dtype=FLOAT_TYPES[g.elem_type(nm.x)],  # type: ignore[index]
             rank=r,
@@ -78,7 +82,17 @@ class RMSNormDecomposed(Rule):
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(g, m.nodes, m.output, m.facts["spec"], m.facts["nm"].x, {}, m.anchor, "rms_norm")
+        return norm_rewrite(
+            g,
+            m.nodes,
+            m.output,
+            m.facts["spec"],
+            m.facts["nm"].x,
+            m.facts["params"],
+            m.anchor,
+            "rms_norm",
+            m.facts["proof"],
+        )
 
 
 class RMSNormNative(Rule):

@@ -1,12 +1,24 @@
 """GroupNorm fusions (normonnx/optimize/fuse_group.py): the exporters' InstanceNormalization form, the
-hand-written decomposition (biased fuses, the tutorial's unbiased x.var() is refused), the native
+hand-written decomposition (biased fuses, the tutorial's unbiased x.var() is rewritten exactly when N is static), the native
 op at opsets 18 (per-group scale) and 21, affine and SiLU absorption — with reasons for refusals."""
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
-from optimize_helpers import RNG, check_numbers, export, model, ops, optimize, refusal, run, torch64_out
+from optimize_helpers import (
+    RNG,
+    _quiet,
+    check_numbers,
+    export,
+    model,
+    ops,
+    optimize,
+    refusal,
+    run,
+    torch64_out,
+)
 
 from normonnx.spec import NormSpec
 
@@ -102,12 +114,33 @@ def test_biased_tutorial_groupnorm_fuses():
     check_numbers(res, m, x_of(), SPEC, PARAMS)
 
 
-def test_unbiased_tutorial_groupnorm_refused():
+def _unbiased_gn64(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """The tutorial's function in float64: (x − μ)/√(var_unbiased + ε) per group, then γ, β."""
+    xg = x.astype(np.float64).reshape(2, G, -1)
+    mu = xg.mean(-1, keepdims=True)
+    var_u = xg.var(-1, ddof=1, keepdims=True)
+    y = ((xg - mu) / np.sqrt(var_u + eps)).reshape(x.shape)
+    return y * GAMMA.reshape(1, C, 1, 1).astype(np.float64) + BETA.reshape(1, C, 1, 1).astype(np.float64)
+
+
+def node_meta(model: onnx.ModelProto, key: str) -> list[str]:
+    return [p.value for n in model.graph.node for p in n.metadata_props if p.key == key]
+
+
+def test_unbiased_tutorial_groupnorm_rewritten_exactly():
+    """σ²_u = σ²·N/(N−1) with N = 60 static: GN(ε' = ε·59/60)·√(59/60) is the same function."""
     m = model(tutorial_text(unbiased=True), gamma=GAMMA.reshape(1, C, 1, 1), beta=BETA.reshape(1, C, 1, 1))
     res = optimize(m)
-    reason = refusal(res, "group_norm.decomposed")
-    assert "unbiased variance" in reason and "60/59" in reason
-    assert not res.fired
+    assert res.fired == {"group_norm.decomposed": 1, "group_norm.affine": 2}, (res.fired, res.refused)
+    assert [r["kind"] for r in res.lowerings] == ["group"]
+    proofs = node_meta(res.model, "normonnx.proof")
+    assert proofs and "N=60" in proofs[0] and "unbiased" in proofs[0]
+    for offset in (0.0, 1e3):
+        x = x_of() + np.float32(offset)
+        ref = _unbiased_gn64(x)
+        err = np.abs(run(res.model, x)[0] - ref).max()
+        err_original = np.abs(run(m, x)[0] - ref).max()  # the spelling as written, in float32
+        assert err <= 2 * err_original + 1e-6, (offset, err, err_original)
     check_numbers(res, m, x_of())
 
 
@@ -262,7 +295,24 @@ def test_tutorial_groupnorm_exports(exporter, opset):
     assert res.fired.get("group_norm.decomposed") == 1, (res.fired, res.refused)
     np.testing.assert_allclose(run(res.model, x.numpy())[0], torch64_out(biased, x), atol=1e-5)
     res = optimize(export(unbiased, x, exporter, opset))
-    assert not res.fired
-    assert "unbiased variance" in refusal(res, "group_norm.decomposed")
+    assert res.fired.get("group_norm.decomposed") == 1, (res.fired, res.refused)
     assert res.passed
     np.testing.assert_allclose(run(res.model, x.numpy())[0], torch64_out(unbiased, x), atol=1e-5)
+    x3 = x + 1e3  # where the float32 decomposition loses digits and the fused norm does not
+    np.testing.assert_allclose(run(res.model, x3.numpy())[0], torch64_out(unbiased, x3), atol=5e-5)
+
+
+def test_unbiased_tutorial_with_dynamic_group_size_refused():
+    """With H, W dynamic the count N of x.var() is computed at run time: no constant ε' exists."""
+    import torch
+
+    torch.manual_seed(0)
+    mod = _tutorial(True)
+    x = torch.randn(2, 8, 5, 6)
+    dyn = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    with _quiet():
+        m = torch.onnx.export(mod, (x,), dynamo=True, opset_version=18, dynamic_shapes=({**dyn},)).model_proto
+    res = optimize(m, inputs={"x": [2, 8, 5, 6]})
+    reason = refusal(res, "group_norm.decomposed")
+    assert "computed at run time" in reason and "N is not static" in reason
+    assert "group_norm.decomposed" not in res.fired and res.passed

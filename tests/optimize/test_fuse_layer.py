@@ -195,12 +195,19 @@ def test_shared_gamma_initializer_still_fuses():
 
 
 # -- negative: refused, with the reason ----------------------------------------------------------------
-def test_unbiased_variance_refused():
+def test_unbiased_variance_rewritten_exactly():
+    """(x − μ)/√(σ²·16/15 + ε) = √(15/16)·LN(x; ε·15/16): fused with those constants, proof recorded."""
     m = model(ln_text(var_scale=str(16 / 15)), gamma=GAMMA, beta=BETA)
     res = optimize(m)
-    assert "unbiased variance" in refusal(res, "layer_norm.decomposed")
-    assert "16/15" in refusal(res, "layer_norm.decomposed")
-    assert "LayerNormalization" not in ops(res.model) and not res.fired
+    assert res.fired == {"layer_norm.decomposed": 1, "layer_norm.affine": 2}, (res.fired, res.refused)
+    proofs = [p.value for n in res.model.graph.node for p in n.metadata_props if p.key == "normonnx.proof"]
+    assert proofs and "N=16" in proofs[0]
+    x = x_of((2, 5, 16)) + np.float32(1e3)
+    x64 = x.astype(np.float64)
+    mu = x64.mean(-1, keepdims=True)
+    ref = (x64 - mu) / np.sqrt(x64.var(-1, ddof=1, keepdims=True) + 1e-5) * GAMMA + BETA
+    err, err_original = np.abs(run(res.model, x)[0] - ref).max(), np.abs(run(m, x)[0] - ref).max()
+    assert err <= 2 * err_original + 1e-6, (err, err_original)
     check_numbers(res, m, x_of((2, 5, 16)))
 
 

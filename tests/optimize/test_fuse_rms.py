@@ -102,11 +102,22 @@ def test_llama_cast_wrapper_fp16():
 
 
 # -- negative -------------------------------------------------------------------------------------------
-def test_scaled_mean_square_refused():
+def test_scaled_mean_square_rewritten_exactly():
+    """x/√(2·ms + ε) = 2^(−1/2)·x/√(ms + ε/2): an RMSNorm with corrected ε and weight."""
     m = model(rms_text(scale="2.0"), w=W)
     res = optimize(m)
-    assert "σ² is scaled by 2" in refusal(res, "rms_norm.decomposed")
-    assert not res.fired
+    assert res.fired.get("rms_norm.decomposed") == 1, (res.fired, res.refused)
+    proofs = [p.value for n in res.model.graph.node for p in n.metadata_props if p.key == "normonnx.proof"]
+    assert proofs and "scaled by 2" in proofs[0]
+    check_numbers(res, m, RNG.standard_normal((2, 5, 16)).astype(np.float32))
+
+
+def test_scale_computed_at_run_time_refused():
+    """A mean square scaled by a graph input is not a norm with a constant ε."""
+    text = rms_text(scale="2.0", inputs=", float k").replace("k = Constant <value = float {2.0}> ()\n ", "")
+    res = optimize(model(text, w=W), verify=False)
+    assert "computed at run time" in refusal(res, "rms_norm.decomposed")
+    assert "rms_norm.decomposed" not in res.fired
 
 
 def test_epsilon_not_constant_refused():
