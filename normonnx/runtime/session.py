@@ -50,6 +50,10 @@ class Session(ort.InferenceSession):
     messages); ``providers=None`` means CPU only, never "whatever is available".
     """
 
+    # defaults for sessions onnxruntime builds without __init__ (``_from_initialized_c_session``)
+    label = "<model>"
+    _requested: tuple[list[Any], Any] = (["CPUExecutionProvider"], None)
+
     def __init__(
         self,
         path_or_bytes: str | os.PathLike[str] | bytes | onnx.ModelProto,
