@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--target", choices=["cpu", "cuda"], default="cpu", help="execution provider to lower for (default cpu)"
     )
     p.add_argument("--opset", type=int, default=None, help="convert to this default-domain opset first")
+    p.add_argument(
+        "--allow-unstable",
+        action="store_true",
+        help="also take lowerings marked numerically unstable (e.g. --target cuda's contrib GroupNorm)",
+    )
     p.add_argument("--no-verify", action="store_true", help="write without running original vs optimized")
     p.add_argument(
         "--samples", type=int, default=3, help="random samples for verification besides 2 stress inputs (default 3)"
@@ -74,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         debug=args.debug,
         inputs=_shapes(args.input),
         prefer=args.prefer,
+        allow_unstable=args.allow_unstable,
     )
     print(f"optimize {args.model} (opset {res.opset}, target {args.target}): {res.seconds:.2f} s")
     if res.fired:

@@ -405,6 +405,7 @@ def optimize_model(
     inputs: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     prefer: Iterable[str] | None = None,
+    allow_unstable: bool = False,
 ) -> OptimizeResult:
     """Fold, fuse, lower and clean up a model for ``target``; verify it against the original.
 
@@ -419,6 +420,8 @@ def optimize_model(
     prefer:    lowering strategies to try, in order, for the fused norms (None: the selector's
                default order for ``target``; e.g. ``["native", "decomposed"]`` keeps standard ops
                only where the CPU default would use normonnx's compiled kernels).
+    allow_unstable: also take lowerings marked numerically unstable (native GroupNormalization-21,
+               ``--target cuda``'s contrib GroupNorm, ...).
 
     Raises :class:`~normonnx.errors.OptimizeError` (or ModelLoadError/LoweringError) for user errors.
     """
@@ -449,7 +452,7 @@ def optimize_model(
             "where normonnx lowers norms (pass --opset to convert)"
         )
     model = recognise(model, report, selected, fuse=can_lower)
-    model, records = lower(model, report, target=target, prefer=prefer)
+    model, records = lower(model, report, target=target, prefer=prefer, allow_unstable=allow_unstable)
     lowerings = [r if isinstance(r, dict) else r.as_dict() for r in records]
     verification = None
     if verify:

@@ -9,6 +9,9 @@ With ``s = γ/√(σ² + ε)`` and ``t = β − μ·s`` a BatchNorm is the per-c
   normalised input is the value −t/s of the raw one), so a padded Conv is refused; ConvTranspose is
   refused (border outputs receive fewer taps, so the shift is not a constant bias).
 
+Both ONNX's BatchNormalization and the portable ``normonnx.BatchNorm`` (what ``normonnx export``
+makes of an eval ``nn.BatchNorm2d``) are folded.
+
 Proof obligations (refused otherwise, with the reason): BN in inference mode with constant
 γ/β/μ/σ²; the weight and bias are constant initializers, not graph inputs (a user could feed other
 values) and not shared with another node (rewriting them would change that node); the BN
@@ -28,19 +31,36 @@ from ._graph import OK, GraphView, Rewrite, Verdict, attr, dtype_name, tensor
 LINEAR_BEFORE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
+def is_batchnorm(n: onnx.NodeProto | None) -> bool:
+    """ONNX BatchNormalization, or the portable ``normonnx.BatchNorm`` export makes of aten's."""
+    if n is None:
+        return False
+    return (n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")) or (
+        n.op_type == "BatchNorm" and n.domain == "normonnx"
+    )
+
+
 def bn_affine(g: GraphView, bn: onnx.NodeProto) -> tuple[Verdict, np.ndarray, np.ndarray]:
-    """(verdict, s, t) of an inference BatchNormalization, in float64."""
+    """(verdict, s, t) of an inference BatchNormalization (or ``normonnx.BatchNorm`` with running
+    statistics), in float64."""
     none = np.zeros(0)
-    if int(attr(bn, "training_mode", 0)):
-        return Verdict.fail("BatchNormalization in training mode (batch statistics)", bn.output[0]), none, none
-    vals = []
+    portable = bn.domain == "normonnx"
+    if int(attr(bn, "training_mode", 0)) or (portable and not int(attr(bn, "running_stats", 0))):
+        return Verdict.fail("BatchNorm in training mode (batch statistics)", bn.output[0]), none, none
+    vals: list[np.ndarray | None] = []
     for what, v in zip(("γ", "β", "μ", "σ²"), bn.input[1:5]):
+        if portable and not v and what in ("γ", "β"):
+            vals.append(None)  # no affine: γ = 1, β = 0
+            continue
         c = g.const(v)
         if c is None:
             why = "a graph input" if g.is_graph_input(v) else "computed at run time"
             return Verdict.fail(f"BatchNorm {what} is not a constant ({v!r} is {why})", v), none, none
         vals.append(c.astype(np.float64).reshape(-1))
-    gamma, beta, mean, var = vals
+    mean, var = vals[2], vals[3]
+    assert mean is not None and var is not None
+    gamma = vals[0] if vals[0] is not None else np.ones_like(mean)
+    beta = vals[1] if vals[1] is not None else np.zeros_like(mean)
     if not (gamma.shape == beta.shape == mean.shape == var.shape):
         return Verdict.fail("BatchNorm parameters differ in length", bn.input[1]), none, none
     eps = float(attr(bn, "epsilon", 1e-5))
@@ -76,6 +96,9 @@ def _copy_node(node: onnx.NodeProto, inputs: list[str], outputs: list[str], name
 class BatchNormIntoPreceding(Rule):
     name = "batchnorm.into_preceding"
     anchor_ops = ("BatchNormalization",)
+
+    def candidates(self, g: GraphView) -> list[onnx.NodeProto]:
+        return [n for n in g.nodes if is_batchnorm(n)]
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
         p = g.producer.get(node.input[0])
@@ -180,9 +203,10 @@ class BatchNormIntoFollowing(Rule):
     anchor_ops = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
-        bn = g.op(node.input[0], "BatchNormalization")
-        if bn is None:
+        bn = g.producer.get(node.input[0])
+        if not is_batchnorm(bn):
             return NoMatch("input is not a BatchNormalization")
+        assert bn is not None
         return Match(node, [bn, node], node.output[0], {"bn": bn})
 
     def check(self, g: GraphView, m: Match) -> Verdict:

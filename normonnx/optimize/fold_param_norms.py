@@ -6,8 +6,9 @@ small subgraph whose every leaf is a weight. onnxruntime recomputes it on every 
 
 - ``param_norm.fold``: a value that (a) is computed only from constants, (b) is read by a node that is
   not (the boundary: typically a Conv/Gemm weight input) and (c) whose subgraph contains a
-  normalisation (a reduction, BatchNormalization/InstanceNormalization/LayerNormalization/…
-  or LpNormalization) is evaluated in float64 with onnx's reference evaluator — every float
+  normalisation (a reduction, BatchNormalization/InstanceNormalization/LayerNormalization/…,
+  LpNormalization, or a ``normonnx.<Op>`` node — what export makes of timm's ``StdConv2d``, whose
+  float64 reference then computes it) is evaluated in float64 with onnx's reference evaluator — every float
   constant promoted to float64, every Cast to a float type made a Cast to float64 — and replaced
   by the result cast to its dtype once.
 
@@ -53,12 +54,19 @@ def _is_leaf(g: GraphView, v: str) -> bool:
     return g.const(v) is not None or (v in g.initializers)  # initializer-backed graph inputs count
 
 
+def _is_norm_node(n: onnx.NodeProto) -> bool:
+    """A portable ``normonnx.<Op>`` norm (what export makes of ``F.batch_norm(w, training=True)``)."""
+    from ..norms import BY_OP
+
+    return n.domain == "normonnx" and n.op_type in BY_OP
+
+
 def constant_cones(g: GraphView) -> dict[str, bool]:
     """value → True if computed only from initializers/Constants (graph-input initializers included)."""
     out: dict[str, bool] = {}
     for n in g.nodes:
         ok = (
-            n.domain in ("", "ai.onnx")
+            (n.domain in ("", "ai.onnx") or _is_norm_node(n))
             and n.op_type not in NONDETERMINISTIC
             and n.op_type not in CONTROL_FLOW
             and n.op_type != "Constant"
@@ -116,7 +124,7 @@ class ParamNormFold(Rule):
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
         value = self._boundary[id(node)][0]
         nodes, leaves = cone(g, value, self._const)
-        if not any(n.op_type in NORM_OPS for n in nodes):
+        if not any(n.op_type in NORM_OPS or _is_norm_node(n) for n in nodes):
             return NoMatch("constant subgraph without a normalisation (left to constant folding)")
         return Match(node, [node], value, {"cone": nodes, "leaves": leaves})
 
@@ -168,10 +176,36 @@ def evaluate_float64(g: GraphView, nodes: list[onnx.NodeProto], leaves: set[str]
     graph = helper.make_graph(
         body, "param_norm", [], [helper.make_tensor_value_info(output, TensorProto.DOUBLE, None)], inits
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset)])
+    opsets = [helper.make_opsetid("", g.opset)]
+    if any(_is_norm_node(n) for n in nodes):
+        opsets.append(helper.make_opsetid("normonnx", 1))
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = g.model.ir_version or 8
-    (out,) = ReferenceEvaluator(model).run(None, {})
+    (out,) = ReferenceEvaluator(model, new_ops=_norm_ops()).run(None, {})
     return np.asarray(out, dtype=np.float64)
+
+
+def _norm_ops() -> list[type]:
+    """onnx.reference implementations of the ``normonnx.<Op>`` nodes: each kind's float64 reference."""
+    from onnx.reference.op_run import OpRun
+
+    from ..norms import BY_OP
+
+    def make(op: str, kind: object) -> type:
+        def _run(self: OpRun, x: np.ndarray, *params: np.ndarray | None, **_attrs: object) -> tuple[np.ndarray]:
+            node = self.onnx_node
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if isinstance(attrs.get("activation"), bytes):
+                attrs["activation"] = attrs["activation"].decode()
+            present = [p is not None for p in params[:2]] + [False] * (2 - len(params[:2]))
+            spec = kind.spec_from_attributes(attrs, present, "float64", x.ndim)  # type: ignore[attr-defined]
+            slots = ("weight", "bias", "mean", "var")
+            given = {s: np.asarray(p, np.float64) for s, p in zip(slots, params) if p is not None}
+            return (kind.reference(spec, np.asarray(x, np.float64), given),)  # type: ignore[attr-defined]
+
+        return type(op, (OpRun,), {"op_domain": "normonnx", "_run": _run})
+
+    return [make(op, kind) for op, kind in BY_OP.items()]
 
 
 def _promote(node: onnx.NodeProto) -> onnx.NodeProto:

@@ -125,8 +125,20 @@ def _float32_param(
     return b.cast(value, TensorProto.FLOAT), []
 
 
-def lower_for_cuda(model: onnx.ModelProto, report: Any) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """Replace the normonnx nodes onnxruntime's CUDA contrib ops compute exactly; others stay."""
+#: contrib lowerings whose kernels are numerically weaker than the selector's stable strategies:
+#: taken only with ``allow_unstable`` (like GroupNormalization-21, whose function body forms σ² the
+#: same way, in the capability table)
+UNSTABLE = {"cuda.group_norm": NOTE_GROUP}
+
+
+def lower_for_cuda(
+    model: onnx.ModelProto, report: Any, *, allow_unstable: bool = False
+) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """Replace the normonnx nodes onnxruntime's CUDA contrib ops compute exactly; others stay.
+
+    ``com.microsoft.GroupNorm`` forms σ² = E[x²] − E[x]² in float32 (its CUDA kernel source), the
+    hazard for which GroupNormalization-21 is marked unstable: it is refused, with that reason,
+    unless ``allow_unstable``."""
     g = GraphView(model)
     rewrites: list[Rewrite] = []
     records: list[dict[str, Any]] = []
@@ -144,6 +156,13 @@ def lower_for_cuda(model: onnx.ModelProto, report: Any) -> tuple[onnx.ModelProto
                 records.append(record)
             continue
         rule = "cuda.group_norm" if spec.kind == "group" else "cuda.rms_norm"
+        if rule in UNSTABLE and not allow_unstable:
+            report.refuse(
+                rule,
+                node,
+                Verdict.fail(f"numerically unstable ({UNSTABLE[rule]}); pass allow_unstable to use it", node.output[0]),
+            )
+            continue
         verdict = check_group(g, spec) if spec.kind == "group" else check_rms(g, spec)
         if not verdict:
             report.refuse(rule, node, Verdict.fail(verdict.reason, node.output[0]))

@@ -68,7 +68,7 @@ def lower(
         if target == "cuda":
             from . import lower_cuda
 
-            model, cuda_records = lower_cuda.lower_for_cuda(model, report)
+            model, cuda_records = lower_cuda.lower_for_cuda(model, report, allow_unstable=allow_unstable)
             records += cuda_records
         model, lowered = lower_model(model, provider=target, prefer=prefer, allow_unstable=allow_unstable)
         records += lowered
