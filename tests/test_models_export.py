@@ -1,9 +1,11 @@
 """Real exports of every model in models/ at opsets 17, 18 and 21 (and 23 for RMSNorm models),
-each verified against torch in onnxruntime CPU; dynamic axes checked at a second size."""
+each verified against torch in onnxruntime CPU; dynamic axes checked at a second size. Every export
+must lower exactly the entry's ``expected_norms`` (norm nodes per kind)."""
 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +16,10 @@ from normonnx.verifier import verify
 
 CASES = [(name, opset) for name in models.names() for opset in (17, 18, 21)]
 CASES += [(name, 23) for name in models.names() if "rms" in models.get(name).norm_kinds]
+
+#: hand-written models whose norms export does not recognise yet (issue 11): their norm count is an
+#: expected failure until it is right, and then a failure until the name is removed from here
+PENDING_ISSUE_11 = frozenset({"convnext_hand", "llama_hand", "tutorial_gn", "resnet_ws"})
 
 
 @functools.cache
@@ -35,8 +41,7 @@ def test_model_exports_and_verifies(name, opset, tmp_path):
         source, inputs, tmp_path / f"{name}.onnx", opset=opset, dynamic=dynamic, input_names=list(entry.input_names)
     )
     assert res.opset == opset
-    kinds = {r.kind for r in res.lowerings}
-    assert kinds == set(entry.norm_kinds), f"norms lowered: {kinds}, model has {entry.norm_kinds}"
+    lowered = dict(Counter(r.kind for r in res.lowerings))
     rep = verify(
         model,
         res.path,
@@ -49,3 +54,8 @@ def test_model_exports_and_verifies(name, opset, tmp_path):
     if dynamic:
         assert rep.samples[-1].name == "second_size"
         assert rep.samples[-1].input_shapes != rep.samples[0].input_shapes
+    message = f"norms lowered: {lowered}, model has {entry.expected_norms}"
+    if name in PENDING_ISSUE_11:
+        assert lowered != entry.expected_norms, f"{name} now exports right: remove it from PENDING_ISSUE_11"
+        pytest.xfail(f"issue 11, hand-written norms not recognised at export: {message}")
+    assert lowered == entry.expected_norms, message
