@@ -6,6 +6,9 @@ running means ``0.1 N``, running variances ``U(0.5, 1.5)``), so that a wrong ONN
 up numerically. All of them export with ``torch.onnx.export(..., dynamo=True)`` at opsets 18 and
 21 and run in milliseconds on CPU.
 
+The first seven use torch's norm modules. The last five (``hand_written``) write their norms out in
+primitive tensor ops, in the spellings real model code uses, so that export must *recognise* them:
+
 ============== ============================================== ==========================
 name           architecture                                   norms
 ============== ============================================== ==========================
@@ -16,7 +19,17 @@ vit            ViT encoder, 4 pre-LN blocks                   LayerNorm
 convnext       ConvNeXt, channels-first + -last LayerNorm     LayerNorm, LayerNorm2d
 style_transfer Johnson et al. fast style transfer             InstanceNorm2d (+ running)
 llama          Llama decoder, 2 blocks, RoPE, SwiGLU          RMSNorm
+convnext_hand  ConvNeXt, official repo's LayerNorm class      hand LN (channels-first/-last)
+llama_hand     Llama decoder, HF RMSNorm spellings            LlamaRMSNorm, T5, Gemma (1+w)
+tutorial_gn    4 conv blocks, tutorial GroupNorm spellings    view / split+cat / unbiased / 5-D
+resnet_ws      ResNet basic blocks, weight-standardized convs GroupNorm, BatchNorm2d (+ WS)
+dit_block      DiT blocks + final layer, AdaLN modulation     LayerNorm * (1 + scale) + shift
 ============== ============================================== ==========================
+
+``expected_norms`` says how many norm nodes of each kind a correct export keeps: one per norm
+module or hand-written norm (eval BatchNorm after a conv included; folding it is the exporter's
+choice). Norms of *parameters* (weight standardization, ``weight_norm``) are constants at
+inference and do not count.
 
 Usage::
 
@@ -35,7 +48,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import convnext, llama, resnet, resnet_gn, style_transfer, unet, vit
+from . import (
+    convnext,
+    convnext_hand,
+    dit_block,
+    llama,
+    llama_hand,
+    resnet,
+    resnet_gn,
+    resnet_ws,
+    style_transfer,
+    tutorial_gn,
+    unet,
+    vit,
+)
 
 __all__ = ["MODELS", "NORM_KINDS", "ModelEntry", "get", "names"]
 
@@ -62,6 +88,12 @@ class ModelEntry:
             ``dynamic_axes``, to check a dynamic export.
         norm_kinds: the norm kinds occurring in the model (a subset of :data:`NORM_KINDS`).
         description: one line saying what the model is.
+        expected_norms: how many norm nodes of each kind (keys from :data:`NORM_KINDS`) the model
+            has after a correct export: one per norm module or hand-written norm, eval BatchNorm
+            after a conv included; parameter norms (weight standardization, weight norm) excluded,
+            they fold into constants. ``sum(expected_norms.values())`` is the norm-node count.
+        hand_written: the model writes (some of) its norms in primitive tensor ops rather than
+            torch's norm modules / functionals, so export has to recognise them.
     """
 
     name: str
@@ -72,6 +104,8 @@ class ModelEntry:
     second_size_inputs: Callable[[], tuple[torch.Tensor, ...]]
     norm_kinds: tuple[str, ...]
     description: str
+    expected_norms: dict[str, int]
+    hand_written: bool
 
 
 def _image_axes() -> dict[str, dict[int, str]]:
@@ -91,6 +125,8 @@ MODELS: dict[str, ModelEntry] = {
             second_size_inputs=resnet.second_size_inputs,
             norm_kinds=("batch",),
             description="ResNet-18-layout classifier (basic blocks, 32-256 ch) with BatchNorm2d",
+            expected_norms={"batch": 20},
+            hand_written=False,
         ),
         ModelEntry(
             name="resnet_gn",
@@ -101,6 +137,8 @@ MODELS: dict[str, ModelEntry] = {
             second_size_inputs=resnet_gn.second_size_inputs,
             norm_kinds=("group",),
             description="ResNet-50-style bottleneck network with GroupNorm(32) in place of BN",
+            expected_norms={"group": 29},
+            hand_written=False,
         ),
         ModelEntry(
             name="unet",
@@ -111,6 +149,8 @@ MODELS: dict[str, ModelEntry] = {
             second_size_inputs=unet.second_size_inputs,
             norm_kinds=("group",),
             description="diffusion UNet: 6 GroupNorm+SiLU ResBlocks, mid self-attention, skips",
+            expected_norms={"group": 14},
+            hand_written=False,
         ),
         ModelEntry(
             name="vit",
@@ -121,6 +161,8 @@ MODELS: dict[str, ModelEntry] = {
             second_size_inputs=vit.second_size_inputs,
             norm_kinds=("layer",),
             description="ViT encoder: patch embedding, cls token, 4 pre-LN blocks (dim 128)",
+            expected_norms={"layer": 9},
+            hand_written=False,
         ),
         ModelEntry(
             name="convnext",
@@ -131,6 +173,8 @@ MODELS: dict[str, ModelEntry] = {
             second_size_inputs=convnext.second_size_inputs,
             norm_kinds=("layer",),
             description="ConvNeXt: dwconv 7x7 blocks, channels-first/-last LayerNorm, layer scale",
+            expected_norms={"layer": 15},
+            hand_written=False,
         ),
         ModelEntry(
             name="style_transfer",
@@ -141,6 +185,8 @@ MODELS: dict[str, ModelEntry] = {
             second_size_inputs=style_transfer.second_size_inputs,
             norm_kinds=("instance",),
             description="Johnson fast style transfer, InstanceNorm2d (one uses running stats)",
+            expected_norms={"instance": 11},
+            hand_written=False,
         ),
         ModelEntry(
             name="llama",
@@ -151,6 +197,73 @@ MODELS: dict[str, ModelEntry] = {
             second_size_inputs=llama.second_size_inputs,
             norm_kinds=("rms",),
             description="Llama decoder: 2 blocks of RMSNorm, RoPE GQA causal attention, SwiGLU",
+            expected_norms={"rms": 5},
+            hand_written=False,
+        ),
+        ModelEntry(
+            name="convnext_hand",
+            factory=convnext_hand.convnext_hand,
+            example_inputs=convnext_hand.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=convnext_hand.second_size_inputs,
+            norm_kinds=("layer",),
+            description="ConvNeXt with the official repo's hand-written LayerNorm (4 channels-first, "
+            "5 channels-last) and one nn.LayerNorm before the head",
+            expected_norms={"layer": 10},
+            hand_written=True,
+        ),
+        ModelEntry(
+            name="llama_hand",
+            factory=llama_hand.llama_hand,
+            example_inputs=llama_hand.example_inputs,
+            input_names=("x",),
+            dynamic_axes={"x": {0: "batch", 1: "seq"}},
+            second_size_inputs=llama_hand.second_size_inputs,
+            norm_kinds=("rms",),
+            description="Llama decoder with hand-written RMSNorms: 3 HF LlamaRMSNorm (Cast form), "
+            "1 T5LayerNorm, 1 Gemma (1 + w) scale",
+            expected_norms={"rms": 5},
+            hand_written=True,
+        ),
+        ModelEntry(
+            name="tutorial_gn",
+            factory=tutorial_gn.tutorial_gn,
+            example_inputs=tutorial_gn.example_inputs,
+            input_names=("x",),
+            dynamic_axes={"x": {0: "batch"}},
+            second_size_inputs=tutorial_gn.second_size_inputs,
+            norm_kinds=("group",),
+            description="conv net, one tutorial GroupNorm per block: view, split+cat (G=8), "
+            "unbiased var (exactly a rescaled GN at static H, W), 5-D reshape",
+            expected_norms={"group": 4},
+            hand_written=True,
+        ),
+        ModelEntry(
+            name="resnet_ws",
+            factory=resnet_ws.resnet_ws,
+            example_inputs=resnet_ws.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=resnet_ws.second_size_inputs,
+            norm_kinds=("batch", "group"),
+            description="ResNet basic blocks, GroupNorm + 1 BatchNorm; convs weight-standardized "
+            "(5 timm F.batch_norm, 3 BiT var_mean) or weight_norm (1): parameter norms, not counted",
+            expected_norms={"group": 8, "batch": 1},
+            hand_written=True,
+        ),
+        ModelEntry(
+            name="dit_block",
+            factory=dit_block.dit_block,
+            example_inputs=dit_block.example_inputs,
+            input_names=("x", "c"),
+            dynamic_axes={"x": {0: "batch", 1: "tokens"}, "c": {0: "batch"}},
+            second_size_inputs=dit_block.second_size_inputs,
+            norm_kinds=("layer",),
+            description="DiT: 2 blocks + final layer, non-affine LayerNorm modulated by "
+            "x * (1 + scale(c)) + shift(c) (AdaLN, 5 modulated LayerNorms)",
+            expected_norms={"layer": 5},
+            hand_written=True,
         ),
     )
 }

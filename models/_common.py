@@ -6,6 +6,11 @@ get non-trivial parameters so that a wrong ONNX lowering shows up numerically:
 - affine weights ``1 + 0.1 * N(0, 1)`` and biases ``0.1 * N(0, 1)``;
 - running statistics (BatchNorm, InstanceNorm with ``track_running_stats=True``): mean
   ``0.1 * N(0, 1)`` and variance ``U(0.5, 1.5)``.
+
+Norms written by hand in a model's own code (``models.convnext_hand``, ``models.llama_hand``,
+``models.tutorial_gn``) are modules too: their classes declare ``norm_kind = "layer"`` (etc.) so
+that they are counted and randomised like torch's own. A class whose scale is stored as an offset
+(Gemma's ``x * (1 + weight)``) declares ``weight_center = 0.0`` and gets weights ``0.1 * N(0, 1)``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def norm_kind(module: nn.Module) -> str | None:
-    """The norm kind ("batch", "layer", "instance", "group", "rms") of ``module``, or None."""
+    """The norm kind ("batch", "layer", "instance", "group", "rms") of ``module``, or None.
+
+    A hand-written norm module says its kind in a ``norm_kind`` class attribute.
+    """
+    declared = getattr(type(module), "norm_kind", None)
+    if isinstance(declared, str):
+        return declared
     for kind, types in NORM_TYPES.items():
         if isinstance(module, types):
             return kind
@@ -55,7 +66,7 @@ def randomize_norms(model: nn.Module) -> nn.Module:
         weight = getattr(m, "weight", None)
         bias = getattr(m, "bias", None)
         if isinstance(weight, torch.Tensor):
-            weight.copy_(1.0 + 0.1 * torch.randn_like(weight))
+            weight.copy_(getattr(m, "weight_center", 1.0) + 0.1 * torch.randn_like(weight))
         if isinstance(bias, torch.Tensor):
             bias.copy_(0.1 * torch.randn_like(bias))
         running_mean = getattr(m, "running_mean", None)

@@ -1,9 +1,11 @@
 """Real exports of every model in models/ at opsets 17, 18 and 21 (and 23 for RMSNorm models),
-each verified against torch in onnxruntime CPU; dynamic axes checked at a second size."""
+each verified against torch in onnxruntime CPU; dynamic axes checked at a second size. Every export
+must lower exactly the entry's ``expected_norms`` (norm nodes per kind)."""
 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +16,10 @@ from normonnx.verifier import verify
 
 CASES = [(name, opset) for name in models.names() for opset in (17, 18, 21)]
 CASES += [(name, 23) for name in models.names() if "rms" in models.get(name).norm_kinds]
+
+#: hand-written models whose norms export does not recognise yet (issue 11): their norm count is an
+#: expected failure until it is right, and then a failure until the name is removed from here
+PENDING_ISSUE_11: frozenset[str] = frozenset()
 
 
 @functools.cache
@@ -35,11 +41,10 @@ def test_model_exports_and_verifies(name, opset, tmp_path):
         source, inputs, tmp_path / f"{name}.onnx", opset=opset, dynamic=dynamic, input_names=list(entry.input_names)
     )
     assert res.opset == opset
-    kinds = {r.kind for r in res.lowerings}
-    folded = {"batch"} if res.fired.get("batchnorm.into_preceding") else set()  # BN after Conv: into its weights
-    assert kinds | folded == set(entry.norm_kinds), (
-        f"norms lowered: {kinds}, folded {folded}, model has {entry.norm_kinds}"
-    )
+    lowered = Counter(r.kind for r in res.lowerings)
+    # a BatchNorm next to a Conv/Gemm is folded into its weights (W·γ/√(σ²+ε)): no node left, counted as done
+    lowered["batch"] += sum(n for rule, n in res.fired.items() if rule.startswith("batchnorm.into_"))
+    lowered = dict(+lowered)
     rep = verify(
         model,
         res.path,
@@ -52,3 +57,8 @@ def test_model_exports_and_verifies(name, opset, tmp_path):
     if dynamic:
         assert rep.samples[-1].name == "second_size"
         assert rep.samples[-1].input_shapes != rep.samples[0].input_shapes
+    message = f"norms lowered: {lowered}, model has {entry.expected_norms}"
+    if name in PENDING_ISSUE_11:
+        assert lowered != entry.expected_norms, f"{name} now exports right: remove it from PENDING_ISSUE_11"
+        pytest.xfail(f"issue 11, hand-written norms not recognised at export: {message}")
+    assert lowered == entry.expected_norms, message
