@@ -27,12 +27,21 @@ def dims_of(g: GraphView, v: str, depth: int = 4) -> list[Sym] | None:
 
     Dims shape inference left unnamed are derived, where it can be proven, from the Reshape that
     produced ``v`` (its target evaluated symbolically, a −1 solved from the element count)."""
+    from ._graph import norm_axes, reduction_of
+
     shape = g.shape(v)
     n = g.producer.get(v)
     derived = None
-    if depth and n is not None and n.op_type == "Reshape" and n.domain in _PLAIN:
-        if shape is None or any(not (isinstance(d, int) or d) or str(d).startswith("unk__") for d in shape):
+    unknown = shape is None or any(not (isinstance(d, int) or d) or str(d).startswith("unk__") for d in shape)
+    if depth and unknown and n is not None and n.domain in _PLAIN:
+        red = reduction_of(g, n)
+        if n.op_type == "Reshape":
             derived = _reshaped_dims(g, n, depth - 1)
+        elif red is not None and red.dynamic_axes is None:  # a rewrite's new reduction has no value_info yet
+            src = dims_of(g, red.input, depth - 1)
+            axes = norm_axes(red.axes, len(src)) if src is not None else None
+            if src is not None and axes is not None:
+                derived = [1 if i in axes else d for i, d in enumerate(src) if red.keepdims or i not in axes]
     if shape is None:
         return derived
     out: list[Sym] = []

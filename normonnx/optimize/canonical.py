@@ -6,6 +6,7 @@ function (up to rounding):
 
 - ``canonical.sum_to_mean``: ``ReduceSum(x, A) / N`` (or ``· 1/N``) with ``N`` the static number of
   elements over ``A`` is ``ReduceMean(x, A)`` (what ``torch.var_mean`` / ``x.sum(d) / n`` give).
+- ``canonical.reshape_keepdims``: the same with a Reshape that restores the reduced axes as 1s.
 - ``canonical.noop_shape``: an Expand / Reshape to the value's own (symbolic) shape is removed.
 - ``canonical.unsqueeze_keepdims``: ``Unsqueeze(…Unsqueeze(Reduce(x, A, keepdims=0), U1)…, Uk)``
   putting back exactly the reduced axes is ``Reduce(x, A, keepdims=1)`` (``var_mean(...,
@@ -28,6 +29,7 @@ from ._graph import (
     Rewrite,
     Verdict,
     attr,
+    check_restore,
     norm_axes,
     reduced_count,
     reduction_of,
@@ -150,6 +152,10 @@ class NoOpReshape(Rule):
             return NoMatch("the result is a graph output")
         dims = dims_of(g, node.input[0])
         target = shape_value(g, node.input[1])
+        out = dims_of(g, node.output[0])
+        if dims is not None and out == dims and not any(str(d).startswith("?") for d in dims):
+            # the exporter's own symbolic shapes (torch proved them for every size) say nothing changes
+            return Match(node, [node], node.output[0])
         if dims is None or target is None:
             return NoMatch("shape or target not known symbolically")
         if node.op_type == "Expand":
@@ -164,4 +170,33 @@ class NoOpReshape(Rule):
         return Rewrite([m.anchor], [], rename={m.output: m.anchor.input[0]})
 
 
-RULES: list[Rule] = [SumToMean(), UnsqueezeKeepdims(), NoOpReshape()]
+class ReshapeKeepdims(Rule):
+    """``Reshape(Reduce(x, A, keepdims=0), s)`` with ``s`` provably x's shape with 1s at ``A`` is
+    ``Reduce(x, A, keepdims=1)`` (``var_mean(..., keepdim=True)`` exports its sum this way)."""
+
+    name = "canonical.reshape_keepdims"
+    anchor_ops = ("Reshape",)
+    check_interior = False
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+        p = g.producer.get(node.input[0])
+        red = reduction_of(g, p) if p is not None else None
+        if red is None or red.keepdims:
+            return NoMatch("input is not a keepdims=0 reduction")
+        return Match(node, [node], node.output[0], {"red": red})
+
+    def check(self, g: GraphView, m: Match) -> Verdict:
+        red = m.facts["red"]
+        rank = g.rank(red.input)
+        axes = norm_axes(red.axes, rank) if red.dynamic_axes is None else None
+        if axes is None or not axes:
+            return Verdict.fail("the reduction's axes or its input's rank are not known", red.node.output[0])
+        red.restore = m.anchor
+        return check_restore(g, red, red.input, axes)
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        node = m.facts["red"].node
+        return Rewrite([m.anchor], [_reduce_node(g, node, node.op_type, 1, m.output)])
+
+
+RULES: list[Rule] = [SumToMean(), UnsqueezeKeepdims(), ReshapeKeepdims(), NoOpReshape()]
