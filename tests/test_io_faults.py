@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from normonnx import io as nio
-from normonnx.errors import OutputError
+from normonnx.errors import ModelLoadError, OutputError
 from normonnx.runtime import session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,6 +193,17 @@ def test_overwrite_removes_the_previous_data_file_named_by_normonnx_only(tmp_pat
     nio.save(make_model(2), target)
     assert listing(tmp_path) == ["m.onnx", "weights.bin"]
     np.testing.assert_array_equal(outputs(target), outputs_of(make_model(2)))
+
+
+def test_a_model_without_its_data_file_says_so(tmp_path):
+    target = tmp_path / "m.onnx"
+    nio.save(make_model(1), target, external_data=True)
+    (data,) = nio.external_data_files(target)
+    os.unlink(data)  # copied without its data file
+    with pytest.raises(
+        ModelLoadError, match=f"names the external data file {os.path.basename(data)}, which is missing"
+    ):
+        nio.load(target)
 
 
 # ---------------------------------------------------------------------------------------------
