@@ -19,6 +19,7 @@ from .errors import (
     ModelLoadError,
     NormOnnxError,
     OptimizeError,
+    OutputError,
     SpecError,
     UnsupportedHere,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "NormOnnxError",
     "NormSpec",
     "OptimizeError",
+    "OutputError",
     "SpecError",
     "UnsupportedHere",
     "__version__",

@@ -61,3 +61,9 @@ class OptimizeError(NormOnnxError):
     """An optimization request that cannot be honoured."""
 
     stage = "optimize"
+
+
+class OutputError(NormOnnxError):
+    """An output or report path that cannot be written (directory, missing, read-only, disk full, an input)."""
+
+    stage = "output"

@@ -320,8 +320,22 @@ def export(
     allow_unstable: accept strategies marked numerically unstable in the capability table.
     force_eval:     put a model found in training mode into eval mode (with a warning naming
                     the modules) instead of refusing it.
+
+    ``path`` is checked before any work (:func:`normonnx.io.check_output_path`: not a directory,
+    its directory writable, not the source file of the model's classes) and written atomically, so
+    a failed export -- bad inputs, an unsupported opset, a full disk, Ctrl-C -- leaves whatever
+    file was at ``path`` untouched.
     """
+    from .errors import OutputError
+
     target_path = os.fspath(path)
+    sources: set[str] = set()
+    if callable(getattr(model, "modules", None)):  # an nn.Module: never overwrite its source files
+        for cls in {type(m) for m in model.modules()}:
+            with contextlib.suppress(TypeError, OSError):
+                sources.add(inspect.getsourcefile(cls) or "")
+    nio.check_output_path(target_path, inputs=sorted(sources - {""}))
+    existed = os.path.exists(target_path)
     try:
         return _export(
             model,
@@ -337,14 +351,12 @@ def export(
             force_eval=force_eval,
             external_data=external_data,
         )
-    except BaseException as e:
-        # a failed export must not leave a stale model at the target path that could be
-        # mistaken for this export's result (the new file is only ever renamed in when complete)
-        if os.path.exists(target_path):
-            os.unlink(target_path)
-            if isinstance(e, NormOnnxError):
-                e.note = (e.note + "; " if e.note else "") + f"the previous file at {target_path} was removed"
-                e.args = (f"{e.message}\nNote: {e.note}",)
+    except NormOnnxError as e:
+        # the file at the target path is the previous one, untouched (nio.save renames the new
+        # model in only when complete): say so, so that it is not mistaken for this export's result
+        if existed and not isinstance(e, OutputError):  # OutputError already says it
+            e.note = (e.note + "; " if e.note else "") + f"{target_path} still holds the previous model, unchanged"
+            e.args = (f"{e.message}\nNote: {e.note}",)
         raise
 
 

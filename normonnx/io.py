@@ -1,21 +1,58 @@
-"""Reading and writing ONNX files: clear errors for bad files, atomic writes.
+"""Reading and writing ONNX files: clear errors for bad files, writes that never lose the old file.
 
-A write goes to a temporary file in the target directory and is renamed over the target only
-when complete, so a failure never leaves a half-written or stale model behind. Models over the
-2 GB protobuf limit are written with external data (``<name>.data`` beside the model).
+Every write (:func:`save` for models, :func:`write_bytes` for reports) follows one protocol, so a
+crash, ``kill -9``, a full disk or Ctrl-C at any moment leaves either the previous file (with its
+data file) or the new one -- never a half-written file, never the old model reading new data:
+
+1. the new bytes go to temporary files beside the target, ``.NAME.<pid>-<token>.tmp`` (model) and
+   ``.NAME.<pid>-<token>.data.tmp`` (external data), and are flushed to disk;
+2. external data is renamed to ``NAME.<token>.data``, a name unique to this write that only the
+   new model references (the old model keeps reading its own, untouched data file);
+3. the model is renamed over ``NAME``: **the commit point**;
+4. only then is the previous model's data file removed, if normonnx named it (``NAME.data`` or
+   ``NAME.<token>.data``); data files named by other tools are left alone.
+
+What a killed run leaves behind (its temp files, a renamed data file no model references) is
+swept by the next write to the same target: only files matching the names above, older than that
+write, whose writing process has gone. Copy a model together with the data file it names.
+
+Paths (:func:`check_output_path`, called by :func:`save` and by ``exporter.export`` before any
+work): the directory must exist and be writable, the path must not be a directory, a
+write-protected file or one of the inputs. A symlink at the path is written *through* (the link
+stays and its target gets the new model, as with ``cp`` or shell redirection); with external data
+only when the target sits in the link's directory, because readers look for the data beside the
+path they open. A new file's mode is 0666 minus the umask, as for any file the user creates; an
+overwrite keeps the old file's mode (and owner and group where the OS allows).
+
+Models over the 2 GB protobuf limit are written with external data (or when asked).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import re
+import secrets
+import signal
+import stat
+import time
+from collections.abc import Iterable
 
 import onnx
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, OutputError
 
 _PROTO_LIMIT = 2**31 - 2**20  # leave headroom below protobuf's 2 GiB
+
+# Test hook for the fault-injection suite (tests/test_io_faults.py): when this environment
+# variable names a step of a write (see _STEPS), the process SIGKILLs itself right after it.
+_KILL_ENV = "NORMONNX_TEST_KILL_AT"
+_STEPS = ("data_partial", "data_written", "model_partial", "model_written", "data_renamed", "model_renamed", "done")
+
+# temp names after the ".NAME." prefix: ours (<pid>-<token>) and those of earlier versions
+# (tempfile.mkstemp's 8 characters, their data file "<tmp>.data")
+_TEMP_TAIL = re.compile(r"(?:(?P<pid>\d+)-[0-9a-f]{8}|[a-z0-9_]{8})(?:\.data)?\.tmp(?:\.data)?")
 
 
 def load(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.ModelProto:
@@ -30,6 +67,12 @@ def load(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.Mo
     try:
         model = onnx.load(p, load_external_data=load_external)
     except Exception as e:
+        missing = _missing_data_files(p) if load_external else []
+        if missing:
+            raise ModelLoadError(
+                f"{p} names the external data file {missing[0]}, which is missing",
+                note="copy the model together with the data file it names (same directory)",
+            ) from None
         raise ModelLoadError(
             f"{p} is not a readable ONNX model (truncated or corrupt?): {str(e).splitlines()[0] if str(e) else type(e).__name__}",
             note="re-export the model; normonnx writes files atomically, so a partial file comes from elsewhere",
@@ -41,56 +84,334 @@ def load(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.Mo
     return model
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> str:
-    """Write ``model`` to ``path`` atomically; external data when over 2 GB (or when asked)."""
+def external_data_files(path: str | os.PathLike[str]) -> list[str]:
+    """The external data files the model at ``path`` names, as paths beside it (sorted, unique)."""
     p = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(p)) or "."
-    os.makedirs(directory, exist_ok=True)
+    model = onnx.load(p, load_external_data=False)
+    return sorted({os.path.join(os.path.dirname(p), loc) for loc in _locations(model)})
+
+
+def check_output_path(
+    path: str | os.PathLike[str], *, inputs: Iterable[str | os.PathLike[str] | None] = (), what: str = "output"
+) -> str:
+    """Refuse, before any work, a path that cannot take the result; return the file to write.
+
+    Raises :class:`~normonnx.errors.OutputError` when ``path`` is a directory, its directory is
+    missing, read-only or not writable, it is a write-protected file, or it is the same file
+    (``os.path.samefile``: also through symlinks and hard links) as one of ``inputs``. Pass as
+    ``inputs`` the files that must survive the run (model sources, ``.pt2`` archives, ``--input``
+    arrays). Replacing the input model is a legitimate in-place overwrite for ``optimize IN -o
+    IN`` (the model is read into memory first and the write is atomic), so that caller leaves it
+    out. The returned path is the symlink-resolved target the write goes to.
+    """
+    shown = os.fspath(path)
+    if not shown:
+        raise OutputError(f"empty {what} path", note="give a file path")
+    real = os.path.realpath(shown)
+    directory = os.path.dirname(real)
+    if os.path.isdir(real):
+        raise OutputError(
+            f"{what} path {shown} is a directory",
+            note=f"give a file path inside it, e.g. {os.path.join(shown, 'NAME')}",
+        )
+    if not os.path.exists(directory):
+        raise OutputError(
+            f"cannot write {shown}: the directory {directory} does not exist",
+            note=f"create it first (mkdir -p {directory}) or choose another path",
+        )
+    if not os.path.isdir(directory):
+        raise OutputError(f"cannot write {shown}: {directory} is not a directory", note="choose another path")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        if _read_only_fs(directory):
+            raise OutputError(
+                f"cannot write {shown}: {directory} is on a read-only file system",
+                note="choose a path on a writable file system",
+            )
+        raise OutputError(
+            f"cannot write {shown}: no write permission in {directory}",
+            note="choose a directory you can write to",
+        )
+    if os.path.exists(real) and not os.access(real, os.W_OK):
+        raise OutputError(
+            f"{shown} is write-protected", note="make it writable (chmod u+w), remove it, or choose another path"
+        )
+    for inp in inputs:
+        if inp is None:
+            continue
+        i = os.fspath(inp)
+        with contextlib.suppress(OSError):
+            if os.path.exists(real) and os.path.samefile(real, i):
+                raise OutputError(
+                    f"{what} path {shown} is the input file {i}; writing it would destroy the input",
+                    note="choose a different output path",
+                )
+    return real
+
+
+def check_report_path(
+    path: str | os.PathLike[str] | None, *, inputs: Iterable[str | os.PathLike[str] | None] = ()
+) -> None:
+    """:func:`check_output_path` for a report file (--json, --junit, --html, --markdown).
+
+    ``None`` (option not given) and ``"-"`` (stdout) pass.
+    """
+    if path is None or os.fspath(path) == "-":
+        return
+    check_output_path(path, inputs=inputs, what="report")
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> str:
+    """Write ``model`` to ``path`` by the protocol above; external data when over 2 GB (or when asked).
+
+    Returns ``path``. Raises :class:`~normonnx.errors.OutputError` for a path that cannot be
+    written and for a full disk or read-only file system met while writing; the previous file
+    (pair) is then untouched and no temp file is left.
+    """
+    p = os.fspath(path)
     if external_data is None:
         external_data = model.ByteSize() > _PROTO_LIMIT
-    base = os.path.basename(p)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp_data = None
-    try:
-        if external_data:
-            data_name = base + ".data"
-            tmp_data_name = os.path.basename(tmp) + ".data"
-            tmp_data = os.path.join(directory, tmp_data_name)
-            m = onnx.ModelProto()
-            m.CopyFrom(model)
-            onnx.save_model(
-                m,
-                tmp,
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=tmp_data_name,
-                size_threshold=0,
-            )
-            # point the model at the final data file name, then move data first, model last
-            m2 = onnx.load(tmp, load_external_data=False)
-            for t in _external_tensors(m2):
-                for e in t.external_data:
-                    if e.key == "location":
-                        e.value = data_name
-            onnx.save_model(m2, tmp)
-            if os.path.exists(tmp_data):
-                os.replace(tmp_data, os.path.join(directory, data_name))
-            tmp_data = None
-        else:
-            onnx.save_model(model, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if tmp_data:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_data)
-        raise
+    real = check_output_path(p)
+    if external_data and os.path.dirname(real) != os.path.dirname(os.path.abspath(p)):
+        raise OutputError(
+            f"{p} is a symlink to {real} in another directory; its external data could not be found through the link",
+            note=f"write to {real} directly, or link from its directory",
+        )
+    w = _Write(p, real)
+    w.run(model, external_data)
     return p
 
 
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+def write_bytes(path: str | os.PathLike[str], data: bytes | str) -> str:
+    """Write ``data`` (str as UTF-8) to ``path`` with the same guarantees as :func:`save`."""
+    p = os.fspath(path)
+    real = check_output_path(p, what="report")
+    _Write(p, real).run(data.encode("utf-8") if isinstance(data, str) else data, False)
+    return p
+
+
+class _Write:
+    """One write to one target: temp files, renames, commit, sweep, cleanup on failure."""
+
+    def __init__(self, shown: str, real: str) -> None:
+        self.shown, self.real = shown, real
+        self.dir, self.base = os.path.split(real)
+        self.start = time.time()
+        self.old = _stat(real)
+        self.pid = os.getpid()
+        self.token = secrets.token_hex(4)
+        while os.path.lexists(self._data_path()):
+            self.token = secrets.token_hex(4)
+        self.created: list[str] = []  # removed again if the write fails before the commit
+        self.model_ino: tuple[int, int] | None = None
+
+    def _data_path(self) -> str:
+        return os.path.join(self.dir, f"{self.base}.{self.token}.data")
+
+    def run(self, model: onnx.ModelProto | bytes, external_data: bool) -> None:
+        old_data = self._our_data_files(self.real)  # what the model being replaced reads
+        self._sweep(old_data)
+        try:
+            data_final = None
+            if isinstance(model, bytes):
+                payload = model
+            elif external_data:
+                data_final, payload = self._write_data(model)
+            else:
+                payload = model.SerializeToString()
+            self._write_model(payload)
+            if data_final is not None:
+                os.replace(self.created[0], data_final)
+                self.created[0] = data_final
+                _fsync_dir(self.dir)
+                _step("data_renamed")
+            os.replace(self.created[-1], self.real)  # the commit point
+            _fsync_dir(self.dir)
+        except OSError as e:
+            self._abort()
+            err = _write_error(e, self.shown, self.old is not None)
+            if err is e:
+                raise
+            raise err from e
+        except BaseException:
+            self._abort()
+            raise
+        _step("model_renamed")
+        new = {data_final} if data_final else set()
+        for f in (old_data or set()) - new:
+            with contextlib.suppress(OSError):
+                os.unlink(f)
+        _step("done")
+
+    def _open_temp(self, suffix: str) -> int:
+        name = os.path.join(self.dir, f".{self.base}.{self.pid}-{self.token}{suffix}")
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self.created.append(name)
+        if self.old is not None:  # an overwrite keeps the old file's mode, owner and group
+            os.fchmod(fd, stat.S_IMODE(self.old.st_mode))
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (self.old.st_uid, self.old.st_gid):
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, self.old.st_uid, self.old.st_gid)
+        return fd
+
+    def _write_data(self, model: onnx.ModelProto) -> tuple[str, bytes]:
+        from onnx.external_data_helper import _get_initializer_tensors, set_external_data
+
+        final = self._data_path()
+        location = os.path.basename(final)  # the model names the final file from the start
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        fd = self._open_temp(".data.tmp")
+        with os.fdopen(fd, "wb") as f:
+            written = 0
+            for t in _get_initializer_tensors(m):
+                if not t.HasField("raw_data"):
+                    continue
+                offset = f.tell()
+                f.write(t.raw_data)
+                set_external_data(t, location, offset, len(t.raw_data))
+                t.ClearField("raw_data")
+                written += 1
+                if written == 1:
+                    f.flush()
+                    _step("data_partial")
+            f.flush()
+            os.fsync(f.fileno())
+        _step("data_written")
+        return final, m.SerializeToString()
+
+    def _write_model(self, payload: bytes) -> None:
+        fd = self._open_temp(".tmp")
+        with os.fdopen(fd, "wb") as f:
+            view, half = memoryview(payload), len(payload) // 2
+            f.write(view[:half])
+            f.flush()
+            _step("model_partial")
+            f.write(view[half:])
+            f.flush()
+            os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
+            self.model_ino = (st.st_dev, st.st_ino)
+        _step("model_written")
+
+    def _abort(self) -> None:
+        st = _stat(self.real)
+        if st is not None and self.model_ino == (st.st_dev, st.st_ino):
+            return  # interrupted right after the commit: the new pair is in place, keep it
+        for f in self.created:
+            with contextlib.suppress(OSError):
+                os.unlink(f)
+
+    def _our_data_files(self, model_path: str) -> set[str] | None:
+        """Data files named by normonnx that the model at ``model_path`` reads (None: unreadable)."""
+        ours = re.compile(re.escape(self.base) + r"(?:\.[0-9a-f]{8})?\.data")
+        try:
+            if not any(ours.fullmatch(n) for n in os.listdir(self.dir)):
+                return set()  # nothing to find: don't parse a large inline model
+            model = onnx.load(model_path, load_external_data=False)
+        except Exception:
+            return None if os.path.exists(model_path) else set()
+        return {os.path.join(self.dir, loc) for loc in _locations(model) if ours.fullmatch(loc)}
+
+    def _sweep(self, referenced: set[str] | None) -> None:
+        """Remove what earlier killed writes to this target left: temps, unreferenced data files.
+
+        ``referenced``: the data files the current model reads (None: it is unreadable, so no
+        data file is known to be unreferenced and none is removed).
+        """
+        prefix = f".{self.base}."
+        data_name = re.compile(re.escape(self.base) + r"\.[0-9a-f]{8}\.data")
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.dir):
+                m = _TEMP_TAIL.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+                if m is not None:
+                    if m["pid"] is not None and _alive(int(m["pid"])):
+                        continue
+                elif not (data_name.fullmatch(name) and referenced is not None):
+                    continue
+                full = os.path.join(self.dir, name)
+                if full in (referenced or set()):
+                    continue
+                st = _stat(full)
+                if st is not None and stat.S_ISREG(st.st_mode) and st.st_mtime < self.start:
+                    with contextlib.suppress(OSError):
+                        os.unlink(full)
+
+
+def _locations(model: onnx.ModelProto) -> list[str]:
     from onnx.external_data_helper import _get_all_tensors
 
-    return [t for t in _get_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    return [
+        e.value
+        for t in _get_all_tensors(model)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    ]
+
+
+def _missing_data_files(path: str) -> list[str]:
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:
+        return []
+    d = os.path.dirname(path)
+    return sorted({loc for loc in _locations(model) if not os.path.exists(os.path.join(d, loc))})
+
+
+def _write_error(e: OSError, shown: str, existed: bool) -> OSError | OutputError:
+    kept = "; the previous file is untouched" if existed else "; nothing was written"
+    d = os.path.dirname(os.path.abspath(shown))
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"no space left on device writing {shown}{kept}",
+            note=f"free space on the file system of {d}, or write elsewhere",
+        )
+    if e.errno == errno.EROFS:
+        return OutputError(
+            f"read-only file system: cannot write {shown}{kept}", note="choose a path on a writable file system"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return OutputError(f"permission denied writing {shown}{kept}", note=f"check the permissions of {d}")
+    if e.errno in (errno.EFBIG, errno.EIO, errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
+        return OutputError(f"cannot write {shown}: {e.strerror}{kept}", note="choose another path")
+    return e  # anything else is not the user's environment: keep it an ordinary exception
+
+
+def _step(name: str) -> None:
+    if os.environ.get(_KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _read_only_fs(directory: str) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the renames durable (best effort: not every file system can fsync a directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

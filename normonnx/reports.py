@@ -128,12 +128,9 @@ def report_dict(sections: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    from .io import write_bytes  # one write protocol for every file normonnx writes
+
+    return write_bytes(path, data)
 
 
 def _cmp_message(c: Any) -> str:

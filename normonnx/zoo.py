@@ -65,6 +65,7 @@ def run_model(
 
     model = entry.factory()
     inputs = tuple(entry.example_inputs())
+    os.makedirs(out_dir, exist_ok=True)  # the output directory is ours to create; export() refuses a missing one
     path = os.path.join(out_dir, f"{entry.name}.onnx")
     res = export(
         model,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ import pytest
 import torch
 from tiny_models import all_norms, all_norms_training  # tests/data is on pytest's pythonpath
 
+from normonnx import io as nio
 from normonnx import kernels
 from normonnx.errors import ExportError, InputError
 from normonnx.exporter import choose_opset, export
@@ -122,14 +124,15 @@ def test_track_running_stats_false_and_instance_running_stats_use_eval_semantics
         np.testing.assert_allclose(y, m(x).numpy(), atol=1e-4)
 
 
-def test_wrong_input_shape_is_an_input_error_and_nothing_is_written(model, tmp_path):
+def test_wrong_input_shape_is_an_input_error_and_the_previous_file_is_kept(model, tmp_path):
     target = tmp_path / "bad.onnx"
-    target.write_bytes(b"stale model from an earlier run")
+    target.write_bytes(b"previous model from an earlier run")
     with pytest.raises(InputError) as e:
         export(model, (torch.randn(2, 5, 8, 8),), target)
     assert "[2, 5, 8, 8]" in str(e.value)
-    assert not target.exists()  # neither half-written nor stale
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert f"{target} still holds the previous model, unchanged" in str(e.value)
+    assert target.read_bytes() == b"previous model from an earlier run"  # a failed export loses nothing
+    assert os.listdir(tmp_path) == ["bad.onnx"]  # and leaves no temp file
 
 
 def test_nan_input_refused(model, tmp_path):
@@ -151,7 +154,8 @@ def test_specialized_dynamic_axis_is_a_clear_export_error(tmp_path):
 
 def test_external_data_round_trip(model, tmp_path):
     res = export(model, (X,), tmp_path / "ext.onnx", opset=18, external_data=True)
-    assert os.path.exists(str(res.path) + ".data")
+    (data,) = nio.external_data_files(res.path)  # a name unique to this write: ext.onnx.<token>.data
+    assert re.fullmatch(r"ext\.onnx\.[0-9a-f]{8}\.data", os.path.basename(data)) and os.path.getsize(data) > 0
     (y,) = session(res.path, optimize=False).run([X.numpy()])
     with torch.no_grad():
         np.testing.assert_allclose(y, model(X).numpy(), atol=1e-4)

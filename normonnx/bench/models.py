@@ -485,6 +485,7 @@ def run_models(
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="normonnx-bench-") as tmp:
         d = out_dir or tmp
+        os.makedirs(d, exist_ok=True)  # export() and io.save() refuse a missing directory
         for i, name in enumerate(progress(names, total=len(names), desc="bench models")):
             if log:
                 log(f"[models {i + 1}/{len(names)}] {name}")
