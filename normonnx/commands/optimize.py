@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, write_json
+from ._common import check_strategies, count
 
 HELP = "fuse, fold and lower the norms of an ONNX file, verified against the original"
 
@@ -24,7 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None, help="convert to this default-domain opset first")
     p.add_argument("--no-verify", action="store_true", help="write without running original vs optimized")
     p.add_argument(
-        "--samples", type=int, default=3, help="random samples for verification besides 2 stress inputs (default 3)"
+        "--samples",
+        type=count(0),
+        default=3,
+        help="random samples for verification besides 2 stress inputs (default 3)",
     )
     p.add_argument(
         "--input",
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import io as nio
     from ..optimize import optimize_model
 
+    check_strategies(args.prefer)
     model = nio.load(args.model)
     res = optimize_model(
         model,

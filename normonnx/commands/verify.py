@@ -21,7 +21,7 @@ import argparse
 from typing import Any
 
 from . import final_line, write_json
-from ._common import add_model_inputs, model_and_inputs, parse_tolerances
+from ._common import add_model_inputs, count, model_and_inputs, parse_tolerances
 
 HELP = "verify an ONNX file against its torch model (and localize the first wrong layer)"
 
@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rtol", action="append", metavar="[OUT:]X", help="relative tolerance, global or per output (repeatable)"
     )
     p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
-    p.add_argument("--samples", type=int, default=2, help="random samples besides the example inputs (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--samples", type=count(0), default=2, help="random samples besides the example inputs (default 2)")
+    p.add_argument("--threads", type=count(1), default=None, help="onnxruntime intra-op threads")
     g = p.add_argument_group("localization")
     g.add_argument("--localize", action="store_true", help="compare every module's output even if the outputs agree")
     g.add_argument("--no-localize", action="store_true", help="do not localize automatically on a mismatch")
