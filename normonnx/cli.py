@@ -83,7 +83,7 @@ def _user_error(command: str, e: NormOnnxError) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .commands._common import check_output_paths
+    from .commands._common import OUTPUT_FLAGS, check_output_paths
 
     try:
         check_output_paths(args)  # before any work: a bad -o / --json path fails in a second, not after
@@ -95,7 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as e:
         if e.errno not in _USER_OS_ERRORS or isinstance(e, BrokenPipeError):
             raise
-        return _user_error(args.command, from_os_error(e))
+        outputs = [v for f in OUTPUT_FLAGS if isinstance(v := getattr(args, f, None), str) and v != "-"]
+        what = f"writing {' or '.join(outputs)}" if outputs and not e.filename else ""
+        return _user_error(args.command, from_os_error(e, what))
     except KeyboardInterrupt:
         print("FAILED | interrupted")
         return 130

@@ -83,7 +83,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_UNSUPPORTED, EXIT_INTERNAL = 0, 1, 2, 3
 def from_os_error(e: OSError, what: str = "") -> NormOnnxError:
     """An ``OSError`` a user can fix (disk full, read-only, no permission, missing directory)
     as a :class:`NormOnnxError` naming the file; ``what`` says what was being done."""
-    path = e.filename or "?"
+    where = f"{e.filename}: " if e.filename else ""
     doing = f" while {what}" if what else ""
     notes = {
         errno.ENOSPC: (
@@ -99,7 +99,7 @@ def from_os_error(e: OSError, what: str = "") -> NormOnnxError:
         errno.ENOTDIR: ("a part of the path is not a directory", "fix the path"),
     }
     reason, note = notes.get(e.errno or 0, (e.strerror or type(e).__name__, "check the path and the disk"))
-    return NormOnnxError(f"{path}: {reason}{doing}", note=note)
+    return OutputPathError(f"{where}{reason}{doing}", note=note)
 
 
 _UNREGISTERED = re.compile(r"(?:Fatal error: )?([\w.]*):(\w+)\((-?\d+)\) is not a registered function/op")

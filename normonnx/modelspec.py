@@ -86,7 +86,7 @@ def resolve(spec: str) -> ResolvedModel:
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as e:
+        except (ImportError, ValueError) as e:  # ValueError: ":factory" (empty module name)
             raise ModelLoadError(f"cannot import module {target!r}: {e}", note=f"MODEL must be {forms}") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):

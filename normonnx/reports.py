@@ -127,12 +127,29 @@ def report_dict(sections: Mapping[str, Any]) -> dict[str, Any]:
 # JUnit
 
 
-def _atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> str:
+    """Replace ``path`` by ``data``: a temp file in the same directory renamed over it, removed
+    again if anything fails (no ``.tmp`` left behind); permissions follow the umask."""
+    import contextlib
+    import tempfile
+
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = path  # a full disk fails in write(), which names no file
+        raise
     return path
 
 
@@ -220,7 +237,7 @@ def write_junit(path: str | os.PathLike[str], sections: Mapping[str, Any], suite
     root.set("tests", str(total))
     root.set("failures", str(failures))
     ET.indent(root)
-    return _atomic_write(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
+    return write_atomic(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +427,7 @@ def write_html(
         parts.append(_text_block(bi.format_table()))
     parts.append("</body></html>")
     plt.close("all")
-    return _atomic_write(path, "\n".join(parts).encode("utf-8"))
+    return write_atomic(path, "\n".join(parts).encode("utf-8"))
 
 
 __all__ = [

@@ -190,6 +190,7 @@ def verify(
 
     from .runtime.session import session
 
+    check_statistic(check)
     proto = nio.load(onnx_path, load_external=False)
     if isinstance(model, torch.nn.Module):
         training = [n or "<root>" for n, m in model.named_modules() if m.training]
@@ -284,6 +285,20 @@ def verify(
         f64_err,
         {"torch": torch.__version__, "onnxruntime": ort_version(), "onnx": onnx.__version__},
     )
+
+
+def check_statistic(check: str) -> None:
+    """Refuse a ``check`` value before any work (:class:`InputError`, CLI exit 2)."""
+    ok = check in ("elementwise", "max", "mean")
+    if isinstance(check, str) and check.startswith("quantile:"):
+        try:
+            ok = 0.0 <= float(check.split(":", 1)[1]) <= 1.0
+        except ValueError:
+            ok = False
+    if not ok:
+        raise InputError(
+            f"bad check {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1 (CLI: --check)"
+        )
 
 
 def _refuse_bfloat16(proto: onnx.ModelProto, path: Any, example_inputs: Sequence[Any]) -> None:

@@ -77,26 +77,10 @@ def write_json(path: str, data: Any) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically (temp file in the same directory, then rename)."""
-    import tempfile
+    """Replace ``path`` by ``text`` atomically (:func:`normonnx.reports.write_atomic`)."""
+    from ..reports import write_atomic
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomic(path, text.encode("utf-8"))
 
 
 def progress(iterable: Any, total: int | None = None, desc: str = "") -> Any:

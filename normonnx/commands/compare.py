@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..localize import bisect
     from ..modelspec import parse_input_specs, random_inputs
     from ..reports import write_html, write_junit
-    from .verify import check_statistic
+    from ..verifier import check_statistic
 
     check_statistic(args.check)
     if args.html:

@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..compare import Tolerance, tolerance
     from ..errors import InputError
-    from ..verifier import verify
+    from ..verifier import check_statistic, verify
 
     check_statistic(args.check)
     if args.html:
@@ -194,20 +194,6 @@ def run(args: argparse.Namespace) -> int:
     _write_reports(args, sections, ok, text)
     final_line(ok, text)
     return 0 if ok else 1
-
-
-def check_statistic(check: str) -> None:
-    """Refuse a --check value before any work (usage error, exit 2)."""
-    from ..errors import InputError
-
-    ok = check in ("elementwise", "max", "mean")
-    if check.startswith("quantile:"):
-        try:
-            ok = 0.0 <= float(check.split(":", 1)[1]) <= 1.0
-        except ValueError:
-            ok = False
-    if not ok:
-        raise InputError(f"bad --check {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1")
 
 
 def _write_reports(args: argparse.Namespace, sections: dict[str, Any], ok: bool, text: str) -> None:
