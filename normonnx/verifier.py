@@ -287,8 +287,9 @@ def verify(
     )
 
 
-def check_statistic(check: str) -> None:
-    """Refuse a ``check`` value before any work (:class:`InputError`, CLI exit 2)."""
+def check_statistic(check: str, label: str = "check") -> None:
+    """Refuse a ``check`` value before any work (:class:`InputError`, CLI exit 2); ``label``
+    names it in the message (the CLI says ``--check``)."""
     ok = check in ("elementwise", "max", "mean")
     if isinstance(check, str) and check.startswith("quantile:"):
         try:
@@ -297,7 +298,7 @@ def check_statistic(check: str) -> None:
             ok = False
     if not ok:
         raise InputError(
-            f"bad check {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1 (CLI: --check)"
+            f"bad {label} {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1 (CLI: --check)"
         )
 
 

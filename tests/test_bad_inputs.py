@@ -176,6 +176,12 @@ def test_unknown_strategy_names_the_valid_ones(capsys, tmp_path, ln_onnx, comman
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_optimize_input_name_not_in_model(capsys, tmp_path, ln_onnx):
+    rc, out, err = run(capsys, "optimize", str(ln_onnx), "-o", str(tmp_path / "o.onnx"), "--input", "y:2x8")
+    assert_user_error(rc, out, err, 2, "--input names y, not an input of", "Note: its inputs: x")
+    assert not (tmp_path / "o.onnx").exists()
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -198,7 +204,7 @@ def test_negative_counts_are_usage_errors(capsys, argv):
 
 def test_bad_check_statistic(capsys, ln_onnx):
     rc, out, err = run(capsys, "verify", LN, str(ln_onnx), "--input", "x:2x8", "--check", "median")
-    assert_user_error(rc, out, err, 2, "bad check 'median'", "quantile:Q")
+    assert_user_error(rc, out, err, 2, "bad --check 'median'", "quantile:Q")
 
 
 def test_verify_api_check_median_is_an_input_error(ln_onnx):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, write_json, write_text
-from ._common import count
 
 HELP = "benchmark norm lowerings (× copy floor) and exported models vs torch"
 
@@ -25,7 +24,7 @@ HELP = "benchmark norm lowerings (× copy floor) and exported models vs torch"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", nargs="?", default="all", choices=["ops", "models", "all"], help="what to run (default all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and short budgets (smoke test, not a result)")
-    p.add_argument("--threads", type=count(1), default=2, help="threads for torch and onnxruntime alike (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime alike (default 2)")
     p.add_argument("--kinds", help="comma-separated norm kinds for `ops` (default all)")
     p.add_argument("--models", help="comma-separated model names for `models` (default all in models/)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="time budget per op shape / model")

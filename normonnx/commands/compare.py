@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..reports import write_html, write_junit
     from ..verifier import check_statistic
 
-    check_statistic(args.check)
+    check_statistic(args.check, "--check")
     if args.html:
         from ..reports import require_html
 

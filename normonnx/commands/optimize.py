@@ -65,10 +65,18 @@ def _shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import io as nio
+    from ..errors import InputError
     from ..optimize import optimize_model
 
     check_strategies(args.prefer)
     model = nio.load(args.model)
+    shapes = _shapes(args.input)
+    known = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
+    unknown = [n for n in shapes if n not in known]
+    if unknown:
+        raise InputError(
+            f"--input names {', '.join(unknown)}, not an input of {args.model}", note=f"its inputs: {', '.join(known)}"
+        )
     res = optimize_model(
         model,
         target=args.target,
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         rules=args.rules,
         debug=args.debug,
-        inputs=_shapes(args.input),
+        inputs=shapes,
         prefer=args.prefer,
     )
     print(f"optimize {args.model} (opset {res.opset}, target {args.target}): {res.seconds:.2f} s")

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..verifier import check_statistic, verify
 
-    check_statistic(args.check)
+    check_statistic(args.check, "--check")
     if args.html:
         from ..reports import require_html
 
