@@ -100,11 +100,29 @@ def _check_inputs(example_inputs: Any) -> tuple[Any, ...]:
     for i, t in enumerate(example_inputs):
         if not isinstance(t, torch.Tensor):
             raise InputError(f"example input {i} is a {type(t).__name__}, not a torch.Tensor")
+        if 0 in t.shape:
+            raise InputError(
+                f"example input {i} has shape {list(t.shape)}: a zero-size dimension (batch 0?) cannot be exported",
+                note="export with at least one element along every axis; mark the axis dynamic to run other sizes",
+            )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise InputError(
                 f"example input {i} contains NaN or Inf", note="export and verification need finite inputs"
             )
     return tuple(example_inputs)
+
+
+def _tensors_in(out: Any) -> int:
+    """How many tensors a forward result holds (nested tuples, lists and dicts)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return 1
+    if isinstance(out, dict):
+        return sum(_tensors_in(v) for v in out.values())
+    if isinstance(out, (tuple, list)):
+        return sum(_tensors_in(v) for v in out)
+    return 0
 
 
 def input_names_of(model: Any, n: int) -> list[str]:
@@ -379,6 +397,10 @@ def _export(
 
     t0 = time.perf_counter()
     check_provider(target)
+    if isinstance(opset, str) and opset.strip().isdigit():
+        opset = int(opset)  # "20" from a config file or a CLI layer means 20
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
+        raise ExportError(f"opset must be an integer, got {opset!r}", note=f"e.g. opset={PREFERRED_OPSET}")
     if opset is not None:
         check_opset(opset)
     notes: list[str] = []
@@ -402,13 +424,18 @@ def _export(
             notes.append(msg)
         with torch.no_grad():
             try:
-                model(*args)
+                out = model(*args)
             except Exception as e:
                 shapes = ", ".join(f"{list(a.shape)}:{str(a.dtype).removeprefix('torch.')}" for a in args)
                 raise InputError(
                     f"the model rejected example inputs of shape {shapes}: {_first_line(e)}",
                     note="pass inputs of the shape the model expects (CLI: --input name:1x3x224x224)",
                 ) from None
+        if not _tensors_in(out):
+            raise ExportError(
+                f"the model returns no tensor outputs (forward returned {type(out).__name__})",
+                note="return a tensor, or a tuple/list/dict of tensors, from forward",
+            )
     names = list(input_names) if input_names else input_names_of(model if not is_program else model.module(), len(args))
     if len(names) != len(args):
         raise InputError(f"{len(names)} input names for {len(args)} inputs")

@@ -38,6 +38,7 @@ import ast
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -393,7 +394,17 @@ def run_values(
                 f"{len(arrays)} inputs given but the ONNX model takes {len(sess.input_names)} "
                 f"({', '.join(sess.input_names)})"
             )
-    got = sess.inner.run(None, _feed(sess, arrays))
+    feed = _feed(sess, arrays)
+    try:
+        got = sess.inner.run(None, feed)
+    except Exception as e:  # onnxruntime's InvalidArgument & co. for a feed that does not fit
+        shapes = ", ".join(f"{k}:{list(v.shape)}:{v.dtype}" for k, v in feed.items())
+        expected = ", ".join(f"{i.name}:{i.shape}:{i.type}" for i in sess.inner.get_inputs())
+        msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()[:40])) or type(e).__name__
+        raise InputError(
+            f"onnxruntime rejected the inputs ({shapes}): {msg}",
+            note=f"the model expects {expected} (CLI: --input name:SHAPE[:DTYPE])",
+        ) from None
     return {mapping[n]: np.asarray(a) for n, a in zip(sess.output_names, got) if n in mapping}
 
 

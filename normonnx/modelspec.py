@@ -9,12 +9,15 @@ MODEL is one of:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +86,7 @@ def resolve(spec: str) -> ResolvedModel:
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as e:
+        except (ImportError, ValueError) as e:  # ValueError: ":factory" (empty module name)
             raise ModelLoadError(f"cannot import module {target!r}: {e}", note=f"MODEL must be {forms}") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
@@ -103,13 +106,29 @@ def resolve(spec: str) -> ResolvedModel:
     return ResolvedModel(spec, made, inputs)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence a library logger around a call whose failure normonnx reports itself (torch's
+    ``torch.export.load`` logs the whole traceback as a warning before raising)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_pt2(path: str) -> ResolvedModel:
     import torch
 
     if not os.path.exists(path):
         raise ModelLoadError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise ModelLoadError(f"{path} is a directory, not a torch.export archive")
     try:
-        ep = torch.export.load(path)
+        with _quiet_logger("torch.export"):
+            ep = torch.export.load(path)
     except Exception as e:
         raise ModelLoadError(f"{path} is not a readable torch.export archive: {type(e).__name__}: {e}") from None
     ex = getattr(ep, "example_inputs", None)
@@ -148,16 +167,42 @@ def parse_input_specs(items: list[str] | None) -> list[tuple[str | None, tuple[i
 
 
 def random_inputs(specs: list[tuple[str | None, tuple[int, ...], str]], seed: int = 0) -> tuple[Any, ...]:
+    """Seeded random tensors for ``specs`` (standard normal floats, integers in 0..7); an input
+    too large to allocate is an :class:`InputError` saying how many bytes it asked for."""
+    import math
+
     import torch
 
     g = torch.Generator().manual_seed(seed)
     out = []
-    for _, shape, dtype in specs:
+    for name, shape, dtype in specs:
         dt = getattr(torch, dtype, None)
         if not isinstance(dt, torch.dtype):
             raise InputError(f"unknown dtype {dtype!r} in --input", note="e.g. float32, float16, int64")
-        if dt.is_floating_point:
-            out.append(torch.randn(shape, generator=g).to(dt))
-        else:
-            out.append(torch.randint(0, 8, shape, generator=g).to(dt))
+        try:
+            if dt.is_floating_point:
+                out.append(torch.randn(shape, generator=g).to(dt))
+            else:
+                out.append(torch.randint(0, 8, shape, generator=g).to(dt))
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "alloc" not in str(e):
+                raise
+            size = math.prod(shape) * max(dt.itemsize, 4)
+            shown = "x".join(map(str, shape))
+            raise InputError(
+                f"--input {name + ':' if name else ''}{shown} needs {size / 2**30:.3g} GiB, more than this machine can allocate",
+                note="use a smaller example input; the exported model keeps dynamic axes with --dynamic",
+            ) from None
     return tuple(out)
+
+
+def check_example_inputs(inputs: Any) -> None:
+    """Refuse example inputs with a zero-size dimension before export: torch specializes such a
+    dim and the exported model would then reject every real input."""
+    for i, t in enumerate(inputs if isinstance(inputs, (tuple, list)) else (inputs,)):
+        shape = tuple(getattr(t, "shape", ()))
+        if any(d == 0 for d in shape):
+            raise InputError(
+                f"example input {i} has shape {list(shape)}: a zero-size dimension (batch 0?) cannot be exported",
+                note="give example inputs with every dimension >= 1 (batch 1 or more)",
+            )

@@ -127,8 +127,11 @@ def report_dict(sections: Mapping[str, Any]) -> dict[str, Any]:
 # JUnit
 
 
-def _atomic_write(path: str | os.PathLike[str], data: bytes) -> str:
-    from .io import write_bytes  # one write protocol for every file normonnx writes
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> str:
+    """Replace ``path`` by ``data`` with :func:`normonnx.io.write_bytes`: one write protocol (temp
+    file, rename as the commit point, mode from the umask or the old file, temp files swept) for
+    every file normonnx writes."""
+    from .io import write_bytes
 
     return write_bytes(path, data)
 
@@ -217,7 +220,7 @@ def write_junit(path: str | os.PathLike[str], sections: Mapping[str, Any], suite
     root.set("tests", str(total))
     root.set("failures", str(failures))
     ET.indent(root)
-    return _atomic_write(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
+    return write_atomic(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,7 +410,7 @@ def write_html(
         parts.append(_text_block(bi.format_table()))
     parts.append("</body></html>")
     plt.close("all")
-    return _atomic_write(path, "\n".join(parts).encode("utf-8"))
+    return write_atomic(path, "\n".join(parts).encode("utf-8"))
 
 
 __all__ = [

@@ -21,7 +21,7 @@ import onnx
 
 from . import io as nio
 from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
-from .errors import ExportError, InputError
+from .errors import ExportError, InputError, UnsupportedHere
 
 _NP_OF_ONNX = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
@@ -190,6 +190,7 @@ def verify(
 
     from .runtime.session import session
 
+    check_statistic(check)
     proto = nio.load(onnx_path, load_external=False)
     if isinstance(model, torch.nn.Module):
         training = [n or "<root>" for n, m in model.named_modules() if m.training]
@@ -204,6 +205,7 @@ def verify(
         example_inputs = _inputs_from_onnx(proto, seed)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    _refuse_bfloat16(proto, onnx_path, example_inputs)
     ex = [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in example_inputs]
     for i, a in enumerate(ex):
         if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -283,6 +285,39 @@ def verify(
         f64_err,
         {"torch": torch.__version__, "onnxruntime": ort_version(), "onnx": onnx.__version__},
     )
+
+
+def check_statistic(check: str, label: str = "check") -> None:
+    """Refuse a ``check`` value before any work (:class:`InputError`, CLI exit 2); ``label``
+    names it in the message (the CLI says ``--check``)."""
+    ok = check in ("elementwise", "max", "mean")
+    if isinstance(check, str) and check.startswith("quantile:"):
+        try:
+            ok = 0.0 <= float(check.split(":", 1)[1]) <= 1.0
+        except ValueError:
+            ok = False
+    if not ok:
+        raise InputError(
+            f"bad {label} {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1 (CLI: --check)"
+        )
+
+
+def _refuse_bfloat16(proto: onnx.ModelProto, path: Any, example_inputs: Sequence[Any]) -> None:
+    """bfloat16 cannot cross onnxruntime's Python API (NumPy has no bfloat16): say so, and how
+    to check a bfloat16 deployment instead, rather than fail inside a conversion."""
+    import torch
+
+    ins = [vi.name for vi in proto.graph.input if vi.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16]
+    tins = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16]
+    if ins or tins:
+        what = (
+            f"{os.fspath(path)} takes bfloat16 inputs ({', '.join(ins)})" if ins else "the example inputs are bfloat16"
+        )
+        raise UnsupportedHere(
+            f"{what}: verify feeds onnxruntime through NumPy, which has no bfloat16",
+            note="verify the float32 model and check its bfloat16 deployment with --bf16 "
+            "(Python: normonnx.precision.check_precision(..., dtype='bfloat16'))",
+        )
 
 
 def _inputs_from_onnx(model: onnx.ModelProto, seed: int) -> list[np.ndarray]:

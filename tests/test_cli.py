@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -46,8 +47,8 @@ def exported(tmp_path_factory):
     assert p.returncode == 0, p.stderr + p.stdout
     assert last_line(p).startswith("PASSED | export")
     data = json.loads(j.read_text())
+    assert data["fired"]["batchnorm.into_preceding"] == 1  # the BatchNorm after the Conv, folded into it
     assert data["opset"] == 21 and {r["kind"] for r in data["lowerings"]} == {
-        "batch",
         "group",
         "instance",
         "layer",
@@ -101,8 +102,9 @@ def test_inspect_lists_lowered_norms(exported):
     p = cli("inspect", str(exported), "--json", "-")
     assert p.returncode == 0
     info = json.loads(p.stdout[: p.stdout.rindex("}") + 1])
-    assert {r["kind"] for r in info["lowerings"]} == {"batch", "group", "instance", "layer", "rms"}
-    assert len(info["lowered_norms"]) == 5
+    # the BatchNorm after the Conv was folded into it at export: four norms remain, each lowered
+    assert {r["kind"] for r in info["lowerings"]} == {"group", "instance", "layer", "rms"}
+    assert len(info["lowered_norms"]) == 4
 
 
 @pytest.mark.parametrize(
@@ -166,3 +168,41 @@ def test_help_lists_commands():
     assert p.returncode == 0
     for c in ("export", "verify", "inspect", "zoo", "capabilities"):
         assert c in p.stdout
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["verify", "optimize", "compare", "doctor", "inspect", "export", "capabilities"])
+def test_json_dash_writes_only_json_to_stdout(exported, tmp_path, command):
+    """`normonnx CMD … --json - | python -c "import json,sys; json.load(sys.stdin)"` works."""
+    argv = {
+        "verify": ["verify", f"{TINY}:all_norms", str(exported), "--input", "x:2x3x8x8"],
+        "optimize": ["optimize", str(exported), "-o", str(tmp_path / "o.onnx"), "--input", "x:2x3x8x8"],
+        "compare": ["compare", str(exported), "cpu:opt", "--input", "x:2x3x8x8"],
+        "doctor": ["doctor"],
+        "inspect": ["inspect", str(exported)],
+        "export": ["export", f"{TINY}:all_norms", "-o", str(tmp_path / "e.onnx"), "--input", "x:2x3x8x8"],
+        "capabilities": ["capabilities"],
+    }[command]
+    p = cli(*argv, "--json", "-")
+    assert p.returncode == 0, p.stderr
+    data = _strict_json(p.stdout)  # the whole of stdout is one strict JSON document
+    assert data, p.stdout
+    assert p.stderr.strip().splitlines()[-1].startswith("PASSED |")  # the human text went to stderr
+    piped = subprocess.run(
+        f"{sys.executable} -m normonnx.cli {shlex.join([*argv, '--json', '-'])} 2>/dev/null"
+        f' | {sys.executable} -c "import json,sys; json.load(sys.stdin)"',
+        shell=True,
+        timeout=300,
+    )
+    assert piped.returncode == 0
+    if command == "verify":
+        assert data["passed"] is True and data["samples"][0]["name"] == "example"
+    if command == "optimize":
+        assert data["written"] is True and data["output"] == str(tmp_path / "o.onnx")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import final_line, write_json
+from . import final_line, write_json, write_text
 
 HELP = "benchmark norm lowerings (× copy floor) and exported models vs torch"
 
@@ -77,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, doc)
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown(doc, diff))
+        write_text(args.markdown, markdown(doc, diff))
     if args.json != "-":
         print_summary(doc)
         if diff is not None:

@@ -1,5 +1,7 @@
 """Print the capability table: which lowering strategy is valid for which kind, opset, dtype and
-provider, whether it is numerically stable, and why; with --spec, what the selector picks."""
+provider, whether it is numerically stable (``<=N elems``: only up to N elements per normalised
+group, e.g. onnxruntime's fp32-accumulating LayerNormalization), and why; with --opset N, also
+what the selector picks for an example norm of each kind at that opset."""
 
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lowering import capability_table, format_capability_table, select
+    from ..lowering import capability_table, check_opset, format_capability_table, select
     from ..spec import NormSpec
 
+    if args.opset is not None:
+        check_opset(args.opset)  # before printing anything
     providers = args.provider or ["cpu"]
     rows = capability_table(providers)
     if args.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, write_json
+from ._common import count
 
 HELP = "bisect two ONNX models (or one model on two providers) to the first diverging value"
 
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=float, default=None)
     p.add_argument("--rtol", type=float, default=None)
     p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=count(1), default=None, help="onnxruntime intra-op threads")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML, one testcase per shared value")
     p.add_argument("--html", metavar="FILE", help="write an HTML report (normonnx[report])")
@@ -36,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..localize import bisect
     from ..modelspec import parse_input_specs, random_inputs
     from ..reports import write_html, write_junit
-    from .verify import check_statistic
+    from ..verifier import check_statistic
 
-    check_statistic(args.check)
+    check_statistic(args.check, "--check")
     if args.html:
         from ..reports import require_html
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, write_json
+from ._common import check_strategies, count
 
 HELP = "fuse, fold and lower the norms of an ONNX file, verified against the original"
 
@@ -29,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-verify", action="store_true", help="write without running original vs optimized")
     p.add_argument(
-        "--samples", type=int, default=3, help="random samples for verification besides 2 stress inputs (default 3)"
+        "--samples",
+        type=count(0),
+        default=3,
+        help="random samples for verification besides 2 stress inputs (default 3)",
     )
     p.add_argument(
         "--input",
@@ -66,9 +70,18 @@ def _shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import io as nio
+    from ..errors import InputError
     from ..optimize import optimize_model
 
+    check_strategies(args.prefer)
     model = nio.load(args.model)
+    shapes = _shapes(args.input)
+    known = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
+    unknown = [n for n in shapes if n not in known]
+    if unknown:
+        raise InputError(
+            f"--input names {', '.join(unknown)}, not an input of {args.model}", note=f"its inputs: {', '.join(known)}"
+        )
     res = optimize_model(
         model,
         target=args.target,
@@ -77,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         rules=args.rules,
         debug=args.debug,
-        inputs=_shapes(args.input),
+        inputs=shapes,
         prefer=args.prefer,
         allow_unstable=args.allow_unstable,
     )

@@ -21,7 +21,7 @@ import argparse
 from typing import Any
 
 from . import final_line, write_json
-from ._common import add_model_inputs, model_and_inputs, parse_tolerances
+from ._common import add_model_inputs, count, model_and_inputs, parse_tolerances
 
 HELP = "verify an ONNX file against its torch model (and localize the first wrong layer)"
 
@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rtol", action="append", metavar="[OUT:]X", help="relative tolerance, global or per output (repeatable)"
     )
     p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
-    p.add_argument("--samples", type=int, default=2, help="random samples besides the example inputs (default 2)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--samples", type=count(0), default=2, help="random samples besides the example inputs (default 2)")
+    p.add_argument("--threads", type=count(1), default=None, help="onnxruntime intra-op threads")
     g = p.add_argument_group("localization")
     g.add_argument("--localize", action="store_true", help="compare every module's output even if the outputs agree")
     g.add_argument("--no-localize", action="store_true", help="do not localize automatically on a mismatch")
@@ -79,9 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..compare import Tolerance, tolerance
     from ..errors import InputError
-    from ..verifier import verify
+    from ..verifier import check_statistic, verify
 
-    check_statistic(args.check)
+    check_statistic(args.check, "--check")
     if args.html:
         from ..reports import require_html
 
@@ -194,20 +194,6 @@ def run(args: argparse.Namespace) -> int:
     _write_reports(args, sections, ok, text)
     final_line(ok, text)
     return 0 if ok else 1
-
-
-def check_statistic(check: str) -> None:
-    """Refuse a --check value before any work (usage error, exit 2)."""
-    from ..errors import InputError
-
-    ok = check in ("elementwise", "max", "mean")
-    if check.startswith("quantile:"):
-        try:
-            ok = 0.0 <= float(check.split(":", 1)[1]) <= 1.0
-        except ValueError:
-            ok = False
-    if not ok:
-        raise InputError(f"bad --check {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1")
 
 
 def _write_reports(args: argparse.Namespace, sections: dict[str, Any], ok: bool, text: str) -> None:

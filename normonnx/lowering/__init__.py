@@ -125,7 +125,9 @@ def check(spec: NormSpec, strategy: str, opset: int, provider: str = "cpu", *, a
 
 
 def capability_table(providers: Iterable[str] = PROVIDERS) -> list[dict[str, object]]:
-    """One row per (kind, strategy, provider): min opset, dtypes, stability, note."""
+    """One row per (kind, strategy, provider) that can run there (a strategy with no dtype on a
+    provider, e.g. ``native_kernel`` on CUDA, has no row): min opset, dtypes, stability (with
+    ``stable_up_to``, the elements per normalised group up to which it is stable), note."""
     rows: list[dict[str, object]] = []
     for kind in KINDS:
         for s in STRATEGIES.values():
@@ -133,6 +135,8 @@ def capability_table(providers: Iterable[str] = PROVIDERS) -> list[dict[str, obj
             if cap is None:
                 continue
             for p in providers:
+                if not cap.dtypes.get(p):
+                    continue
                 rows.append(
                     {
                         "kind": kind,
@@ -141,10 +145,17 @@ def capability_table(providers: Iterable[str] = PROVIDERS) -> list[dict[str, obj
                         "min_opset": cap.min_opset,
                         "dtypes": sorted(cap.dtypes.get(p, ())),
                         "stable": cap.stable,
+                        "stable_up_to": cap.stable_up_to,
                         "note": cap.note,
                     }
                 )
     return rows
+
+
+def _stable_cell(row: Mapping[str, object]) -> str:
+    if not row["stable"]:
+        return "no"
+    return f"<={row['stable_up_to']} elems" if row.get("stable_up_to") else "yes"
 
 
 def format_capability_table(providers: Iterable[str] = ("cpu",)) -> str:
@@ -157,7 +168,7 @@ def format_capability_table(providers: Iterable[str] = ("cpu",)) -> str:
             str(r["strategy"]),
             str(r["provider"]),
             f">={r['min_opset']}",
-            "yes" if r["stable"] else "no",
+            _stable_cell(r),
             ",".join(r["dtypes"]),
             str(r["note"]),
         )  # type: ignore[arg-type]

@@ -17,17 +17,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError, ModelLoadError, NormOnnxError, UnsupportedHere
 
 # -- load errors ---------------------------------------------------------------------------------
 
 _UNREGISTERED = re.compile(r"([\w.\-]*):(\w+)\((-?\d+)\) is not a registered function/op")
 _NO_OP = re.compile(r"No Op registered for (\w+) with domain_version of (\d+)")
+_NO_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
 
 
-def load_error(e: Exception, label: str, src: bytes | str) -> ModelLoadError | None:
-    """The :class:`ModelLoadError` for onnxruntime's failure to load ``src``; None for
-    exceptions that are not onnxruntime's (internal bugs keep their traceback)."""
+def load_error(e: Exception, label: str, src: bytes | str) -> NormOnnxError | None:
+    """The user error for onnxruntime's failure to load ``src``: :class:`ModelLoadError`, or
+    :class:`UnsupportedHere` (exit 3) when the model is fine but this onnxruntime has no kernel for
+    one of its ops at its types (float64 Conv on CPU); None for exceptions that are not
+    onnxruntime's (internal bugs keep their traceback)."""
     if not type(e).__module__.startswith("onnxruntime"):
         return None
     text = str(e)
@@ -35,6 +38,15 @@ def load_error(e: Exception, label: str, src: bytes | str) -> ModelLoadError | N
     m = _UNREGISTERED.search(text)
     if m:
         return _unknown_op_error(label, m.group(1), m.group(2))
+    m = _NO_KERNEL.search(text)
+    if m:
+        op, since, node = m.groups()
+        return UnsupportedHere(
+            f"onnxruntime {ort.__version__} here has no kernel for {op} (since opset {since}, node {node!r}) "
+            "at this model's types",
+            note="onnxruntime's CPU provider runs most ops in float32 only (float64 Conv has no kernel): export the "
+            "model in float32 (model.float()) or run it where that kernel exists",
+        )
     m = _NO_OP.search(text)
     if m:
         return ModelLoadError(

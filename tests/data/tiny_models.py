@@ -59,3 +59,38 @@ def all_norms_with_inputs() -> tuple[nn.Module, torch.Tensor]:
 
 def not_a_module() -> int:
     return 3
+
+
+class _LayerNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(x)
+
+
+def layer_norm() -> nn.Module:
+    """The smallest model with a norm: LayerNorm(8) on (N, 8)."""
+    return _LayerNorm().eval()
+
+
+def layer_norm_bf16() -> tuple[nn.Module, torch.Tensor]:
+    return _LayerNorm().eval().to(torch.bfloat16), torch.randn(2, 8).to(torch.bfloat16)
+
+
+def layer_norm_batch0() -> tuple[nn.Module, torch.Tensor]:
+    return _LayerNorm().eval(), torch.randn(0, 8)
+
+
+def all_norms_float64() -> tuple[nn.Module, torch.Tensor]:
+    return all_norms().double(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+
+
+class _ReturnsNone(nn.Module):
+    def forward(self, x: torch.Tensor) -> None:
+        return None
+
+
+def returns_none() -> tuple[nn.Module, torch.Tensor]:
+    return _ReturnsNone().eval(), torch.randn(2, 8)
