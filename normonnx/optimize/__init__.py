@@ -298,14 +298,40 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference (with data propagation) where it works; the model unchanged otherwise."""
+    """ONNX shape inference (with data propagation) where it works; the model unchanged otherwise.
+
+    A portable ``normonnx.<Op>`` norm has no ONNX inference function, so inference would stop at
+    the first fused norm (legacy exports, whose shapes come only from inference, then could not
+    prove the next GroupNorm's view). Norms keep their input's shape and type, so inference runs on
+    a copy where each is an Identity, and the shapes it finds are given to the model.
+    """
     from ..lowering import function
+    from ..norms import BY_OP
 
     function.register_schemas()
+    norms = [i for i, n in enumerate(model.graph.node) if n.domain == "normonnx" and n.op_type in BY_OP]
+    probe = model
+    if norms:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for i in norms:
+            n = probe.graph.node[i]
+            x, y = n.input[0], n.output[0]
+            n.Clear()
+            n.op_type, n.domain = "Identity", ""
+            n.input.append(x)
+            n.output.append(y)
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
     except Exception:  # inference is an aid for matching, never a requirement
         return model
+    if not norms:
+        return inferred
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    return out
 
 
 # -- result ---------------------------------------------------------------------------------------------

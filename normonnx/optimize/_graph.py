@@ -389,6 +389,7 @@ class Normalize:
     inverse: str  # "div" | "reciprocal" | "one_div" | "pow"
     inverse_operand: str | None  # the 1 of 1/√, or the −0.5 exponent
     nodes: list[onnx.NodeProto]
+    eps_outside: bool = False  # ε added to √σ² (std + ε), not to σ² under the root
 
 
 def _strip_var_chain(
@@ -446,11 +447,19 @@ def _leads_to_reduce(view: GraphView, v: str, depth: int = 4) -> bool:
 def match_normalize(view: GraphView, anchor: onnx.NodeProto) -> Normalize | str:
     """Recognise the normalising division at ``anchor`` (a Div or Mul); a string says why not."""
     nodes = [anchor]
+    eps_outside: str | None = None
     if _op_in(anchor, "Div"):
         d, s = anchor.input[0], anchor.input[1]
         sq = view.op(s, "Sqrt")
         if sq is None:
-            return "divisor is not a Sqrt"
+            # (x − μ)/(√σ² + ε): the std + ε spelling (the Annotated Transformer's LayerNorm)
+            outer = view.op(s, "Add")
+            inner = [i for i in (outer.input if outer is not None else []) if view.op(i, "Sqrt") is not None]
+            if outer is None or len(inner) != 1:
+                return "divisor is not a Sqrt"
+            sq = view.producer[inner[0]]
+            eps_outside = next(i for i in outer.input if i != inner[0])
+            nodes.append(outer)
         nodes.append(sq)
         inverse, inv_operand, ve = "div", None, sq.input[0]
     elif _op_in(anchor, "Mul"):
@@ -477,7 +486,7 @@ def match_normalize(view: GraphView, anchor: onnx.NodeProto) -> Normalize | str:
         return f"{anchor.op_type} is not Div or Mul"
     # ve = σ² + ε (either operand order), or σ² itself (ε = 0)
     eps: str | None = None
-    add = view.op(ve, "Add")
+    add = view.op(ve, "Add") if eps_outside is None else None
     if add is not None:
         a, b = add.input[0], add.input[1]
         if _leads_to_reduce(view, a):
@@ -537,12 +546,13 @@ def match_normalize(view: GraphView, anchor: onnx.NodeProto) -> Normalize | str:
         var,
         square,
         squared,
-        eps,
+        eps if eps_outside is None else eps_outside,
         scales,
         restore,
         inverse,
         inv_operand,
         _dedupe(nodes),
+        eps_outside is not None,
     )
 
 
@@ -735,6 +745,15 @@ def check_normalize(view: GraphView, nm: Normalize, *, want_centered: bool) -> t
             return Verdict.fail(f"ε is not a single number (shape {list(c.shape)})", c), none
         if not e >= 0:
             return Verdict.fail(f"ε = {e} is negative", c), none
+        if nm.eps_outside and e != 0:
+            return (
+                Verdict.fail(
+                    f"ε = {e:.3g} is added outside the square root, (x − μ)/(√σ² + ε), which is not "
+                    "(x − μ)/√(σ² + ε) (no constant ε' makes them equal): left as written",
+                    c,
+                ),
+                none,
+            )
         eps = e
     # 1/√ spellings
     if nm.inverse == "one_div":

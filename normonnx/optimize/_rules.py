@@ -63,6 +63,9 @@ class NormAffine(Rule):
         else:
             return NoMatch(f"followed by {u.op_type}, not an absorbable Mul/Add")
         operand = u.input[1] if u.input[0] == node.output[0] else u.input[0]
+        if g.const(operand) is None and not g.is_graph_input(operand):
+            # a residual sum or a data-dependent modulation, not a parameter (see fuse_modulated)
+            return NoMatch(f"followed by {u.op_type} with a run-time value, not a parameter")
         return Match(node, [node, u], u.output[0], {"slot": slot, "operand": operand})
 
     def layout(self, g: GraphView, spec: NormSpec, x: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -33,10 +33,14 @@ def recognise(
 ) -> onnx.ModelProto:
     """Fold BatchNorms and norms of parameters, then (``fuse``) turn every norm spelling into one
     ``normonnx.<Op>`` node. ``families`` maps each family name to the rules to run (empty: skip)."""
-    model = infer(model)
+    model = fold_static_shapes(model, report)
+    folded = False
     for fam in FOLDS:
         if families.get(fam):
-            model, _ = RulePass(fam, families[fam]).run(model, report)
+            model, changed = RulePass(fam, families[fam]).run(model, report)
+            folded |= changed
+    if folded:  # a folded weight gives its Conv a static shape again: more Shape ops become constants
+        model = fold_static_shapes(model, report)
     model = cleanup(model)
     if not fuse:
         return model
@@ -47,6 +51,51 @@ def recognise(
     for fam in FUSIONS[1:]:
         if families.get(fam):
             model, _ = RulePass(fam, families[fam]).run(model, report)
+    return model
+
+
+def fold_static_shapes(model: onnx.ModelProto, report: Report, max_rounds: int = 64) -> onnx.ModelProto:
+    """Shape facts before the fusions: every ``Shape(v)`` whose ``v`` has a static shape becomes that
+    constant (exact), and inference runs again, until nothing changes.
+
+    Legacy (TorchScript) exports spell ``Reshape(InstanceNorm(…), Shape(x))``; ONNX inference stops
+    at such a Reshape, so each GroupNorm's input shape is unknown until the one before it is
+    resolved. Returns the model with inferred shapes."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = infer(model)
+    folded = 0
+    for _ in range(max_rounds):
+        shapes = {
+            v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+        }
+        for t in model.graph.initializer:
+            shapes.setdefault(t.name, list(t.dims))
+        changed = 0
+        for i, n in enumerate(model.graph.node):
+            if n.op_type != "Shape" or n.domain not in ("", "ai.onnx"):
+                continue
+            dims = shapes.get(n.input[0])
+            if dims is None or any(d is None for d in dims):
+                continue
+            attrs = {a.name: a.i for a in n.attribute}
+            r = len(dims)
+            start, end = attrs.get("start", 0), attrs.get("end", r)
+            start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
+            value = np.asarray(dims[max(0, start) : max(0, min(r, end))], np.int64)
+            c = helper.make_node("Constant", [], list(n.output), name=n.name, value=numpy_helper.from_array(value))
+            c.metadata_props.extend(n.metadata_props)
+            model.graph.node[i].CopyFrom(c)
+            changed += 1
+        if not changed:
+            break
+        folded += changed
+        model = infer(model)
+    if folded:
+        report.notes.append(f"{folded} Shape ops of statically shaped values folded to constants")
     return model
 
 
