@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from . import Match, NoMatch, Rule
+from ._graph import (
+    _AXES_AS_INPUT as AXES_AS_INPUT,
+)
 from ._graph import (
     OK,
     GraphView,
@@ -38,13 +41,29 @@ from ._graph import (
 from ._shapes import dims_of, shape_value
 
 
-def _reduce_node(g: GraphView, red_node: onnx.NodeProto, op: str, keepdims: int, out: str) -> onnx.NodeProto:
-    """``op`` over the same input and axes as ``red_node`` with ``keepdims``, producing ``out``."""
-    n = helper.make_node(op, list(red_node.input), [out], name=g.fresh(f"{red_node.name or out}/{op}"))
-    n.attribute.extend(a for a in red_node.attribute if a.name not in ("keepdims",))
+def _reduce_node(g: GraphView, red_node: onnx.NodeProto, op: str, keepdims: int, out: str) -> list[onnx.NodeProto]:
+    """``op`` over the same input and axes as ``red_node`` with ``keepdims``, producing ``out``.
+
+    The axes move between input and attribute as the opset wants them for ``op`` (ReduceSum takes
+    them as an input from opset 13, ReduceMean only from 18)."""
+    red = reduction_of(g, red_node)
+    assert red is not None
+    inputs, nodes = [red.input], []
+    attrs = [a for a in red_node.attribute if a.name not in ("keepdims", "axes")]
+    if red.axes is not None and g.opset >= AXES_AS_INPUT[op]:
+        axes_in = red_node.input[1] if len(red_node.input) > 1 else ""
+        if not axes_in:  # the axes were an attribute of red_node: make them a constant input
+            t = numpy_helper.from_array(np.asarray(red.axes, np.int64), name=g.fresh(f"{out}/axes"))
+            nodes.append(helper.make_node("Constant", [], [t.name], value=t))
+            axes_in = t.name
+        inputs.append(axes_in)
+    elif red.axes is not None:
+        attrs.append(helper.make_attribute("axes", list(red.axes)))
+    n = helper.make_node(op, inputs, [out], name=g.fresh(f"{red_node.name or out}/{op}"))
+    n.attribute.extend(attrs)
     n.attribute.append(helper.make_attribute("keepdims", keepdims))
     n.metadata_props.extend(red_node.metadata_props)
-    return n
+    return [*nodes, n]
 
 
 class SumToMean(Rule):
@@ -81,7 +100,7 @@ class SumToMean(Rule):
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
         red = m.facts["sum"]
-        return Rewrite([m.anchor], [_reduce_node(g, red, "ReduceMean", int(attr(red, "keepdims", 1)), m.output)])
+        return Rewrite([m.anchor], _reduce_node(g, red, "ReduceMean", int(attr(red, "keepdims", 1)), m.output))
 
 
 class UnsqueezeKeepdims(Rule):
@@ -136,7 +155,7 @@ class UnsqueezeKeepdims(Rule):
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
         node = m.facts["red"].node
-        return Rewrite([m.anchor], [_reduce_node(g, node, node.op_type, 1, m.output)])
+        return Rewrite([m.anchor], _reduce_node(g, node, node.op_type, 1, m.output))
 
 
 class NoOpReshape(Rule):
@@ -196,7 +215,7 @@ class ReshapeKeepdims(Rule):
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
         node = m.facts["red"].node
-        return Rewrite([m.anchor], [_reduce_node(g, node, node.op_type, 1, m.output)])
+        return Rewrite([m.anchor], _reduce_node(g, node, node.op_type, 1, m.output))
 
 
 RULES: list[Rule] = [SumToMean(), UnsqueezeKeepdims(), ReshapeKeepdims(), NoOpReshape()]
