@@ -1,19 +1,26 @@
-"""Export a torch model to ONNX with every norm lowered by normonnx's selector.
+"""Export a torch model to ONNX with every norm — torch's modules and the ones written by hand —
+lowered by normonnx's selector.
 
 Pipeline (each step returns a value; errors are :class:`~normonnx.errors.ExportError` or
 :class:`~normonnx.errors.InputError`, never a raw torch traceback for user mistakes):
 
 1. refuse a model in training mode (or switch to eval with ``force_eval=True`` and a warning
    naming the modules that changed);
-2. run it once on the example inputs (a wrong shape fails here, readably);
+2. run it once on the example inputs (a wrong shape fails here, readably; no tensor output is
+   refused);
 3. ``torch.export`` with the requested dynamic axes;
 4. scan the aten norm calls → :class:`~normonnx.spec.NormSpec` s, and choose the opset that gives
    the best valid lowering for the target (not blindly the newest);
-5. ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` where each aten norm
-   becomes a portable ``normonnx.<Op>`` node;
-6. :func:`~normonnx.lowering.graph.lower_model` replaces those by the selected strategy, recording
-   strategy and reasons in node and model metadata;
-7. check the model and write it atomically.
+5. capture: ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` where each aten
+   norm becomes a portable ``normonnx.<Op>`` node;
+6. recognise: the passes ``normonnx optimize`` runs (:func:`normonnx.optimize.pipeline.recognise`:
+   BatchNorm folded into its Conv, norms of weights folded in float64, every hand-written norm
+   spelling fused into one ``normonnx.<Op>`` node, activations and modulations recorded); when
+   that finds norms the aten scan did not, the opset is chosen again for all of them;
+7. lower (:func:`normonnx.optimize.pipeline.lower`): every norm node by the selected strategy,
+   strategy and reasons recorded in node and model metadata, what fired and what was refused in
+   ``normonnx.optimize``;
+8. check the model and write it atomically.
 """
 
 from __future__ import annotations

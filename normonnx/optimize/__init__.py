@@ -1,18 +1,23 @@
 """``normonnx optimize``: turn the norms of any ONNX file back into single, correct nodes, and prove it.
 
-Pipeline of :func:`optimize_model` (each step a pass returning ``(model, modified)``):
+:func:`optimize_model` runs the pipeline ``normonnx export`` shares
+(:mod:`normonnx.optimize.pipeline`; each step a pass returning ``(model, modified)``):
 
-1. ``fold_batchnorm``   — BatchNormalization folded into a neighbouring Conv/ConvTranspose/Gemm/MatMul,
+1. shape facts          — ``Shape`` of statically shaped values folded to constants (legacy exports);
+2. ``fold_batchnorm``   — BatchNormalization folded into a neighbouring Conv/ConvTranspose/Gemm/MatMul,
                           ``W' = W·γ/√(σ²+ε)``, ``b' = (b − μ)·γ/√(σ²+ε) + β``, in float64;
-2. ``fold_param_norms`` — norms applied to constant weights (weight standardization, weight_norm)
+3. ``fold_param_norms`` — norms applied to constant weights (weight standardization, weight_norm)
                           evaluated once in float64 and replaced by the constant;
-3. cleanup              — onnxscript's constant folding, no-op/identity rewrites, dead nodes, CSE;
-4. ``fuse_group``, ``fuse_layer``, ``fuse_rms`` — decomposed and native norms become portable
+4. cleanup              — onnxscript's constant folding, no-op/identity rewrites, dead nodes, CSE;
+5. ``canonical``        — the statistics' equivalent spellings made one (sum/N → mean, keepdims
+                          restored by Unsqueeze/Reshape, no-op Expand/Reshape), then cleanup;
+6. ``fuse_group``, ``fuse_layer``, ``fuse_rms`` — decomposed and native norms become portable
                           ``normonnx.<Op>`` nodes (:func:`normonnx.lowering.graph.make_norm_node`);
-5. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
+                          ``modulated`` records ``·(1 + scale) + shift`` after an affine-free norm;
+7. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
                           for the target (``--target cuda`` first tries onnxruntime's contrib ops,
                           :mod:`normonnx.optimize.lower_cuda`);
-6. cleanup again, then verification (:mod:`normonnx.optimize.verify`): original and optimized run in
+8. cleanup again, then verification (:mod:`normonnx.optimize.verify`): original and optimized run in
    onnxruntime with its own graph optimizations disabled, on random and stress inputs.
 
 Every rule is a :class:`Rule` with three separate parts: ``match`` (the pattern: structure only),
