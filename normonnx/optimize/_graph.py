@@ -831,6 +831,28 @@ def corrected_weight(mo: Moments, shape: Sequence[int]) -> dict[str, np.ndarray]
     return {"weight": np.full(tuple(shape), mo.scale)} if mo.corrected else {}
 
 
+def decomposed_spec(
+    m: Any, mo: Moments, kind: str, affine_shape: Sequence[int], *, dtype: str, rank: int | None, **fields: Any
+) -> Verdict:
+    """Record in match ``m`` the affine-free norm a proven decomposition computes: its spec (ε/f),
+    the corrected weight when the variance was scaled, and the proof (see :class:`Moments`)."""
+    from ..spec import NormSpec
+
+    m.facts["params"] = corrected_weight(mo, affine_shape)
+    m.facts["proof"] = mo.proof
+    m.facts["spec"] = NormSpec(
+        kind, eps=mo.norm_eps, has_weight=mo.corrected, has_bias=False, dtype=dtype, rank=rank, **fields
+    )
+    return OK
+
+
+def decomposed_rewrite(view: GraphView, m: Any, x: str, hint: str) -> Rewrite:
+    """The rewrite of a match recorded by :func:`decomposed_spec`: one norm node reading ``x``."""
+    return norm_rewrite(
+        view, m.nodes, m.output, m.facts["spec"], x, m.facts["params"], m.anchor, hint, m.facts["proof"]
+    )
+
+
 def tensor(view: GraphView, hint: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(array), name=view.fresh(hint))
 

@@ -40,7 +40,8 @@ from ._graph import (
     Verdict,
     attr,
     check_normalize,
-    corrected_weight,
+    decomposed_rewrite,
+    decomposed_spec,
     dtype_name,
     match_normalize,
     norm_axes,
@@ -211,32 +212,10 @@ class GroupNormDecomposed(Rule):
         v = check_restored(g, m.anchor, x0)
         if not v:
             return v
-        m.facts["params"] = corrected_weight(mo, (c,))
-        m.facts["proof"] = mo.proof
-        m.facts["spec"] = NormSpec(
-            "group",
-            eps=mo.norm_eps,
-            channels=c,
-            groups=groups,
-            has_weight=mo.corrected,
-            has_bias=False,
-            dtype=dt,
-            rank=g.rank(x0),
-        )
-        return OK
+        return decomposed_spec(m, mo, "group", (c,), dtype=dt, rank=g.rank(x0), channels=c, groups=groups)
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g,
-            m.nodes,
-            m.output,
-            m.facts["spec"],
-            m.facts["view"].input[0],
-            m.facts["params"],
-            m.anchor,
-            "group_norm",
-            m.facts["proof"],
-        )
+        return decomposed_rewrite(g, m, m.facts["view"].input[0], "group_norm")
 
 
 class GroupNormSplit(Rule):
@@ -300,33 +279,10 @@ class GroupNormSplit(Rule):
             moments.append(mo)
         if len({(mo.eps, mo.factor) for mo in moments}) != 1:
             return Verdict.fail("the chunks use different ε or variance normalisers", chunks[0].x)
-        mo = moments[0]
-        m.facts["params"] = corrected_weight(mo, (c,))
-        m.facts["proof"] = mo.proof
-        m.facts["spec"] = NormSpec(
-            "group",
-            eps=mo.norm_eps,
-            channels=c,
-            groups=groups,
-            has_weight=mo.corrected,
-            has_bias=False,
-            dtype=dt,
-            rank=r,
-        )
-        return OK
+        return decomposed_spec(m, moments[0], "group", (c,), dtype=dt, rank=r, channels=c, groups=groups)
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g,
-            m.nodes,
-            m.output,
-            m.facts["spec"],
-            m.facts["split"].input[0],
-            m.facts["params"],
-            m.anchor,
-            "group_norm",
-            m.facts["proof"],
-        )
+        return decomposed_rewrite(g, m, m.facts["split"].input[0], "group_norm")
 
 
 class GroupNormNative(Rule):

@@ -37,7 +37,8 @@ from ._graph import (
     affine_param,
     attr,
     check_normalize,
-    corrected_weight,
+    decomposed_rewrite,
+    decomposed_spec,
     dtype_name,
     match_normalize,
     norm_node_params,
@@ -94,32 +95,19 @@ class LayerNormDecomposed(Rule):
         v, ns, cf = layer_layout(g, nm.x, mo.axes)
         if not v:
             return v
-        m.facts["params"] = corrected_weight(mo, ns)
-        m.facts["proof"] = mo.proof
-        m.facts["spec"] = NormSpec(
+        return decomposed_spec(
+            m,
+            mo,
             "layer",
-            eps=mo.norm_eps,
-            normalized_shape=ns,
-            channels_first=cf,
-            has_weight=mo.corrected,
-            has_bias=False,
+            ns,
             dtype=FLOAT_TYPES[g.elem_type(nm.x)],  # type: ignore[index]
             rank=g.rank(nm.x),
+            normalized_shape=ns,
+            channels_first=cf,
         )
-        return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g,
-            m.nodes,
-            m.output,
-            m.facts["spec"],
-            m.facts["nm"].x,
-            m.facts["params"],
-            m.anchor,
-            "layer_norm",
-            m.facts["proof"],
-        )
+        return decomposed_rewrite(g, m, m.facts["nm"].x, "layer_norm")
 
 
 class LayerNormNative(Rule):

@@ -31,7 +31,8 @@ from ._graph import (
     affine_param,
     attr,
     check_normalize,
-    corrected_weight,
+    decomposed_rewrite,
+    decomposed_spec,
     dtype_name,
     match_normalize,
     norm_rewrite,
@@ -68,31 +69,18 @@ class RMSNormDecomposed(Rule):
         ns = tuple(shape[a] for a in axes)
         if not all(isinstance(d, int) for d in ns):
             return Verdict.fail(f"normalised dims {list(ns)} are not static", nm.x)
-        m.facts["params"] = corrected_weight(mo, ns)  # type: ignore[arg-type]
-        m.facts["proof"] = mo.proof
-        m.facts["spec"] = NormSpec(
+        return decomposed_spec(
+            m,
+            mo,
             "rms",
-            eps=mo.norm_eps,
-            normalized_shape=ns,  # type: ignore[arg-type]
-            has_weight=mo.corrected,
-            has_bias=False,
+            ns,  # type: ignore[arg-type]
             dtype=FLOAT_TYPES[g.elem_type(nm.x)],  # type: ignore[index]
             rank=r,
+            normalized_shape=ns,
         )
-        return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g,
-            m.nodes,
-            m.output,
-            m.facts["spec"],
-            m.facts["nm"].x,
-            m.facts["params"],
-            m.anchor,
-            "rms_norm",
-            m.facts["proof"],
-        )
+        return decomposed_rewrite(g, m, m.facts["nm"].x, "rms_norm")
 
 
 class RMSNormNative(Rule):
