@@ -1,9 +1,15 @@
 """List the norm nodes of an ONNX file: native norm ops, normonnx-domain ops, and the
-subgraphs normonnx lowered (from node metadata), with their strategy, opset, inputs and outputs."""
+subgraphs normonnx lowered (from node metadata), with their strategy, opset, inputs and outputs;
+then every norm the export/optimize pipeline would recognise in it (a plain export's
+Reshape→InstanceNormalization→Reshape as the GroupNorm it is, decomposed LayerNorms, ...) and the
+numerical hazards of its ops as they are (:mod:`normonnx.optimize.diagnose`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+
+import onnx
 
 from . import final_line, write_json
 
@@ -25,8 +31,11 @@ NATIVE = {
 def inspect_model(path: str) -> dict[str, object]:
     from .. import io as nio
     from ..lowering.graph import recorded_lowerings
+    from ..optimize.diagnose import diagnose
 
     model = nio.load(path, load_external=False)
+    has_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    diagnosis = diagnose(nio.load(path) if not has_external or os.path.getsize(path) < 2**30 else model)
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     nodes = []
     groups: dict[str, dict[str, object]] = {}
@@ -67,6 +76,7 @@ def inspect_model(path: str) -> dict[str, object]:
         "lowerings": recorded_lowerings(model),
         "functions": [f"{f.domain}.{f.name}:{f.overload}" for f in model.functions],
         "node_count": len(model.graph.node),
+        **diagnosis,
     }
 
 
@@ -91,6 +101,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {n['name']:40s} {n['domain']}.{n['op_type']}  {n['inputs']} -> {n['outputs']}")
         for f in info["functions"]:  # type: ignore[union-attr]
             print(f"  function {f}")
+        kinds = info["recognisable_kinds"]
+        print(
+            "recognisable as one node each: "
+            + (", ".join(f"{k}×{v}" for k, v in kinds.items()) if kinds else "none")  # type: ignore[union-attr]
+            + (f" ({info['note']})" if info["note"] else "")
+        )
+        for r in info["refused"]:  # type: ignore[union-attr]
+            print(f"  not recognised: {r['rule']} at {r['node']!r}: {r['reason']}")
+        for h in info["hazards"]:  # type: ignore[union-attr]
+            print(f"  hazard: {h['node']} ({h['op']}): {h['hazard']}")
     n = len(info["lowered_norms"]) + len(info["norm_nodes"])  # type: ignore[arg-type]
     final_line(True, f"{n} norms in {args.onnx}")
     return 0

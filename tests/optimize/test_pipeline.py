@@ -103,3 +103,23 @@ def test_modulated_layernorm_recorded(tmp_path):
     marked = [p.value for n in m.graph.node for p in n.metadata_props if p.key == "normonnx.modulation"]
     assert res.fired.get("modulated.record") == entry.expected_norms["layer"] == len({*marked})
     assert all('"form": "x*(1+scale)+shift"' in v for v in marked)
+
+
+def test_inspect_reports_what_the_pipeline_would_recognise_and_the_hazards(tmp_path):
+    """A plain torch export of GroupNorm is an InstanceNormalization to the eye: inspect names it as
+    the GroupNorm the pipeline makes of it, and says why the file as it is is fragile."""
+    from normonnx.commands.inspect import inspect_model
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(4, 8), torch.nn.SiLU()).eval()
+    ln = torch.nn.LayerNorm(32768).eval()
+    for name, mod, x in (("gn", m, torch.randn(1, 3, 16, 16)), ("ln", ln, torch.randn(2, 32768))):
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(mod, (x,), tmp_path / f"{name}.onnx", dynamo=True, opset_version=18)
+    gn = inspect_model(str(tmp_path / "gn.onnx"))
+    assert gn["recognisable_kinds"] == {"group": 1} and gn["fired"]["group_norm.via_instance"] == 1
+    assert [h["op"] for h in gn["hazards"]] == ["InstanceNormalization"]
+    big = inspect_model(str(tmp_path / "ln.onnx"))
+    assert big["recognisable_kinds"] == {"layer": 1}
+    (h,) = big["hazards"]
+    assert h["op"] == "LayerNormalization" and "32768 elements per row" in h["hazard"]
