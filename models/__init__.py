@@ -6,8 +6,9 @@ running means ``0.1 N``, running variances ``U(0.5, 1.5)``), so that a wrong ONN
 up numerically. All of them export with ``torch.onnx.export(..., dynamo=True)`` at opsets 18 and
 21 and run in milliseconds on CPU.
 
-The first seven use torch's norm modules. The last five (``hand_written``) write their norms out in
-primitive tensor ops, in the spellings real model code uses, so that export must *recognise* them:
+The first seven use torch's norm modules. The next five (``hand_written``) write their norms out in
+primitive tensor ops, in the spellings real model code uses, so that export must *recognise* them; the
+last (``convnext_v2``) is built only from ``normonnx.nn`` layers, one norm op each:
 
 ============== ============================================== ==========================
 name           architecture                                   norms
@@ -24,6 +25,7 @@ llama_hand     Llama decoder, HF RMSNorm spellings            LlamaRMSNorm, T5, 
 tutorial_gn    4 conv blocks, tutorial GroupNorm spellings    view / split+cat / unbiased / 5-D
 resnet_ws      ResNet basic blocks, weight-standardized convs GroupNorm, BatchNorm2d (+ WS)
 dit_block      DiT blocks + final layer, AdaLN modulation     LayerNorm * (1 + scale) + shift
+convnext_v2    ConvNeXt-V2 of normonnx.nn layers only         LayerNorm (cf/-last), GRN
 ============== ============================================== ==========================
 
 ``expected_norms`` says how many norm nodes of each kind a correct export keeps: one per norm
@@ -51,6 +53,7 @@ from torch import nn
 from . import (
     convnext,
     convnext_hand,
+    convnext_v2,
     dit_block,
     llama,
     llama_hand,
@@ -66,7 +69,7 @@ from . import (
 __all__ = ["MODELS", "NORM_KINDS", "ModelEntry", "get", "names"]
 
 #: The norm kinds an entry's ``norm_kinds`` may list.
-NORM_KINDS: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms")
+NORM_KINDS: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms", "grn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +267,19 @@ MODELS: dict[str, ModelEntry] = {
             "x * (1 + scale(c)) + shift(c) (AdaLN, 5 modulated LayerNorms)",
             expected_norms={"layer": 5},
             hand_written=True,
+        ),
+        ModelEntry(
+            name="convnext_v2",
+            factory=convnext_v2.convnext_v2,
+            example_inputs=convnext_v2.example_inputs,
+            input_names=("x",),
+            dynamic_axes=_image_axes(),
+            second_size_inputs=convnext_v2.second_size_inputs,
+            norm_kinds=("layer", "grn"),
+            description="ConvNeXt-V2 of normonnx.nn layers only: 4 channels-first + 6 trailing "
+            "LayerNorm, 5 GlobalResponseNorm (channels last)",
+            expected_norms={"layer": 10, "grn": 5},
+            hand_written=False,
         ),
     )
 }

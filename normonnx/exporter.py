@@ -45,7 +45,7 @@ from . import io as nio
 from .errors import ExportError, InputError, NormOnnxError
 from .lowering import MAX_OPSET, MIN_OPSET, check_opset, check_provider, preference, select
 from .lowering.graph import LoweringRecord
-from .norms import KINDS
+from .norms import KINDS, validate
 from .optimize import Report, family_rules, pipeline
 from .spec import DTYPES, NormSpec
 
@@ -240,6 +240,20 @@ def make_translation_table(opset: int) -> dict[Callable[..., Any], Callable[...,
                 return (y, *([empty] * extra))
 
             table[_aten_overload(aten)] = translate
+    # normonnx.nn's custom ops (channels-first LayerNorm, GroupNorm + activation, GRN): one node each
+    from .nn.ops import EXPORTS
+
+    for target, ex in EXPORTS.items():
+
+        def translate_custom(x: Any, *args: Any, _ex: Any = ex) -> Any:
+            kind = KINDS[_ex.kind]
+            spec = _ex.spec(args, _shape_of(x), _dtype_name(x))
+            kind.validate(spec)
+            named = _ex.params(args)
+            inputs = [named.get(s) if s else None for s in kind.op_inputs(spec)]
+            return getattr(nop, kind.normonnx_op)(x, *inputs, **kind.attributes(spec))
+
+        table[target] = translate_custom
     return table
 
 
@@ -247,9 +261,19 @@ def scan_specs(exported_program: Any) -> list[NormSpec]:
     """Specs of the aten norm calls in a ``torch.export`` program (before ONNX conversion)."""
     import torch
 
+    from .nn.ops import EXPORTS
+
     by_target = {_aten_overload(a): (k, a) for k in KINDS.values() for a in k.aten_ops}
     specs = []
     for node in exported_program.graph.nodes:
+        if node.op == "call_function" and node.target in EXPORTS:
+            val = node.args[0].meta.get("val")
+            dtype = str(val.dtype).removeprefix("torch.")
+            args = [a if not isinstance(a, torch.fx.Node) else True for a in node.args[1:]]
+            if dtype in DTYPES:
+                shape = [int(d) if str(d).isdigit() else str(d) for d in val.shape]
+                specs.append(validate(EXPORTS[node.target].spec(args, shape, dtype)))
+            continue
         if node.op != "call_function" or node.target not in by_target:
             continue
         kind, aten = by_target[node.target]

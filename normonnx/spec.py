@@ -13,7 +13,7 @@ from typing import Literal
 
 from .errors import SpecError
 
-Kind = Literal["batch", "layer", "instance", "group", "rms"]
+Kind = Literal["batch", "layer", "instance", "group", "rms", "grn"]
 
 #: dtypes normonnx understands, as numpy-style names, mapped to ONNX TensorProto element types.
 DTYPES: dict[str, int] = {"float32": 1, "float16": 10, "float64": 11, "bfloat16": 16}
@@ -28,7 +28,7 @@ class NormSpec:
     Fields that do not apply to a kind are left at their defaults and rejected by the kind's
     ``validate`` if set.
 
-    kind:             registry key ("batch", "layer", "instance", "group", "rms").
+    kind:             registry key ("batch", "layer", "instance", "group", "rms", "grn").
     eps:              epsilon added to the variance (or mean square) before the square root.
     channels:         C, the size of axis 1 (batch / instance / group / channels-first layer).
     normalized_shape: trailing shape normalised by layer / rms (``(C,)`` for channels-first).

@@ -49,6 +49,7 @@ def large_spec(kind: str) -> NormSpec:
         "instance": NormSpec("instance", channels=2, rank=4),
         "group": NormSpec("group", channels=4, groups=2, rank=4),
         "rms": NormSpec("rms", normalized_shape=(1 << 20,), has_bias=False, rank=2),
+        "grn": NormSpec("grn", channels=2, channels_first=True, rank=4),
     }[kind]
 
 

@@ -55,6 +55,12 @@ def cases_for(kind: str) -> list[tuple[str, NormSpec, tuple[int, ...]]]:
         add("r2-b8", NormSpec("rms", normalized_shape=(12,), has_bias=False), (8, 12))
         add("two-axes", NormSpec("rms", normalized_shape=(3, 4), has_bias=False), (2, 3, 4))
         add("noweight", NormSpec("rms", normalized_shape=(10,), has_weight=False, has_bias=False), (1, 10))
+    elif kind == "grn":
+        add("cl-r4", NormSpec("grn", channels=8, eps=1e-6), (2, 5, 4, 8))
+        add("cf-r4", NormSpec("grn", channels=6, channels_first=True, eps=1e-6), (2, 6, 3, 5))
+        add("cf-r3-b1", NormSpec("grn", channels=4, channels_first=True), (1, 4, 9))
+        add("cl-hw1", NormSpec("grn", channels=4), (2, 1, 1, 4))
+        add("noaffine", NormSpec("grn", channels=4, has_weight=False, has_bias=False), (2, 3, 3, 4))
     else:  # a new kind: one default case from its own random spec is better than none
         raise AssertionError(f"add conformance cases for new kind {kind!r} in tests/norm_cases.py")
     return out

@@ -73,6 +73,7 @@ def _all_specs():
                 "instance": NormSpec("instance", channels=4, dtype=dtype, rank=4),
                 "group": NormSpec("group", channels=4, groups=2, dtype=dtype, rank=4),
                 "rms": NormSpec("rms", normalized_shape=(4,), has_bias=False, dtype=dtype, rank=3),
+                "grn": NormSpec("grn", channels=4, channels_first=True, dtype=dtype, rank=4),
             }[kind]
 
 
@@ -91,4 +92,4 @@ def test_selected_strategy_always_loads_and_runs_in_onnxruntime(opset):
             (y,) = session(model, optimize=False).run({"X": x})
             assert y.shape == shape and np.isfinite(y).all()
             loaded += 1
-    assert loaded == 45
+    assert loaded == 9 * len(KINDS)  # 3 dtypes x 3 orders per kind

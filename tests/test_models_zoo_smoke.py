@@ -15,6 +15,7 @@ from torch import nn
 import models
 from models import convnext_hand, llama_hand, tutorial_gn
 from models.convnext import LayerNorm2d
+from normonnx import nn as nnx
 
 NAMES = models.names()
 HAND_WRITTEN = ("convnext_hand", "llama_hand", "tutorial_gn", "resnet_ws", "dit_block")
@@ -22,17 +23,19 @@ HAND_WRITTEN = ("convnext_hand", "llama_hand", "tutorial_gn", "resnet_ws", "dit_
 #: norm modules per kind, torch's and the models' hand-written ones (listed here, not read from the
 #: classes' ``norm_kind`` attribute, so a class that forgets to declare its kind is caught)
 _KIND_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
-    "batch": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
-    "layer": (nn.LayerNorm, LayerNorm2d, convnext_hand.LayerNorm),
-    "instance": (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),
+    "batch": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nnx.BatchNorm),
+    "layer": (nn.LayerNorm, LayerNorm2d, convnext_hand.LayerNorm, nnx.LayerNorm),
+    "instance": (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nnx.InstanceNorm),
     "group": (
         nn.GroupNorm,
         tutorial_gn.GroupNormView,
         tutorial_gn.GroupNormSplit,
         tutorial_gn.GroupNormUnbiased,
         tutorial_gn.GroupNorm5d,
+        nnx.GroupNorm,
     ),
-    "rms": (nn.RMSNorm, llama_hand.LlamaRMSNorm, llama_hand.T5LayerNorm, llama_hand.GemmaRMSNorm),
+    "rms": (nn.RMSNorm, llama_hand.LlamaRMSNorm, llama_hand.T5LayerNorm, llama_hand.GemmaRMSNorm, nnx.RMSNorm),
+    "grn": (nnx.GlobalResponseNorm,),
 }
 
 
@@ -72,6 +75,7 @@ def test_registry() -> None:
         "convnext",
         "style_transfer",
         "llama",
+        "convnext_v2",
         *HAND_WRITTEN,
     }
     for name, entry in models.MODELS.items():
@@ -238,7 +242,7 @@ def test_llama_hand_runs_in_half_precision() -> None:
 def test_tutorial_gn_has_each_group_norm_spelling() -> None:
     model, _, _ = _built("tutorial_gn")
     norms = {type(m): m for m in model.modules() if norm_kind_of(m) == "group"}
-    assert set(norms) == set(_KIND_TYPES["group"][1:])
+    assert set(norms) == set(_KIND_TYPES["group"][1:5])  # the four tutorial spellings
     assert norms[tutorial_gn.GroupNormSplit].num_groups <= 8  # one graph branch per group
 
 

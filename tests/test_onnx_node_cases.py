@@ -79,7 +79,7 @@ def test_every_kind_has_cases() -> None:
     """An onnx upgrade that renames or drops the cases must fail here, not test nothing."""
     n = onnx_cases.counts(CASES)
     source = CASES[0].source if CASES else "nothing found"
-    assert set(n) == set(KINDS)
+    assert set(n) == {k for k, kind in KINDS.items() if kind.native_op}  # onnx's cases test native ops
     assert all(v >= 1 for v in n.values()), f"selected cases per kind {dict(n)} from {source}"
     # onnx 1.23.2: 2 group (opset-21 per channel), 19 layer, 2 instance, 2 batch (eval), 19 rms
     assert sum(n.values()) >= 40, f"only {sum(n.values())} cases selected: {dict(n)} from {source}"

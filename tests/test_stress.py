@@ -24,6 +24,8 @@ SMALL = {
     "instance": (NormSpec("instance", channels=8, rank=4), (2, 8, 64, 64)),
     "group": (NormSpec("group", channels=32, groups=8, rank=4), (2, 32, 32, 32)),
     "rms": (NormSpec("rms", normalized_shape=(1024,), has_bias=False, rank=3), (2, 32, 1024)),
+    "grn": (NormSpec("grn", channels=32, eps=1e-6, rank=4), (2, 16, 16, 32)),
+    "grn_cf": (NormSpec("grn", channels=32, eps=1e-6, channels_first=True, rank=4), (2, 32, 16, 16)),
 }
 
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..norms import KINDS
 from ..spec import NormSpec
 from .base import ALL_DTYPES, MIN_OPSET, Capability, Strategy, same_dtypes
 from .builder import Builder
@@ -58,7 +59,8 @@ def _compute_type(spec: NormSpec) -> int:
 class Decomposed(Strategy):
     name = "decomposed"
     description = "primitive ONNX ops, two-pass statistics in float64"
-    capabilities = {k: _DEC for k in ("batch", "layer", "instance", "group", "rms")}
+    #: every kind: the five original ones are decomposed below, newer ones by their own ``decompose``
+    capabilities = {k: _DEC for k in KINDS}
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
         return build_decomposed(b, spec, x, params)
@@ -70,7 +72,10 @@ def build_decomposed(b: Builder, spec: NormSpec, x: str, params: Mapping[str, st
     cast_in = (lambda v: b.cast(v, ct)) if spec.stash_fp32 else (lambda v: v)
     p = {k: cast_in(v) for k, v in params.items()}
     xc = cast_in(x)
-    if spec.kind in ("layer", "rms") and not spec.channels_first:
+    own = KINDS[spec.kind].decompose
+    if own is not None:
+        y = own(b, spec, xc, p, ct)
+    elif spec.kind in ("layer", "rms") and not spec.channels_first:
         assert spec.normalized_shape is not None
         axes = list(range(-len(spec.normalized_shape), 0))
         if spec.kind == "rms":

@@ -106,7 +106,7 @@ def make_function(spec: NormSpec, opset: int) -> onnx.FunctionProto:
 class Function(Strategy):
     name = "function"
     description = "normonnx-domain op + model-local ONNX function (stable body)"
-    capabilities = {k: _CAP for k in ("batch", "layer", "instance", "group", "rms")}
+    capabilities = {k: _CAP for k in KINDS}  # the body is the decomposition, which every kind has
 
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
         return DECOMPOSED.check_spec(spec, opset, provider)  # the body is the decomposition

@@ -44,7 +44,8 @@ _CAP = Capability(
 class NativeKernel(Strategy):
     name = "native_kernel"
     description = "normonnx.kernels-domain op run by normonnx's compiled CPU kernels (function body as fallback)"
-    capabilities = {k: _CAP for k in KINDS}
+    #: exactly the kinds the compiled library registers (a kind says so in ``in_kernel_library``)
+    capabilities = {k: _CAP for k, kind in KINDS.items() if kind.in_kernel_library}
 
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
         if not kernels.available():

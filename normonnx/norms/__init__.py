@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from ..spec import NormSpec
-from . import batch, group, instance, layer, rms
+from . import batch, grn, group, instance, layer, rms
 from .base import NormKind, Params
 
-KINDS: dict[str, NormKind] = {m.KIND.name: m.KIND for m in (batch, layer, instance, group, rms)}
+KINDS: dict[str, NormKind] = {m.KIND.name: m.KIND for m in (batch, layer, instance, group, rms, grn)}
 BY_OP: dict[str, NormKind] = {k.normonnx_op: k for k in KINDS.values()}
 
 

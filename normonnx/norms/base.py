@@ -32,6 +32,14 @@ class NormKind:
     #: input ranks accepted (inclusive)
     min_rank: ClassVar[int] = 2
     max_rank: ClassVar[int] = 8
+    #: normonnx's compiled kernel library (``normonnx/kernels``) registers this kind's op
+    in_kernel_library: ClassVar[bool] = True
+
+    #: a kind that writes its own stable decomposition defines
+    #: ``decompose(builder, spec, x, params, compute_dtype) -> output`` (params and x already in
+    #: the compute dtype); the decomposed and function strategies then lower it without a
+    #: ``kind ==`` branch of their own. The five original kinds are still decomposed there.
+    decompose: ClassVar[Any] = None
 
     # -- spec ------------------------------------------------------------------------------------
     def validate(self, spec: NormSpec) -> None:

@@ -1,0 +1,32 @@
+"""Norm layers as torch modules, each one norm op to torch's exporter and one norm node in ONNX.
+
+::
+
+    from normonnx import nn as nnx
+
+    norm = nnx.LayerNorm(96, eps=1e-6, channel_axis=1)        # ConvNeXt's channels-first LN
+    gn = nnx.GroupNorm(32, 320, activation="silu", stats_dtype=torch.float32)
+    model = nnx.convert(model)                                 # swap recognised norms in place
+
+See :mod:`normonnx.nn.layers` for the layers, :mod:`normonnx.nn.ops` for the custom ops and
+:mod:`normonnx.nn.convert` for the swap. Importing this package imports torch.
+"""
+
+from __future__ import annotations
+
+from .convert import Swap, convert, plan
+from .layers import AdaLayerNorm, BatchNorm, GlobalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, WSConv2d
+
+__all__ = [
+    "AdaLayerNorm",
+    "BatchNorm",
+    "GlobalResponseNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "RMSNorm",
+    "Swap",
+    "WSConv2d",
+    "convert",
+    "plan",
+]
