@@ -578,11 +578,28 @@ def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     hidden = "normonnx.hidden"
     model = _copy_model(model)
     dims = _static_dims(model)
+    elem = _elem_types(model)
     extra: list[onnx.NodeProto] = []
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type == "Pad":
+        if node.op_type in _TYPES_ONLY_14 and opset < 14 and all(elem.get(i) in _FLOAT_13 for i in node.input):
+            # Add/Sub/Mul/Div-14 only added small integer types: on float inputs they are the -13 op
+            # (the converter has no 14→13 adapter for them)
+            node.domain = hidden
+        elif node.op_type == "Reshape" and opset < 14:
+            # Reshape-14 added allowzero; with allowzero=0, or a target holding no 0, it is Reshape-5
+            attrs = {a.name: a for a in node.attribute}
+            target = _const_of(model, node.input[1])
+            if "allowzero" in attrs and attrs["allowzero"].i and (target is None or 0 in target):
+                raise ExportError(
+                    f"Reshape {node.name!r} with allowzero=1 and a 0 in its shape has no form below opset 14",
+                    note="use opset >= 14",
+                )
+            if "allowzero" in attrs:
+                node.attribute.remove(attrs["allowzero"])
+            node.domain = hidden
+        elif node.op_type == "Pad":
             if len(node.input) > 3 and node.input[3]:
                 raise ExportError(
                     "Pad with an axes input (opset 18) cannot be expressed below opset 18", note="use opset >= 18"
@@ -642,6 +659,46 @@ def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
                         )
                     del node.attribute[i]
     return converted
+
+
+#: ops whose opset-14 version only widened the integer types they accept
+_TYPES_ONLY_14 = frozenset({"Add", "Sub", "Mul", "Div"})
+_FLOAT_13 = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
+
+
+def _const_of(model: onnx.ModelProto, name: str) -> list[int] | None:
+    """The values of an integer constant (initializer or Constant node), else None."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            return [int(v) for v in onnx.numpy_helper.to_array(t).reshape(-1)]
+    for n in model.graph.node:
+        if n.op_type == "Constant" and name in n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    return [int(v) for v in onnx.numpy_helper.to_array(a.t).reshape(-1)]
+                if a.name in ("value_int", "value_ints"):
+                    return [a.i] if a.name == "value_int" else list(a.ints)
+    return None
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element types of values, from inference where it works (graph inputs, value_info, initializers)."""
+    from .optimize import infer
+
+    m = infer(model)
+    g = m.graph
+    out = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.output, *g.value_info)}
+    out.update({t.name: t.data_type for t in g.initializer})
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = a.t.data_type
+                elif a.name in ("value_float", "value_floats"):
+                    out[n.output[0]] = onnx.TensorProto.FLOAT
+    return out
 
 
 def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:

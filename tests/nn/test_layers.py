@@ -35,14 +35,7 @@ def _norm_groups(model: onnx.ModelProto) -> set[str]:
     return {p.value for n in model.graph.node for p in n.metadata_props if p.key == "normonnx.norm"}
 
 
-# onnx's version converter (torch exports 18+) has no Mul 14 -> 13 adapter; AdaLN's modulation
-# is a Mul outside the norm. A limitation of the opset-13 path, not of the layer: strict xfail.
-_NO_MUL13 = pytest.mark.xfail(strict=True, reason="onnx version_converter: no adapter from Mul-14 to 13")
-ONE_NODE = [
-    pytest.param(c.id, o, marks=_NO_MUL13) if (c.id == "adaln_zero" and o == 13) else (c.id, o)
-    for c in CASES
-    for o in OPSETS
-]
+ONE_NODE = [(c.id, o) for c in CASES for o in OPSETS]
 
 
 @pytest.mark.parametrize(("cid", "opset"), ONE_NODE)
