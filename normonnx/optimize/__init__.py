@@ -469,6 +469,14 @@ def optimize_model(
     else:
         original = nio.load(model_or_path)
     selected = _select(rules)
+    if inputs:
+        names = [i.name for i in original.graph.input if i.name not in {t.name for t in original.graph.initializer}]
+        unknown = sorted(set(inputs) - set(names))
+        if unknown:
+            raise OptimizeError(
+                f"inputs= names {', '.join(map(repr, unknown))}, not an input of the model",
+                note=f"the model's inputs: {', '.join(names)}",
+            )
     report = Report(debug=debug)
     model = original
     if opset is not None:

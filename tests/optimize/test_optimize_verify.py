@@ -69,3 +69,15 @@ def test_renamed_outputs_are_a_failure():
     other = model(ln(1e-5).replace(" y)", " z)").replace("{ y =", "{ z ="), g=G, b=B)
     v = verify_models(original, other)
     assert not v.passed and "outputs differ" in v.error
+
+
+def test_unknown_input_name_is_a_usage_error():
+    from normonnx.errors import OptimizeError
+    from normonnx.optimize import optimize_model
+
+    m = model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,4] x) => (float[N,4] y) { y = Relu(x) }"""
+    )
+    with pytest.raises(OptimizeError, match="'z', not an input of the model"):
+        optimize_model(m, inputs={"z": [2, 4]})
