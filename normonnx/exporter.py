@@ -484,8 +484,8 @@ def _export(
     report = Report()
     recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report)
     specs = norm_specs(recognised)
-    if requested is None and len(specs) > len(aten_specs):
-        # hand-written norms were recognised after capture: choose the opset again for all norms
+    if requested is None and sorted(s.key() for s in specs) != sorted(s.key() for s in aten_specs):
+        # norms were recognised (or folded) after capture: choose the opset again for those that remain
         best, why = choose_opset(specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable)
         if best != opset:
             opset, report = best, Report()
