@@ -276,7 +276,10 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
         R.squeeze_reshape_1d_rule,
         R.materialize_reshape_shape_rule,
     ]
+    from .. import external
+
     m = ir.serde.deserialize_model(infer(model))  # static shapes let Shape/Size fold
+    external.set_ir_base(m)  # external weights stay lazy; folding a small one reads it from disk
     common = ir.passes.common
     for _ in range(2):
         folded = optimizer.fold_constants(m)
