@@ -561,8 +561,9 @@ def _capture_lower_save(
     if stage is None:
         _check(lowered)
         out = nio.save(lowered, path, external_data=external_data)
-    else:  # references only: onnx's checker reads the new file (and sees its data file) before the commit
-        out = nio.save(lowered, path, external_data=external_data, stage=stage, check=_check)
+    else:  # references only: onnx's checker reads them from a file beside the stage, not the weights
+        stage.check(lowered, _check)
+        out = nio.save(lowered, path, external_data=external_data, stage=stage)
     return lowered, out, records, specs, opset, why, report
 
 

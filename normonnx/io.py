@@ -170,14 +170,11 @@ def save(
     *,
     external_data: bool | None = None,
     stage: Stage | None = None,
-    check: Callable[[str], None] | None = None,
 ) -> str:
     """Write ``model`` to ``path`` by the protocol above; external data when over 2 GB (or when asked).
 
     ``model`` may hold external references (resolved against :func:`normonnx.external.base_dir`);
     ``stage`` is the :class:`Stage` opened for this write, whose file those references may name.
-    ``check(path)`` runs on the complete new model file (its data file in place) just before the
-    commit; if it raises, nothing is committed.
     Returns ``path``. Raises :class:`~normonnx.errors.OutputError` for a path that cannot be
     written and for a full disk or read-only file system met while writing; the previous file
     (pair) is then untouched and no temp file is left.
@@ -203,7 +200,7 @@ def save(
             _check_link(p, real)
         w = _Write(p, real)
     try:
-        w.run(model, external_data, stage, check)
+        w.run(model, external_data, stage)
     finally:
         if stage is not None:
             stage.committed = True  # the write either committed or cleaned up after itself
@@ -253,6 +250,20 @@ class Stage:
                 raise
             raise err from e
 
+    def check(self, model: onnx.ModelProto, check: Callable[[str], None]) -> None:
+        """Run ``check(path)`` on ``model`` (references into this stage) written to a temp file
+        beside the stage, so that onnx's checker finds the data file without reading it (a file
+        of references is small; checking the final inline file would parse every weight)."""
+        self.file.flush()
+        name = os.path.join(self.directory, f".{self.write.base}.{self.write.pid}-{self.write.token}.tmp")
+        try:
+            with open(name, "xb") as f:
+                f.write(model.SerializeToString())
+            check(name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
     def reset(self) -> None:
         """Empty the file (a second capture replaces the first one's weights)."""
         self.file.seek(0)
@@ -300,13 +311,7 @@ class _Write:
     def _data_path(self) -> str:
         return os.path.join(self.dir, f"{self.base}.{self.token}.data")
 
-    def run(
-        self,
-        model: onnx.ModelProto | bytes,
-        external_data: bool,
-        stage: Stage | None = None,
-        check: Callable[[str], None] | None = None,
-    ) -> None:
+    def run(self, model: onnx.ModelProto | bytes, external_data: bool, stage: Stage | None = None) -> None:
         from . import external
 
         old_data = self._our_data_files(self.real)  # what the model being replaced reads
@@ -331,8 +336,6 @@ class _Write:
                 self.created[0] = data_final
                 _fsync_dir(self.dir)
                 _step("data_renamed")
-            if check is not None:
-                check(self.created[-1])
             os.replace(self.created[-1], self.real)  # the commit point
             _fsync_dir(self.dir)
         except OSError as e:
