@@ -107,7 +107,13 @@ def _popen_wait4(cmd: list[str], env: dict[str, str]) -> tuple[int, float, int, 
         wall = time.perf_counter() - t0
         fo.seek(0)
         fe.seek(0)
-        return p.returncode, wall, usage.ru_maxrss * 1024, fo.read().decode(errors="replace"), fe.read().decode(errors="replace")
+        return (
+            p.returncode,
+            wall,
+            usage.ru_maxrss * 1024,
+            fo.read().decode(errors="replace"),
+            fe.read().decode(errors="replace"),
+        )
 
 
 def step(cmd: list[str], gib: float) -> dict[str, object]:
@@ -134,7 +140,11 @@ def bench_size(gib: float, workdir: str) -> dict[str, object]:
     me = os.path.abspath(__file__)
     nx = [sys.executable, "-m", "normonnx.cli"]
     factory = f"{me}:stack"
-    row: dict[str, object] = {"gib": gib, "blocks": blocks_for(gib), "weights_bytes": blocks_for(gib) * 4 * (HIDDEN * HIDDEN + 3 * HIDDEN)}
+    row: dict[str, object] = {
+        "gib": gib,
+        "blocks": blocks_for(gib),
+        "weights_bytes": blocks_for(gib) * 4 * (HIDDEN * HIDDEN + 3 * HIDDEN),
+    }
     need = NEEDS_FREE.get(gib, 0.0)
     if need and free_gib() < need:
         row["not_measured"] = f"needs {need:.0f} GiB free memory, {free_gib():.1f} GiB available"
