@@ -140,7 +140,7 @@ def test_external_array_is_the_tensor_and_copy_on_write(tmp_path):
     t.data_location = onnx.TensorProto.EXTERNAL
     for k, v in (("location", "w.bin"), ("offset", "8"), ("length", str(a.nbytes))):
         t.external_data.add(key=k, value=v)
-    with pytest.raises(RuntimeError, match="outside normonnx.external.reading"):
+    with pytest.raises(RuntimeError, match=r"outside normonnx\.external\.reading"):
         external.array(t)
     with external.reading(tmp_path):
         v = external.array(t)
