@@ -31,6 +31,7 @@ import inspect
 import io
 import logging
 import os
+import sys
 import time
 import warnings
 from collections import Counter
@@ -82,6 +83,8 @@ class ExportResult:
     #: recognition rules that fired (e.g. ``{"group_norm.split": 2}``) and candidates refused, with reasons
     fired: dict[str, int] = dataclasses.field(default_factory=dict)
     refused: list[Any] = dataclasses.field(default_factory=list)
+    #: this process's peak RSS when the export finished (it includes the model itself)
+    peak_rss_bytes: int = 0
 
     @property
     def strategies(self) -> dict[str, int]:
@@ -481,34 +484,12 @@ def _export(
         why = "requested"
         if opset < MIN_OPSET:
             raise ExportError(f"opset {opset} is below {MIN_OPSET}")
-    report = Report()
-    recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report)
-    specs = norm_specs(recognised)
-    if requested is None and sorted(s.key() for s in specs) != sorted(s.key() for s in aten_specs):
-        # norms were recognised (or folded) after capture: choose the opset again for those that remain
-        best, why = choose_opset(specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable)
-        if best != opset:
-            opset, report = best, Report()
-            recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report)
-            specs = norm_specs(recognised)
-    lowered, raw_records = pipeline.lower(
-        recognised, report, target=target, prefer=prefer, allow_unstable=allow_unstable
-    )
-    records = [r if isinstance(r, LoweringRecord) else _record_of(r) for r in raw_records]
-    import torch as _t
-
-    for k, v in {
-        "normonnx.version": _version(),
-        "normonnx.target": target,
-        "normonnx.opset_reason": why,
-        "torch.version": _t.__version__,
-    }.items():
-        lowered.metadata_props.add(key=k, value=v)
-    try:
-        onnx.checker.check_model(lowered, full_check=False)
-    except Exception as e:  # a bug of ours, not the user's: report it as such
-        raise RuntimeError(f"normonnx produced an invalid model (please report): {_first_line(e)}") from e
-    out = nio.save(lowered, path, external_data=external_data)
+    with _staging(ep, path, external_data) as stage:
+        result = _capture_lower_save(
+            ep, args, opset, requested, names, output_names, dyn, target, prefer, allow_unstable, why, path,
+            external_data, stage, aten_specs, max_opset if requested is None else None,
+        )  # fmt: skip
+    lowered, out, records, specs, opset, why, report = result
     return ExportResult(
         out,
         opset,
@@ -523,7 +504,105 @@ def _export(
         notes,
         dict(report.fired),
         list(report.refused),
+        peak_rss_bytes(),
     )
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (bytes; 0 where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kib) * (1 if sys.platform == "darwin" else 1024)  # macOS reports bytes, Linux KiB
+
+
+#: weights above this size go to the output's data file right after torch's exporter even when the
+#: file is written inline: below it the pipeline's proto copies cost less than a disk round trip
+STAGE_MIN = 256 << 20
+
+
+def _weights_of(ep: Any) -> int:
+    import torch
+
+    tensors = [*ep.state_dict.values(), *getattr(ep, "constants", {}).values()]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+@contextlib.contextmanager
+def _staging(ep: Any, path: str, external_data: bool | None) -> Any:
+    """A :class:`normonnx.io.Stage` for a large model (or ``external_data=True``), with its
+    references readable; None for a small one, whose weights stay inline as they always did."""
+    from . import external
+
+    if external_data is False or (not external_data and _weights_of(ep) < STAGE_MIN):
+        yield None
+        return
+    with nio.Stage(path) as stage, external.reading(stage.directory):
+        yield stage
+
+
+def _capture_lower_save(
+    ep: Any,
+    args: tuple[Any, ...],
+    opset: int,
+    requested: int | None,
+    names: Sequence[str],
+    output_names: Sequence[str] | None,
+    dyn: Mapping[str, Mapping[int, str]],
+    target: str,
+    prefer: Iterable[str] | None,
+    allow_unstable: bool,
+    why: str,
+    path: str,
+    external_data: bool | None,
+    stage: Any,
+    aten_specs: Sequence[NormSpec],
+    max_opset: int | None,
+) -> tuple[onnx.ModelProto, str, list[LoweringRecord], list[NormSpec], int, str, Report]:
+    """Capture, recognise, lower, check and write (steps 5-7 of the module docstring)."""
+    report = Report()
+    recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report, stage)
+    specs = norm_specs(recognised)
+    if requested is None and sorted(s.key() for s in specs) != sorted(s.key() for s in aten_specs):
+        # norms were recognised (or folded) after capture: choose the opset again for those that remain
+        best, why = choose_opset(specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable)
+        if best != opset:
+            opset, report = best, Report()
+            if stage is not None:
+                stage.reset()  # the first capture's weights are not needed any more
+            recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report, stage)
+            specs = norm_specs(recognised)
+    del ep  # the torch program's own tensors are the caller's; nothing here holds a copy
+    lowered, raw_records = pipeline.lower(
+        recognised, report, target=target, prefer=prefer, allow_unstable=allow_unstable
+    )
+    del recognised
+    records = [r if isinstance(r, LoweringRecord) else _record_of(r) for r in raw_records]
+    import torch as _t
+
+    for k, v in {
+        "normonnx.version": _version(),
+        "normonnx.target": target,
+        "normonnx.opset_reason": why,
+        "torch.version": _t.__version__,
+    }.items():
+        lowered.metadata_props.add(key=k, value=v)
+    if stage is None:
+        _check(lowered)
+        out = nio.save(lowered, path, external_data=external_data)
+    else:  # references only: onnx's checker reads them from a file beside the stage, not the weights
+        stage.check(lowered, _check)
+        out = nio.save(lowered, path, external_data=external_data, stage=stage)
+    return lowered, out, records, specs, opset, why, report
+
+
+def _check(model: onnx.ModelProto | str) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as e:  # a bug of ours, not the user's: report it as such
+        raise RuntimeError(f"normonnx produced an invalid model (please report): {_first_line(e)}") from e
 
 
 def _max_opset(target: str) -> int | None:
@@ -542,11 +621,13 @@ def _capture_and_recognise(
     output_names: Sequence[str] | None,
     dyn: Mapping[str, Mapping[int, str]],
     report: Any,
+    stage: Any = None,
 ) -> onnx.ModelProto:
     """torch's ONNX program at ``opset`` (aten norms as ``normonnx.<Op>`` nodes), then the same
     recognition passes ``normonnx optimize`` runs: BatchNorm and parameter-norm folding, every
-    hand-written norm spelling fused into one norm node, activations fused."""
-    proto = _onnx_export(ep, args, max(opset, TORCH_MIN_OPSET), names, output_names)
+    hand-written norm spelling fused into one norm node, activations fused. With a ``stage``, the
+    program's large initializers are in its file and the model holds references to them."""
+    proto = _onnx_export(ep, args, max(opset, TORCH_MIN_OPSET), names, output_names, stage)
     if opset < TORCH_MIN_OPSET:
         proto = _convert_down(proto, opset)
     _name_dynamic_dims(proto, dyn)
@@ -762,7 +843,12 @@ def _torch_export(model: Any, args: tuple[Any, ...], names: Sequence[str], dyn: 
 
 
 def _onnx_export(
-    ep: Any, args: tuple[Any, ...], opset: int, names: Sequence[str], output_names: Sequence[str] | None
+    ep: Any,
+    args: tuple[Any, ...],
+    opset: int,
+    names: Sequence[str],
+    output_names: Sequence[str] | None,
+    stage: Any = None,
 ) -> onnx.ModelProto:
     import torch
 
@@ -790,6 +876,10 @@ def _onnx_export(
             cause = cause.__cause__
         raise ExportError(f"torch.onnx.export failed at opset {opset}: {_first_line(cause)}") from e
     assert prog is not None
+    if stage is not None:
+        # straight from torch's tensors to the data file: the proto below is references only
+        # (``prog.model_proto`` would copy every weight into one message, > 2 GiB impossible)
+        stage.unload(prog.model)
     return prog.model_proto
 
 

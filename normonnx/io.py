@@ -24,7 +24,11 @@ only when the target sits in the link's directory, because readers look for the 
 path they open. A new file's mode is 0666 minus the umask, as for any file the user creates; an
 overwrite keeps the old file's mode (and owner and group where the OS allows).
 
-Models over the 2 GB protobuf limit are written with external data (or when asked).
+Models over the 2 GB protobuf limit are written with external data (or when asked). A model whose
+weights are already external references (:mod:`normonnx.external`: a large export or optimize)
+is written without ever holding its weights in one proto: references into the write's own
+:class:`Stage` file are adopted (that file becomes the data file), other references are copied in
+chunks, and an inline file is streamed tensor by tensor.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import secrets
 import signal
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import onnx
 
@@ -160,25 +164,125 @@ def check_report_path(
     check_output_path(path, inputs=inputs, what="report")
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> str:
+def save(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    stage: Stage | None = None,
+) -> str:
     """Write ``model`` to ``path`` by the protocol above; external data when over 2 GB (or when asked).
 
+    ``model`` may hold external references (resolved against :func:`normonnx.external.base_dir`);
+    ``stage`` is the :class:`Stage` opened for this write, whose file those references may name.
     Returns ``path``. Raises :class:`~normonnx.errors.OutputError` for a path that cannot be
     written and for a full disk or read-only file system met while writing; the previous file
     (pair) is then untouched and no temp file is left.
     """
+    from . import external
+
     p = os.fspath(path)
+    size = model.ByteSize() + (external.weight_bytes(model) if external.has_external(model) else 0)
     if external_data is None:
-        external_data = model.ByteSize() > _PROTO_LIMIT
-    real = check_output_path(p)
-    if external_data and os.path.dirname(real) != os.path.dirname(os.path.abspath(p)):
+        external_data = size > _PROTO_LIMIT
+    elif not external_data and size > _PROTO_LIMIT:
         raise OutputError(
-            f"{p} is a symlink to {real} in another directory; its external data could not be found through the link",
+            f"{p}: a {size / 2**30:.1f} GiB model does not fit in one ONNX file (protobuf's 2 GiB limit)",
+            note="write it with external data (the default above 2 GiB)",
+        )
+    if stage is not None:
+        if os.path.realpath(p) != stage.write.real:
+            raise ValueError(f"the stage was opened for {stage.write.shown}, not {p}")
+        w = stage.write
+    else:
+        real = check_output_path(p)
+        if external_data:
+            _check_link(p, real)
+        w = _Write(p, real)
+    try:
+        w.run(model, external_data, stage)
+    finally:
+        if stage is not None:
+            stage.committed = True  # the write either committed or cleaned up after itself
+    return p
+
+
+def _check_link(shown: str, real: str) -> None:
+    if os.path.dirname(real) != os.path.dirname(os.path.abspath(shown)):
+        raise OutputError(
+            f"{shown} is a symlink to {real} in another directory; its external data could not be found through the link",
             note=f"write to {real} directly, or link from its directory",
         )
-    w = _Write(p, real)
-    w.run(model, external_data)
-    return p
+
+
+class Stage:
+    """The data file of one coming :func:`save` to ``path``, opened before the model is complete.
+
+    A large export writes its weights here straight from torch's exporter
+    (:meth:`unload`), and its passes read them back through the references; :func:`save` with
+    ``stage=`` then renames this file to the data file (or streams it into an inline model and
+    removes it). It is a temp file of the write protocol (``.NAME.<pid>-<token>.data.tmp``), so a
+    killed run's stage is swept like any other temp; :meth:`discard` (also on leaving a ``with``
+    block without saving) removes it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        shown = os.fspath(path)
+        real = check_output_path(shown)
+        _check_link(shown, real)
+        self.write = _Write(shown, real)
+        self.file = os.fdopen(self.write._open_temp(".data.tmp"), "wb")
+        self.path = self.write.created[0]
+        self.location = os.path.basename(self.path)
+        self.directory = self.write.dir
+        self.committed = False
+
+    def unload(self, model: object) -> int:
+        """Move an onnx_ir model's large initializers into this file (see :func:`normonnx.external.unload`)."""
+        from . import external
+
+        try:
+            return external.unload(model, self.file, self.location, self.directory)
+        except OSError as e:
+            self.discard()
+            err = _write_error(e, self.write.shown, self.write.old is not None)
+            if err is e:
+                raise
+            raise err from e
+
+    def check(self, model: onnx.ModelProto, check: Callable[[str], None]) -> None:
+        """Run ``check(path)`` on ``model`` (references into this stage) written to a temp file
+        beside the stage, so that onnx's checker finds the data file without reading it (a file
+        of references is small; checking the final inline file would parse every weight)."""
+        self.file.flush()
+        name = os.path.join(self.directory, f".{self.write.base}.{self.write.pid}-{self.write.token}.tmp")
+        try:
+            with open(name, "xb") as f:
+                f.write(model.SerializeToString())
+            check(name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
+    def reset(self) -> None:
+        """Empty the file (a second capture replaces the first one's weights)."""
+        self.file.seek(0)
+        self.file.truncate()
+
+    def discard(self) -> None:
+        if self.committed:
+            return
+        self.committed = True
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes | str) -> str:
@@ -207,18 +311,26 @@ class _Write:
     def _data_path(self) -> str:
         return os.path.join(self.dir, f"{self.base}.{self.token}.data")
 
-    def run(self, model: onnx.ModelProto | bytes, external_data: bool) -> None:
+    def run(self, model: onnx.ModelProto | bytes, external_data: bool, stage: Stage | None = None) -> None:
+        from . import external
+
         old_data = self._our_data_files(self.real)  # what the model being replaced reads
         self._sweep(old_data)
         try:
             data_final = None
+            payload: bytes | Iterable[bytes]
             if isinstance(model, bytes):
                 payload = model
             elif external_data:
-                data_final, payload = self._write_data(model)
+                data_final, payload = self._write_data(model, stage)
+            elif external.has_external(model):
+                payload = _inline_chunks(model)
             else:
                 payload = model.SerializeToString()
             self._write_model(payload)
+            if stage is not None and data_final is None:  # streamed inline: the stage is no longer needed
+                stage.file.close()
+                os.unlink(self.created.pop(0))
             if data_final is not None:
                 os.replace(self.created[0], data_final)
                 self.created[0] = data_final
@@ -254,23 +366,36 @@ class _Write:
                     os.fchown(fd, self.old.st_uid, self.old.st_gid)
         return fd
 
-    def _write_data(self, model: onnx.ModelProto) -> tuple[str, bytes]:
-        from onnx.external_data_helper import _get_initializer_tensors, set_external_data
+    def _write_data(self, model: onnx.ModelProto, stage: Stage | None = None) -> tuple[str, bytes]:
+        """The data file (the stage's, extended, or a new one) and the model naming it."""
+        from onnx.external_data_helper import _get_initializer_tensors
+
+        from . import external
 
         final = self._data_path()
         location = os.path.basename(final)  # the model names the final file from the start
         m = onnx.ModelProto()
         m.CopyFrom(model)
-        fd = self._open_temp(".data.tmp")
-        with os.fdopen(fd, "wb") as f:
+        f = stage.file if stage is not None else os.fdopen(self._open_temp(".data.tmp"), "wb")
+        with f:
+            f.seek(0, os.SEEK_END)
             written = 0
             for t in _get_initializer_tensors(m):
-                if not t.HasField("raw_data"):
+                if external.is_external(t):
+                    loc, src_offset, length = external.info(t)
+                    if stage is not None and loc == stage.location:  # already in this file: adopt
+                        _set_external(t, location, src_offset, length)
+                        continue
+                    offset = _align(f)
+                    length = _copy_range(external.resolve(loc), src_offset, length, f)
+                elif t.HasField("raw_data"):
+                    offset = _align(f) if len(t.raw_data) > external.ALIGN_MIN else f.tell()
+                    f.write(t.raw_data)
+                    length = len(t.raw_data)
+                    t.ClearField("raw_data")
+                else:
                     continue
-                offset = f.tell()
-                f.write(t.raw_data)
-                set_external_data(t, location, offset, len(t.raw_data))
-                t.ClearField("raw_data")
+                _set_external(t, location, offset, length)
                 written += 1
                 if written == 1:
                     f.flush()
@@ -280,14 +405,17 @@ class _Write:
         _step("data_written")
         return final, m.SerializeToString()
 
-    def _write_model(self, payload: bytes) -> None:
+    def _write_model(self, payload: bytes | Iterable[bytes]) -> None:
         fd = self._open_temp(".tmp")
         with os.fdopen(fd, "wb") as f:
-            view, half = memoryview(payload), len(payload) // 2
-            f.write(view[:half])
-            f.flush()
-            _step("model_partial")
-            f.write(view[half:])
+            if isinstance(payload, bytes):
+                view, half = memoryview(payload), len(payload) // 2
+                payload = (view[:half], view[half:])
+            for k, chunk in enumerate(payload):
+                f.write(chunk)
+                if k == 0:
+                    f.flush()
+                    _step("model_partial")
             f.flush()
             os.fsync(f.fileno())
             st = os.fstat(f.fileno())
@@ -336,6 +464,101 @@ class _Write:
                 if st is not None and stat.S_ISREG(st.st_mode) and st.st_mtime < self.start:
                     with contextlib.suppress(OSError):
                         os.unlink(full)
+
+
+def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int | None) -> None:
+    del t.external_data[:]
+    t.ClearField("raw_data")
+    for k, v in (("location", location), ("offset", offset), ("length", length)):
+        if v is not None:
+            t.external_data.add(key=k, value=str(v))
+    t.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _align(f: object) -> int:
+    """Pad the data file ``f`` to the next memory-mappable offset; return it."""
+    from .external import ALIGN
+
+    pos = f.tell()  # type: ignore[attr-defined]
+    if pos % ALIGN:
+        f.write(b"\0" * (ALIGN - pos % ALIGN))  # type: ignore[attr-defined]
+    return f.tell()  # type: ignore[attr-defined]
+
+
+def _copy_range(src: str, offset: int, length: int | None, f: object, chunk: int = 64 << 20) -> int:
+    """Append ``length`` bytes of ``src`` from ``offset`` to the open file ``f``, 64 MiB at a time."""
+    done = 0
+    with open(src, "rb") as s:
+        s.seek(offset)
+        while length is None or done < length:
+            block = s.read(chunk if length is None else min(chunk, length - done))
+            if not block:
+                break
+            f.write(block)  # type: ignore[attr-defined]
+            done += len(block)
+    if length is not None and done != length:
+        raise ValueError(f"{src} ends {length - done} bytes before the tensor data it should hold")
+    return done
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _inline_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
+    """The serialized bytes of ``model`` with its external tensors inlined, one tensor at a time.
+
+    Protobuf parses concatenated encodings of a message as one message, repeated fields appended:
+    so the model is its fields without the graph, then the graph field (tag 7) whose body is the
+    graph without initializers followed by each initializer (GraphProto field 5), materialized
+    only while it is written. Sizes are computed from the references, before any data is read.
+    """
+    from . import external
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = list(m.graph.initializer)
+    del m.graph.initializer[:]
+    graph_head = m.graph.SerializeToString()
+    m.ClearField("graph")
+    sizes = []
+    for t in inits:
+        if external.is_external(t):
+            length = external.info(t)[2]
+            if length is None:
+                raise ValueError(f"external tensor {t.name!r} has no length")
+            bare = _bare(t)
+            sizes.append(bare.ByteSize() + 1 + len(_varint(length)) + length)  # + raw_data (field 9)
+        else:
+            sizes.append(t.ByteSize())
+    graph_len = len(graph_head) + sum(1 + len(_varint(n)) + n for n in sizes)
+    yield m.SerializeToString() + b"\x3a" + _varint(graph_len)  # field 7, length-delimited
+    yield graph_head
+    for t, n in zip(inits, sizes):
+        if external.is_external(t):
+            data = external.read_bytes(t)
+            t = _bare(t)
+            t.raw_data = data
+            del data
+        enc = t.SerializeToString()
+        if len(enc) != n:
+            raise RuntimeError(f"tensor {t.name!r} encodes to {len(enc)} bytes, {n} were announced")
+        yield b"\x2a" + _varint(n)  # field 5, length-delimited
+        yield enc
+
+
+def _bare(t: onnx.TensorProto) -> onnx.TensorProto:
+    """``t`` without its external reference (no data)."""
+    b = onnx.TensorProto()
+    b.CopyFrom(t)
+    del b.external_data[:]
+    b.ClearField("data_location")
+    return b
 
 
 def _locations(model: onnx.ModelProto) -> list[str]:

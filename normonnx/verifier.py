@@ -184,7 +184,8 @@ def verify(
     rtol/atol:    override the table's defaults for every output; ``per_output`` overrides by name.
     n_samples:    random samples (standard normal, same shapes) besides the example inputs.
     second_size:  explicit inputs at another size; by default derived from the symbolic dims.
-    float64:      also run a float64 copy of the torch model and report each output's error vs it.
+    float64:      also run a float64 copy of the torch model and report each output's error vs it
+                  (skipped for models over :data:`FLOAT64_TWIN_MAX` of weights: the copy is 2x them).
     """
     import torch
 
@@ -229,7 +230,7 @@ def verify(
     if second is not None:
         cases.append(("second_size", second))
     m64 = None
-    if float64 and isinstance(model, torch.nn.Module):
+    if float64 and isinstance(model, torch.nn.Module) and _float64_twin_fits(model):
         import copy
 
         m64 = copy.deepcopy(model).double()
@@ -285,6 +286,17 @@ def verify(
         f64_err,
         {"torch": torch.__version__, "onnxruntime": ort_version(), "onnx": onnx.__version__},
     )
+
+
+# -- memory budget (issue 15: verify of large models) ------------------------------------------
+#: largest float32 weights for which verify also builds a float64 copy of the torch model (which
+#: holds twice their bytes): above it the copy would more than double verify's memory
+FLOAT64_TWIN_MAX = 512 << 20
+
+
+def _float64_twin_fits(model: Any) -> bool:
+    n = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return n <= FLOAT64_TWIN_MAX
 
 
 def check_statistic(check: str, label: str = "check") -> None:

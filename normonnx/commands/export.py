@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 "opset": res.opset,
                 "opset_reason": res.opset_reason,
                 "seconds": res.seconds,
+                "peak_rss_bytes": res.peak_rss_bytes,
                 "lowerings": [r.as_dict() for r in res.lowerings],
                 "fired": res.fired,
                 "refused": [r.as_dict() for r in res.refused],

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..optimize import optimize_model
 
     check_strategies(args.prefer)
-    model = nio.load(args.model)
+    model = nio.load(args.model, load_external=False)  # names only: its weights stay on disk
     shapes = _shapes(args.input)
     known = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
     unknown = [n for n in shapes if n not in known]
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             f"--input names {', '.join(unknown)}, not an input of {args.model}", note=f"its inputs: {', '.join(known)}"
         )
     res = optimize_model(
-        model,
+        args.model,
         target=args.target,
         opset=args.opset,
         verify=not args.no_verify,
@@ -125,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {v.note}")
     written = False
     if res.passed:
-        nio.save(res.model, args.output)
+        from ..external import reading
+
+        with reading(res.base_dir):  # external weights are copied from the input's data file
+            nio.save(res.model, args.output)
         written = True
     if args.json:
         data = res.as_dict()

@@ -281,7 +281,10 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
         R.squeeze_reshape_1d_rule,
         R.materialize_reshape_shape_rule,
     ]
+    from .. import external
+
     m = ir.serde.deserialize_model(infer(model))  # static shapes let Shape/Size fold
+    external.set_ir_base(m)  # external weights stay lazy; folding a small one reads it from disk
     common = ir.passes.common
     for _ in range(2):
         folded = optimizer.fold_constants(m)
@@ -358,6 +361,9 @@ class OptimizeResult:
     seconds: float
     misses: list[Refusal] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: where ``model``'s external references resolve (the input's directory; None: all inline).
+    #: Save it inside ``normonnx.external.reading(result.base_dir)``: io.save copies the data.
+    base_dir: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -457,17 +463,45 @@ def optimize_model(
     Raises :class:`~normonnx.errors.OptimizeError` (or ModelLoadError/LoweringError) for user errors.
     """
     from .. import io as nio
-    from ..lowering import MAX_OPSET, MIN_OPSET
-    from .pipeline import lower, recognise
 
     t0 = time.perf_counter()
     if target not in TARGETS:
         raise OptimizeError(f"unknown target {target!r}", note=f"valid targets: {', '.join(TARGETS)}")
+    from .. import external
+
     if isinstance(model_or_path, onnx.ModelProto):
         original = onnx.ModelProto()
         original.CopyFrom(model_or_path)
+        base = external.base_dir() if external.has_external(original) else None
     else:
-        original = nio.load(model_or_path)
+        # weights in a data file stay there: the passes see references (read on use, memory-mapped),
+        # onnxruntime reads the file itself, and io.save copies it in chunks
+        original = nio.load(model_or_path, load_external=False)
+        base = os.path.dirname(os.path.abspath(model_or_path)) if external.has_external(original) else None
+    with external.reading(base):
+        return _optimize(
+            original, t0, target, opset, verify, n_samples, rules, debug, inputs, seed, prefer, allow_unstable, base
+        )
+
+
+def _optimize(
+    original: onnx.ModelProto,
+    t0: float,
+    target: str,
+    opset: int | None,
+    verify: bool,
+    n_samples: int,
+    rules: Iterable[str] | None,
+    debug: bool,
+    inputs: Mapping[str, Sequence[int]] | None,
+    seed: int,
+    prefer: Iterable[str] | None,
+    allow_unstable: bool,
+    base: str | None,
+) -> OptimizeResult:
+    from ..lowering import MAX_OPSET, MIN_OPSET
+    from .pipeline import lower, recognise
+
     selected = _select(rules)
     if inputs:
         names = [i.name for i in original.graph.input if i.name not in {t.name for t in original.graph.initializer}]
@@ -513,4 +547,5 @@ def optimize_model(
         seconds=time.perf_counter() - t0,
         misses=list(report.misses),
         notes=list(report.notes),
+        base_dir=base,
     )

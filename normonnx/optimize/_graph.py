@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .. import external
 from ._shapes import dims_of, shape_value, static_scalar
 
 FLOAT_TYPES = {
@@ -137,7 +138,7 @@ class GraphView:
         if src != value:
             out = self.const(src)
         elif value in self.initializers and value not in self.graph_inputs:
-            out = numpy_helper.to_array(self.initializers[value])
+            out = external.array(self.initializers[value])  # external data: memory-mapped, read on use
         else:
             n = self.producer.get(value)
             if n is not None and n.op_type == "Constant" and n.domain in ("", "ai.onnx"):

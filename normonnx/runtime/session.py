@@ -242,6 +242,7 @@ def session(
         so.profile_file_prefix = profile
     if custom_ops:
         register_kernels(so, src)
+    _external_folder(so, path_or_model)
     providers: list[Any] = [(wanted, dict(provider_options or {}))]
     if provider == "cuda":
         providers.append("CPUExecutionProvider")  # CPU-only nodes (shape ops); the first is checked
@@ -313,6 +314,16 @@ def _source(path_or_model: Any) -> tuple[bytes | str, str]:
     if not os.path.exists(path):
         raise ModelLoadError(f"no such ONNX file: {path}", note="check the path")
     return path, path
+
+
+def _external_folder(so: Any, model: Any) -> None:
+    """An in-memory model whose weights are external references (a large model inside normonnx's
+    pipeline, :mod:`normonnx.external`): tell onnxruntime where they are. A path needs nothing:
+    onnxruntime reads (memory-maps, when aligned) the data file beside it."""
+    from .. import external
+
+    if isinstance(model, onnx.ModelProto) and external.base_dir() is not None and external.has_external(model):
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", external.base_dir())
 
 
 def _provider_names(providers: Sequence[Any]) -> list[str]:
