@@ -48,6 +48,7 @@ from onnx import TensorProto, helper
 
 from . import io as nio
 from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
+from .compare.tolerances import check_usage
 from .errors import InputError
 
 FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
@@ -790,6 +791,7 @@ def localize(
     :func:`model_dtype`), not for each value's own: an fp16 deployment keeps some values in fp32
     and they carry fp16 error all the same.
     """
+    check_usage(check, atol, rtol)
     proto, label = _load(onnx_path)
     dtype = dtype or model_dtype(proto)
     tin, arrays = _as_torch_inputs(proto, inputs, seed)
@@ -1022,6 +1024,7 @@ def bisect(
     """
     from .verifier import _inputs_from_onnx
 
+    check_usage(check, atol, rtol)
     proto_a, label_a = _load(onnx_a)
     prov_b, opt_b = _parse_side(other)
     if prov_b is not None:

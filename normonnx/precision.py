@@ -46,6 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .compare import OutputComparison
+from .compare.tolerances import check_usage as _check_usage
 from .errors import InputError, UnsupportedHere
 from .localize import LocalizeReport, infer_types, localize, node_meta, node_scopes, onnx_input_arrays, run_values
 
@@ -510,6 +511,7 @@ def check_precision(
     """
     from .localize import _as_torch_inputs, _load
 
+    _check_usage(check, atol, rtol)
     proto, label = _load(onnx_path)
     D = ELEM.get(dtype)
     if D is None:
