@@ -66,25 +66,38 @@ _MATCH_CAP = 10.0
 class LayerResult:
     """One torch module call and its ONNX counterpart."""
 
-    name: str  # module path, "#k" appended for the k-th call (k >= 2)
+    name: str  # module path, "#k" appended for the k-th call (k >= 2), "[norm]" for a norm point
     module: str  # module path
     type: str  # torch class name
-    index: int  # execution order (module exit order)
+    index: int  # execution order
     leaf: bool
     onnx_value: str | None
-    mapped_by: str  # metadata | norm | aligned | identity | unmapped
+    mapped_by: str  # metadata | norm | folded | aligned | identity | unmapped
+    #: accumulated: the ONNX value after the whole ONNX run vs torch's (upstream drift included)
     comparison: OutputComparison | None
     inputs_agree: bool | None  # None: could not be checked
     input_note: str
     norm: dict[str, Any] | None  # kind, strategy, node, spec, torch_eps, onnx_ops, onnx_epsilon
+    #: isolated: the module's ONNX nodes run on torch's own inputs (its own error, no drift)
+    isolated: OutputComparison | None = None
+    #: "output" or "norm" (the norm's own output inside a module that also applies an activation)
+    point: str = "output"
+    #: a BatchNorm folded into the Conv/Linear before it: the pair's other module
+    folded_with: str | None = None
+    #: the error model behind the derived tolerance (see normonnx.compare.derive)
+    error_model: str = ""
 
     @property
     def passed(self) -> bool | None:
+        """The isolated verdict when there is one (what blames a module), else the accumulated."""
+        if self.isolated is not None:
+            return self.isolated.passed
         return None if self.comparison is None else self.comparison.passed
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["comparison"] = self.comparison.as_dict() if self.comparison else None
+        d["isolated"] = self.isolated.as_dict() if self.isolated else None
         d["passed"] = self.passed
         return d
 
@@ -188,6 +201,10 @@ class _Call:
     identity: bool
     norm_kind: str | None
     eps: float | None
+    obj: Any = dataclasses.field(default=None, repr=False)  # the torch module (error models read its weights)
+    #: "output" (the module's output) or "norm" (the norm's own output inside a module that does
+    #: more, e.g. ``act(batch_norm(x))`` in a BatchNorm2d subclass; recomputed from its input)
+    point: str = "output"
 
 
 def _norm_kind_of(module: Any) -> str | None:
@@ -198,6 +215,21 @@ def _norm_kind_of(module: Any) -> str | None:
         if classes and isinstance(module, classes):
             return kind.name
     return None
+
+
+def _norm_output(module: Any, kind: str, x: Any) -> Any:
+    """The norm's own functional output on ``x`` (its kind's torch call with the module's
+    parameters), or None when the module cannot be described by its kind."""
+    import torch
+
+    from .norms import KINDS
+
+    try:
+        spec, params = KINDS[kind].from_module(module, x.ndim)
+        tp = {k: torch.from_numpy(v).to(x.dtype) for k, v in params.items()}
+        return KINDS[kind].torch_forward(spec, x, tp)
+    except Exception:
+        return None
 
 
 def _flat_tensors(obj: Any) -> list[Any]:
@@ -217,7 +249,11 @@ def _np(t: Any) -> np.ndarray:
 
 
 def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np.ndarray]]:
-    """Run ``model`` once with hooks on every submodule; return (calls in exit order, outputs)."""
+    """Run ``model`` once with hooks on every submodule; return (calls in execution order, outputs).
+
+    A call's position is its exit, except the ``norm`` point of a norm module that does more than
+    its norm (an activation inside its forward): that point is recomputed from the module's input
+    and placed where the module was entered, before its children."""
     import torch
 
     if isinstance(model, torch.export.ExportedProgram):
@@ -226,16 +262,16 @@ def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np
     keep: list[Any] = list(inputs)  # keeps tensors alive so id() stays unique during the run
     producers: dict[int, str] = {id(t): f"input:{i}" for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)}
     counts: dict[str, int] = {}
-    snapshots: dict[int, list[list[Any]]] = {}
+    snapshots: dict[int, list[tuple[list[Any], int]]] = {}
     handles = []
 
     def pre_hook(mod: Any, args: Any, kwargs: Any) -> None:
         flat = [t for t in _flat_tensors((args, kwargs)) if t.is_floating_point()]
-        snapshots.setdefault(id(mod), []).append([(t, t.detach().clone()) for t in flat])
+        snapshots.setdefault(id(mod), []).append(([(t, t.detach().clone()) for t in flat], len(calls)))
 
     def make_hook(path: str, leaf: bool) -> Any:
         def hook(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
-            pairs = snapshots[id(mod)].pop()
+            pairs, entered = snapshots[id(mod)].pop()
             k = counts.get(path, 0) + 1
             counts[path] = k
             name = path if k == 1 else f"{path}#{k}"
@@ -244,26 +280,54 @@ def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np
             identity = primary is not None and any(primary is t and torch.equal(primary, snap) for t, snap in pairs)
             kind = _norm_kind_of(mod)
             eps = getattr(mod, "eps", None)
+            eps = float(eps) if isinstance(eps, (int, float)) else None
+            ins = [_np(snap) for _, snap in pairs]
+            srcs = [producers.get(id(t)) for t, _ in pairs]
+            is_leaf = leaf
+            if kind is not None and primary is not None and pairs:
+                y = _norm_output(mod, kind, pairs[0][1])
+                if y is not None and y.shape == primary.shape and not torch.equal(y, primary):
+                    # the module does more than its norm: its norm point is a row of its own
+                    calls.insert(
+                        entered,
+                        _Call(
+                            f"{name}[norm]",
+                            path,
+                            type(mod).__name__,
+                            0,
+                            True,
+                            _np(y),
+                            ins,
+                            srcs,
+                            False,
+                            kind,
+                            eps,
+                            mod,
+                            "norm",
+                        ),
+                    )
+                    kind, is_leaf = None, False
             calls.append(
                 _Call(
                     name,
                     path,
                     type(mod).__name__,
-                    len(calls),
-                    leaf,
+                    0,
+                    is_leaf,
                     _np(primary.detach().clone()) if primary is not None else None,
-                    [_np(snap) for _, snap in pairs],
-                    [producers.get(id(t)) for t, _ in pairs],
+                    ins,
+                    srcs,
                     identity,
                     kind,
-                    float(eps) if isinstance(eps, (int, float)) else None,
+                    eps,
+                    mod,
                 )
             )
             keep.extend(outs)
             if identity:
                 return
             for t in outs:
-                if leaf:
+                if is_leaf:
                     producers[id(t)] = name
                 else:
                     producers.setdefault(id(t), name)
@@ -282,6 +346,8 @@ def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np
     finally:
         for h in handles:
             h.remove()
+    for i, c in enumerate(calls):
+        c.index = i
     outputs = [_np(t) for t in _flat_tensors(out)]
     keep.clear()
     return calls, outputs
@@ -562,8 +628,13 @@ def _align(items: Sequence[_Call], values: Sequence[tuple[str, np.ndarray]]) -> 
 
 def _map_calls(
     model: onnx.ModelProto, calls: Sequence[_Call], values: Mapping[str, np.ndarray]
-) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]], dict[str, str], list[str]]:
-    """(call name → (value, how), call name → ONNX entry values, value → norm node name, notes)."""
+) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]], dict[str, str], list[str], dict[str, str]]:
+    """(call name → (value, how), call name → ONNX entry values, value → norm node name, notes,
+    folded pairs: call name → the other call of a Conv/Linear + BatchNorm pair folded into one node).
+
+    A module gets a value of its own or none: with the exporter's scope metadata on most nodes, a
+    module whose scope has no node (a constant-folded ``pos(arange(T))``, a fused activation) stays
+    unmapped rather than being aligned with a neighbour's value."""
     g = model.graph
     consumers = _consumers(model)
     outs = {o.name for o in g.output}
@@ -594,6 +665,7 @@ def _map_calls(
     for path, cs in by_module.items():
         if path not in members:
             continue
+        cs = [c for c in cs if c.point == "output"]  # norm points: by the norm's own nodes below
         ex = _exits(model, members[path], consumers, outs)
         entries_p = [v for v in _entries(model, members[path], producer, const_like) if v in values]
         for c in cs:
@@ -607,7 +679,13 @@ def _map_calls(
             mapped[c.name] = (pick, "metadata")
             if c.leaf:
                 used.add(pick)
-    if g.node and with_meta < len(g.node) // 2:
+    folded = _fold_pairs(model, calls, mapped, members, producer, entries)
+    for c_name, b_name in folded.items():
+        if c_name in mapped and b_name not in mapped:
+            mapped[b_name] = (mapped.pop(c_name)[0], "folded")
+    folded.update({b: c for c, b in list(folded.items())})
+    dense_meta = bool(g.node) and with_meta >= len(g.node) // 2
+    if g.node and not dense_meta:
         notes.append(
             f"only {with_meta}/{len(g.node)} ONNX nodes carry module-scope metadata "
             "(torch.onnx drops it when converting to opset 17); mapped by norm metadata and alignment"
@@ -653,8 +731,11 @@ def _map_calls(
                 if c.name not in entries and name in groups:
                     entries[c.name] = [e for e in _entries(model, groups[name], producer, const_like) if e in values]
 
-    # 3. alignment of the remaining leaf calls between the anchors
+    # 3. alignment of the remaining leaf calls between the anchors (only without scope metadata:
+    # with it, a leaf whose scope has no node has no value of its own)
     leaves = [c for c in calls if c.leaf and not c.identity and c.output is not None]
+    if dense_meta:
+        leaves = [c for c in leaves if c.name in mapped]
     cand = sorted((v for v in values if v not in used and order.get(v, -1) >= 0), key=lambda v: order[v])
     segment: list[_Call] = []
     lo = -1
@@ -673,7 +754,42 @@ def _map_calls(
         else:
             segment.append(c)
     flush(math.inf)
-    return mapped, entries, value_norm, notes
+    return mapped, entries, value_norm, notes, folded
+
+
+def _is_folded_node(node: onnx.NodeProto) -> bool:
+    """A Conv/Gemm/MatMul that normonnx's optimizer folded a BatchNorm into (its naming: the node
+    ``…/bn_folded``, the weight ``…/bn_folded`` and the bias ``…/bn_folded_bias``)."""
+    return node.name.endswith("/bn_folded") or any(v.endswith("/bn_folded_bias") for v in node.input)
+
+
+def _fold_pairs(
+    model: onnx.ModelProto,
+    calls: Sequence[_Call],
+    mapped: Mapping[str, tuple[str, str]],
+    members: Mapping[str, set[int]],
+    producer: Mapping[str, int],
+    entries: dict[str, list[str]],
+) -> dict[str, str]:
+    """{linear call: batchnorm call} for BatchNorms folded into the op before them: the BatchNorm's
+    scope has no node, its input comes from the linear call, and the value mapped to the linear
+    call is produced by a folded node (so it is the pair's output, not the linear op's)."""
+    out: dict[str, str] = {}
+    by_name = {c.name: c for c in calls}
+    for b in calls:
+        if b.norm_kind != "batch" or b.name in mapped or not b.sources:
+            continue
+        if b.point == "output" and members.get(b.module):
+            continue  # the BatchNorm has nodes of its own
+        c = by_name.get(b.sources[0] or "")
+        if c is None or c.name not in mapped or c.name in out:
+            continue
+        i = producer.get(mapped[c.name][0])
+        if i is None or not _is_folded_node(model.graph.node[i]):
+            continue
+        out[c.name] = b.name
+        entries[b.name] = list(entries.get(c.name, []))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -781,6 +897,7 @@ def localize(
     ort_optimize: bool = False,
     seed: int = 0,
     dtype: str | None = None,
+    isolated: bool = True,
 ) -> LocalizeReport:
     """Compare every torch module's output with its ONNX value; report the first divergence.
 
@@ -789,7 +906,12 @@ def localize(
     graph optimizations off unless ``ort_optimize`` (exposed values then block some fusions).
     Tolerances are looked up for ``dtype`` (default: the model's input dtype, see
     :func:`model_dtype`), not for each value's own: an fp16 deployment keeps some values in fp32
-    and they carry fp16 error all the same.
+    and they carry fp16 error all the same. Without a user atol/rtol each layer's tolerance is
+    derived from its error model (:mod:`normonnx.compare.derive`) with the table as the floor.
+
+    ``isolated`` (default): each mapped module's ONNX nodes also run on torch's own inputs
+    (:mod:`normonnx.isolate`); the culprit is the first module whose *isolated* error fails, so
+    drift accumulated upstream never blames a healthy module. Both numbers are reported.
     """
     check_usage(check, atol, rtol)
     proto, label = _load(onnx_path)
@@ -811,19 +933,39 @@ def localize(
         outputs.append(compare_arrays(name, a, r, _tol(dtype or str(a.dtype), "model", provider, atol, rtol), check))
         if a.shape == r.shape:
             errors[f"output:{name}"], rel_errors[f"output:{name}"] = _error_sample(a, r)
-    mapped, entries, value_norm, notes = _map_calls(proto, calls, values)
+    mapped, entries, value_norm, notes, folded = _map_calls(proto, calls, values)
     records = norm_records(proto)
+    by_name = {c.name: c for c in calls}
+    refs: dict[str, np.ndarray] = {}
+    tols: dict[str, tuple[Tolerance, str, Tolerance | None, str]] = {}
+    for c in calls:
+        v = mapped.get(c.name, (None, ""))[0]
+        if v is None or c.output is None:
+            continue
+        refs[c.name] = _with_fused_activation(c, records.get(value_norm.get(v, ""), {}))
+        pair = by_name.get(folded.get(c.name, ""))
+        tols[c.name] = _layer_tolerance(c, pair, refs[c.name], dtype or str(values[v].dtype), provider, atol, rtol)
+    iso: dict[str, OutputComparison] = {}
+    gaps: dict[str, list[tuple[str, OutputComparison]]] = {}
+    if isolated:
+        from .isolate import isolated_comparisons
+
+        iso, gaps, iso_notes = isolated_comparisons(
+            proto, calls, mapped, entries, refs, tols, arrays, types, values, dtype, provider, threads, check
+        )
+        notes += iso_notes
     layers: list[LayerResult] = []
     result_of: dict[str, LayerResult] = {}
     for c in calls:
         v, how = mapped.get(c.name, (None, "identity" if c.identity else "unmapped"))
+        if c.name in folded and v is None:
+            how = "folded"
         comparison = None
-        if v is not None and c.output is not None:
-            a = values[v]
-            ref = _with_fused_activation(c, records.get(value_norm.get(v, ""), {}))
-            comparison = compare_arrays(
-                c.name, a, ref, _tol(dtype or str(a.dtype), c.norm_kind or "*", provider, atol, rtol), check
-            )
+        model_name = ""
+        if c.name in refs and v is not None:
+            a, ref = values[v], refs[c.name]
+            tol, source, derived, model_name = tols[c.name]
+            comparison = _with_tolerance_facts(compare_arrays(c.name, a, ref, tol, check), source, derived)
             errors[c.name], rel_errors[c.name] = _error_sample(a, ref)
         agree, note = _inputs_agree(c, result_of, entries.get(c.name, []), values, provider, dtype, atol, rtol)
         lr = LayerResult(
@@ -838,15 +980,62 @@ def localize(
             agree,
             note,
             _norm_info(proto, v, value_norm.get(v) if v else None, c, records),
+            isolated=iso.get(c.name),
+            point=c.point,
+            folded_with=folded.get(c.name),
+            error_model=model_name,
         )
+        if lr.folded_with and lr.norm is not None and v is not None:
+            lr.norm["folded_into"] = lr.folded_with
         layers.append(lr)
         result_of[c.name] = lr
-    culprit, between = _culprit(layers)
+    culprit, between = _culprit(layers, gaps)
     unmapped = [lr.name for lr in layers if lr.leaf and lr.mapped_by == "unmapped"]
     if unmapped:
         shown = ", ".join(unmapped[:6]) + (f" and {len(unmapped) - 6} more" if len(unmapped) > 6 else "")
-        notes.append(f"{len(unmapped)} leaf module outputs have no ONNX value (fused or folded away?): {shown}")
+        notes.append(
+            f"{len(unmapped)} leaf module outputs have no ONNX value of their own (fused, folded or constant): {shown}"
+        )
+    for c_name, b_name in folded.items():
+        if mapped.get(c_name) is None and b_name in mapped:
+            notes.append(f"{by_name[b_name].module!r} is folded into {by_name[c_name].module!r}: compared as the pair")
     return LocalizeReport(label, provider, layers, outputs, culprit, between, notes, errors, rel_errors, values)
+
+
+def _layer_tolerance(
+    c: _Call, pair: _Call | None, ref: np.ndarray, dtype: str, provider: str, atol: float | None, rtol: float | None
+) -> tuple[Tolerance, str, Tolerance | None, str]:
+    """(tolerance applied, its source, the derived one, the error model) for one module call.
+
+    The table's value for (dtype, norm kind or "*", provider) is the floor; the error model of
+    :mod:`normonnx.compare.derive` may raise atol above it (reported as "derived"). A user's
+    atol/rtol is applied as given; the derived value is still reported."""
+    from .compare.derive import derived_atol
+
+    floor = tolerance(dtype, c.norm_kind or "*", provider)
+    x = c.inputs[0] if c.inputs else None
+    try:
+        d, model_name = derived_atol(
+            dtype,
+            c.obj,
+            c.norm_kind,
+            x,
+            ref,
+            folded_into=pair.obj if pair is not None else None,
+            folded_input=(pair.inputs[0] if pair is not None and pair.inputs else None),
+        )
+    except Exception as e:  # an error model is evidence; a module it cannot describe keeps the table's value
+        d, model_name = 0.0, f"none ({type(e).__name__})"
+    derived = Tolerance(max(floor.atol, d), floor.rtol)
+    if atol is not None or rtol is not None:
+        return _tol(dtype, c.norm_kind or "*", provider, atol, rtol), "user", derived, model_name
+    return derived, ("derived" if d > floor.atol else "table"), derived, model_name
+
+
+def _with_tolerance_facts(cmp: OutputComparison, source: str, derived: Tolerance | None) -> OutputComparison:
+    cmp.tolerance_source = source
+    cmp.derived = derived
+    return cmp
 
 
 def _with_fused_activation(call: _Call, record: Mapping[str, Any]) -> np.ndarray:
@@ -877,8 +1066,9 @@ def _inputs_agree(
         if src is not None and src.startswith("input:"):
             verdicts.append(True)
             continue
-        if src is not None and src in result_of and result_of[src].passed is not None:
-            ok = bool(result_of[src].passed)
+        acc = result_of[src].comparison if src is not None and src in result_of else None
+        if acc is not None:
+            ok = bool(acc.passed)
             verdicts.append(ok)
             if not ok:
                 notes.append(f"input from {src} diverges")
@@ -902,15 +1092,32 @@ def _inputs_agree(
     return (None if verdicts else True), "; ".join(notes)
 
 
-def _culprit(layers: Sequence[LayerResult]) -> tuple[LayerResult | None, tuple[str | None, str] | None]:
+def _culprit(
+    layers: Sequence[LayerResult], gaps: Mapping[str, Sequence[tuple[str, OutputComparison]]] | None = None
+) -> tuple[LayerResult | None, tuple[str | None, str] | None]:
+    """The first leaf (execution order) whose own error fails: its isolated comparison when it has
+    one, else its accumulated one while its inputs agree. A failing isolated check of the
+    functional code feeding a leaf (``gaps``) places the divergence between two modules."""
+    gaps = gaps or {}
     last_ok: str | None = None
     for lr in layers:
-        if not lr.leaf or lr.comparison is None:
+        if not lr.leaf:
+            continue
+        if any(not g.passed for _, g in gaps.get(lr.name, ())):
+            return None, (last_ok, lr.name)
+        if lr.isolated is not None:
+            if not lr.isolated.passed:
+                return lr, None
+            last_ok = lr.name
+            continue
+        if lr.comparison is None:
             continue
         if lr.comparison.passed:
             last_ok = lr.name
             continue
         if lr.inputs_agree is False:
+            if any(x.isolated is not None for x in layers):
+                continue  # drift from upstream: the isolated checks decide
             return None, (last_ok, lr.name)
         return lr, None
     return None, None
