@@ -10,7 +10,7 @@ deterministic and non-trivial. The shapes they reproduce:
   first norm, as every text transformer starts; ``pos`` has no ONNX value of its own (the exporter
   folds ``pos(arange(T))`` to a constant);
 - ``deep_resnet``: ≥ 50 leaf layers of conv → BN → ReLU residual blocks with realistic running
-  statistics (activations of scale ~100), zero-initialised last BN in every block, the names
+  statistics (activations of scale ~1000), zero-initialised last BN in every block, the names
   ``bn1`` at the top level and ``blocks.4.0.bn1`` deeper;
 - ``ws_attn``: weight-standardised convs (BiT's ``StdConv2d``: the weight is normalised in
   ``forward``), GroupNorm, a diffusers-style attention block with GroupNorm, and a reused
@@ -154,17 +154,20 @@ class DeepResNet(nn.Module):
 
 
 def deep_resnet() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """Realistic statistics: inputs of scale 100 (unnormalised pixels), running_var ~ 1e3."""
+    """Realistic statistics: unnormalised pixels (0..255) into a stem whose BatchNorm keeps their
+    scale (activations ~1000), running_var ~1e3 inside the blocks, a residual stream that grows."""
     torch.manual_seed(0)
     m = DeepResNet()
     _randomise_norms(m, var_scale=1e3, mean_scale=5.0)
     with torch.no_grad():
+        m.conv1.weight.mul_(5.0)
+        m.bn1.running_var.uniform_(0.5, 2.0)
         for b in m.modules():
             if isinstance(b, Block):
                 b.bn2.weight.zero_()  # zero_init_last: the block starts as identity (+ β)
-                b.bn2.bias.normal_(0.0, 5.0)
+                b.bn2.bias.uniform_(0.0, 40.0)
         m.blocks[3][1].bn2.weight.uniform_(0.5, 1.5)  # one trained block: not every bn2 is zero
-    x = 100.0 * torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    x = 255.0 * torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     return m.eval(), (x,)
 
 
