@@ -27,6 +27,7 @@ from _plant import (
     weight_of,
 )
 from _reference import REFERENCE
+from conftest import one_torch_thread
 
 from normonnx.cli import main
 from normonnx.exporter import export
@@ -40,11 +41,12 @@ STANDARD_OPS = ("native", "decomposed")
 def ref_exports(tmp_path_factory):
     d = tmp_path_factory.mktemp("reference")
     out = {}
-    for name, factory in REFERENCE.items():
-        model, inputs = factory()
-        path = d / f"{name}.onnx"
-        export(model, inputs, path, prefer=STANDARD_OPS)
-        out[name] = (path, onnx.load(path))
+    with one_torch_thread():
+        for name, factory in REFERENCE.items():
+            model, inputs = factory()
+            path = d / f"{name}.onnx"
+            export(model, inputs, path, prefer=STANDARD_OPS)
+            out[name] = (path, onnx.load(path))
     return out
 
 
