@@ -139,11 +139,21 @@ class LocalizeReport:
             cmp = c.comparison
             assert cmp is not None
             what = f"first divergence at module {c.name!r} ({c.type}"
-            if c.norm:
+            if c.norm and c.norm.get("folded_into"):
+                what += f", {c.norm.get('kind')} norm folded into {c.norm['folded_into']!r}"
+            elif c.norm:
                 what += f", {c.norm.get('kind')} norm lowered as {c.norm.get('strategy') or '?'}"
                 ops = c.norm.get("onnx_ops") or []
                 if 0 < len(ops) <= 3:
                     what += f" [{'/'.join(ops)}]"
+            iso = c.isolated
+            if iso is not None:
+                what += (
+                    f"): on torch's own inputs max_abs={iso.max_abs:.3g} rel_to_scale={iso.rel_to_scale:.3g} "
+                    f"({iso.tolerance}, {iso.tolerance_source}; needs atol>={iso.required_atol:.3g}); "
+                    f"accumulated max_abs={cmp.max_abs:.3g}"
+                )
+                return what
             what += f"): max_abs={cmp.max_abs:.3g} rel_to_scale={cmp.rel_to_scale:.3g} ({cmp.tolerance})"
             what += "; its inputs agree" if c.inputs_agree else "; its inputs could not be checked"
             return what
@@ -646,10 +656,15 @@ def _map_calls(
     notes: list[str] = []
     used: set[str] = set()
 
-    def fits(c: _Call, v: str) -> bool:
-        # a container's output is its last child's value: containers may share, leaves may not
+    def fits(c: _Call, v: str, reshaped: bool = False) -> bool:
+        # a container's output is its last child's value: containers may share, leaves may not;
+        # ``reshaped``: a value of the module's own nodes holding the same elements in another shape
+        # (a decomposition that leaves [N, C, H·W] where torch returns [N, C, H, W]) is its output too
         free = v not in used or not c.leaf
-        return c.output is not None and v in values and values[v].shape == c.output.shape and free
+        if c.output is None or v not in values or not free:
+            return False
+        a = values[v]
+        return a.shape == c.output.shape or (reshaped and a.size == c.output.size and a.ndim >= 1)
 
     # 1. exporter scope metadata
     scopes = [node_scopes(n) for n in g.node]
@@ -672,7 +687,7 @@ def _map_calls(
             entries[c.name] = entries_p
         live = [c for c in cs if not c.identity and c.output is not None]
         for k, c in enumerate(live):
-            cands = [v for v in ex if fits(c, v)]
+            cands = [v for v in ex if fits(c, v)] or ([v for v in ex if fits(c, v, True)][-1:] if c.leaf else [])
             if not cands:
                 continue
             pick = cands[0] if len(cands) == len(live) - k else min(cands, key=lambda v: _rel_err(values[v], c.output))
@@ -716,16 +731,18 @@ def _map_calls(
             pairs = list(zip(pending, free_groups))
         else:  # pair each call with the next group of its kind and shape, in order
             pairs, j = [], 0
-            for c in pending:
-                while j < len(free_groups) and not (
-                    records.get(free_groups[j][0], {}).get("kind") in (c.norm_kind, None) and fits(c, free_groups[j][1])
+            for c in pending:  # a call with no group of its kind (a folded BatchNorm) consumes none
+                k = j
+                while k < len(free_groups) and not (
+                    records.get(free_groups[k][0], {}).get("kind") in (c.norm_kind, None)
+                    and fits(c, free_groups[k][1], True)
                 ):
-                    j += 1
-                if j < len(free_groups):
-                    pairs.append((c, free_groups[j]))
-                    j += 1
+                    k += 1
+                if k < len(free_groups):
+                    pairs.append((c, free_groups[k]))
+                    j = k + 1
         for c, (name, v) in pairs:
-            if fits(c, v):
+            if fits(c, v, True):
                 mapped[c.name] = (v, "norm")
                 used.add(v)
                 if c.name not in entries and name in groups:
@@ -754,6 +771,20 @@ def _map_calls(
         else:
             segment.append(c)
     flush(math.inf)
+    late = _fold_pairs(model, calls, mapped, members, producer, entries)  # pairs found by alignment
+    for c_name, b_name in late.items():
+        if c_name in mapped and b_name not in mapped:
+            mapped[b_name] = (mapped.pop(c_name)[0], "folded")
+            folded.update({c_name: b_name, b_name: c_name})
+    by_name = {c.name: c for c in calls}
+    for b in calls:  # alignment gave the folded node's value to the BatchNorm itself: name the pair
+        src = by_name.get(b.sources[0] or "") if b.norm_kind == "batch" and b.sources else None
+        if src is None or b.name not in mapped or src.name in mapped or b.name in folded:
+            continue
+        i = producer.get(mapped[b.name][0])
+        if i is not None and _is_folded_node(g.node[i]):
+            mapped[b.name] = (mapped[b.name][0], "folded")
+            folded.update({src.name: b.name, b.name: src.name})
     return mapped, entries, value_norm, notes, folded
 
 
@@ -942,7 +973,8 @@ def localize(
         v = mapped.get(c.name, (None, ""))[0]
         if v is None or c.output is None:
             continue
-        refs[c.name] = _with_fused_activation(c, records.get(value_norm.get(v, ""), {}))
+        ref = _with_fused_activation(c, records.get(value_norm.get(v, ""), {}))
+        refs[c.name] = ref.reshape(values[v].shape) if ref.shape != values[v].shape else ref
         pair = by_name.get(folded.get(c.name, ""))
         tols[c.name] = _layer_tolerance(c, pair, refs[c.name], dtype or str(values[v].dtype), provider, atol, rtol)
     iso: dict[str, OutputComparison] = {}
@@ -986,7 +1018,8 @@ def localize(
             error_model=model_name,
         )
         if lr.folded_with and lr.norm is not None and v is not None:
-            lr.norm["folded_into"] = lr.folded_with
+            node = next((n for n in proto.graph.node if v in n.output), None)
+            lr.norm.update(folded_into=lr.folded_with, strategy="folded", onnx_ops=[node.op_type] if node else [])
         layers.append(lr)
         result_of[c.name] = lr
     culprit, between = _culprit(layers, gaps)
@@ -1350,11 +1383,17 @@ def _attribute_diff(a: onnx.ModelProto, b: onnx.ModelProto, value: str) -> list[
         return [f"{value!r} is produced by {na.op_type} in A, {nb.op_type} in B"]
     aa = {x.name: helper.get_attribute_value(x) for x in na.attribute}
     ab = {x.name: helper.get_attribute_value(x) for x in nb.attribute}
-    return [
+    notes = [
         f"{na.op_type} producing {value!r}: attribute {k} = {aa.get(k)!r} in A, {ab.get(k)!r} in B"
         for k in sorted(set(aa) | set(ab))
         if aa.get(k) != ab.get(k)
     ]
+    notes += [
+        f"{na.op_type} producing {value!r}: input {i} is {x!r} in A, {y!r} in B"
+        for i, (x, y) in enumerate(zip(na.input, nb.input))
+        if x != y
+    ]
+    return notes
 
 
 __all__ = [
