@@ -79,7 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
     g.add_argument("--junit", metavar="FILE", help="write JUnit XML: one testcase per output and per checked layer")
     g.add_argument(
-        "--html", metavar="FILE", help="write a self-contained HTML report with error plots (normonnx[report])"
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML report with error-vs-depth and histogram plots, passing runs too "
+        "(localizes unless --no-localize; normonnx[report])",
     )
 
 
@@ -140,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w}")
 
     loc = None
-    if args.localize or (not rep.passed and not args.no_localize):
+    # --html plots error vs depth and histograms on every run, passing too: they need the layers
+    if args.localize or (args.html and not args.no_localize) or (not rep.passed and not args.no_localize):
         from ..localize import localize
 
         loc = localize(
