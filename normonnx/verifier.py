@@ -274,12 +274,15 @@ def verify(
         outs = []
         for name, a, r in zip(names, got, ref):
             dt = str(r.dtype)
-            tol = tolerance(dt, "model", provider)
+            tol, source = tolerance(dt, "model", provider), "table"
             if rtol is not None or atol is not None:
                 tol = Tolerance(atol if atol is not None else tol.atol, rtol if rtol is not None else tol.rtol)
+                source = "user"
             if per_output and name in per_output:
-                tol = per_output[name]
-            outs.append(compare_arrays(name, a, r, tol, check))
+                tol, source = per_output[name], "user"
+            cmp = compare_arrays(name, a, r, tol, check)
+            cmp.tolerance_source = source  # whole-model outputs: the table's "model" row (errors compound)
+            outs.append(cmp)
         if m64 is not None:
             with torch.no_grad():
                 r64 = [t.numpy() for t in _flatten(m64(*[t.double() if t.is_floating_point() else t for t in tin]))]
