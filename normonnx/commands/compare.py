@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bisect import bisect
     from ..compare import check_statistic, check_tolerance
-    from ..localize import bisect
     from ..modelspec import parse_input_specs, random_inputs
     from ..reports import write_html, write_junit
 

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             for n in pr.notes:
                 print(f"note: {n}")
     if args.bisect:
-        from ..localize import bisect
+        from ..bisect import bisect
 
         bi = bisect(
             args.onnx,
