@@ -47,11 +47,16 @@ class Isolated:
 
 
 def closure(
-    model: onnx.ModelProto, value: str, known: Mapping[str, Any], consts: set[str]
+    model: onnx.ModelProto,
+    value: str,
+    known: Mapping[str, Any],
+    consts: set[str],
+    producer: Mapping[str, int] | None = None,
 ) -> tuple[list[int], list[str]] | None:
     """Nodes (graph order) computing ``value`` from ``known`` values other than itself, and the
     cut (the known values they read). None when a needed value is neither known nor constant."""
-    producer = {v: i for i, n in enumerate(model.graph.node) for v in n.output if v}
+    if producer is None:
+        producer = {v: i for i, n in enumerate(model.graph.node) for v in n.output if v}
     nodes: set[int] = set()
     cut: list[str] = []
     stack = [value]
@@ -100,8 +105,9 @@ def run_isolated(
     del out.graph.value_info[:]
     inputs: dict[str, np.ndarray] = {}
     plans: dict[str, tuple[str, list[str], list[str]]] = {}
+    producer = {v: i for i, n in enumerate(g.node) for v in n.output if v}
     for k, t in enumerate(targets):
-        c = closure(model, t.value, known, consts)
+        c = closure(model, t.value, known, consts, producer)
         if c is None:
             notes.append(f"{t.key}: its ONNX value {t.value!r} cannot be computed from values torch knows")
             continue

@@ -93,7 +93,10 @@ class VerifyReport:
         return text
 
     def format_table(self) -> str:
-        head = ("sample", "output", "shape", "dtype", "max_abs", "max_rel", "rel_scale", "mismatch", "tolerance", "ok")
+        head = (
+            "sample", "output", "shape", "dtype", "max_abs", "max_rel", "rel_scale", "mismatch", "tolerance",
+            "needs atol", "ok",
+        )  # fmt: skip
         rows = []
         for s in self.samples:
             for o in s.outputs:
@@ -107,7 +110,8 @@ class VerifyReport:
                         f"{o.max_rel:.3g}",
                         f"{o.rel_to_scale:.3g}",
                         f"{o.mismatched}/{o.total}",
-                        str(o.tolerance),
+                        f"{o.tolerance} {o.tolerance_source}",
+                        f"{o.required_atol:.3g}",
                         "yes" if o.passed else "NO",
                     )
                 )
