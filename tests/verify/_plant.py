@@ -127,10 +127,16 @@ def plant_axis(model: onnx.ModelProto, module: str, axis: int) -> onnx.ModelProt
 
 
 def plant_drop_activation(model: onnx.ModelProto, module: str) -> onnx.ModelProto:
-    """The SiLU fused into the norm of ``module`` (Sigmoid + Mul in the decomposition) dropped:
-    the norm's nodes end at the affine output."""
+    """The SiLU fused into the norm of ``module`` dropped: the fused node's ``activation``
+    attribute, or the decomposition's Sigmoid + Mul (its nodes then end at the affine output)."""
     m = _copy(model)
     nodes = norm_nodes(m, module)
+    for n in nodes:  # one fused node (normonnx's GroupNorm kernel): its activation attribute
+        keep = [a for a in n.attribute if a.name != "activation"]
+        if len(keep) < len(n.attribute):
+            del n.attribute[:]
+            n.attribute.extend(keep)
+            return m
     sig = next(n for n in nodes if n.op_type == "Sigmoid")
     mul = next(n for n in nodes if n.op_type == "Mul" and sig.output[0] in n.input)
     pre, out = sig.input[0], mul.output[0]

@@ -244,3 +244,18 @@ def test_isolated_error_removes_upstream_drift(ref_exports):
     deep = next(lr for lr in rep.layers if lr.name == "blocks.3.1.bn2")
     assert not deep.comparison.passed and deep.comparison.max_abs > 10 * deep.comparison.tolerance.atol
     assert deep.isolated.passed and deep.isolated.max_abs < deep.isolated.tolerance.atol
+
+
+def test_default_export_clean_and_a_dropped_fused_activation(tmp_path):
+    """The export users get by default (normonnx's kernels when the library is there, standard ops
+    otherwise): clean → no culprit; the SiLU fused into gn2's node dropped → gn2 named."""
+    model, inputs = _fresh("ws_attn")
+    path = tmp_path / "ws.onnx"
+    with one_torch_thread():
+        res = export(model, inputs, path)
+        assert [r.activation for r in res.lowerings] == ["silu", "silu", ""]
+        clean = localize(model, path, inputs)
+        assert clean.passed and clean.culprit is None, clean.verdict()
+        rep = localize(model, plant_drop_activation(onnx.load(path), "gn2"), inputs)
+    assert rep.culprit is not None and rep.culprit.name == "gn2", rep.verdict()
+    assert rep.culprit.norm["fused_activation"] == "silu" and not rep.culprit.isolated.passed
