@@ -1,10 +1,13 @@
-"""Find the layer: the first torch module whose ONNX counterpart diverges while its inputs agree.
+"""Find the layer: the first torch module whose *own* ONNX computation diverges.
 
 ``localize(model, onnx, inputs)`` runs both sides once on the same inputs and returns a
 :class:`LocalizeReport` (data, not a verdict only):
 
 1. torch: forward pre/post hooks on every module record each call's inputs (snapshot before the
-   call, so in-place ops cannot rewrite them) and its first floating output, in execution order;
+   call, so in-place ops cannot rewrite them) and its first floating output, in execution order.
+   A norm module whose output is not its norm's output (an activation inside its own forward, as
+   timm's ``BatchNormAct2d``) also gets a *norm point*, ``name[norm]``: its kind's functional
+   call recomputed from the module's input, placed before the module's children;
 2. ONNX: every intermediate value becomes an extra graph output (types from the exporter's
    annotations and ``onnx.shape_inference``; bfloat16 values through a Cast to float32, numpy
    has no bfloat16), and onnxruntime runs with its own graph optimizations disabled so it cannot
@@ -12,20 +15,24 @@
 3. mapping ONNX values → module calls, most reliable first:
    - ``metadata``: the exporter's ``pkg.torch.onnx.name_scopes`` / ``namespace`` node metadata. A
      module's output is a value produced inside its scope and consumed outside it (or a graph
-     output);
+     output; the same elements in another shape count);
+   - ``folded``: a BatchNorm folded into the Conv/Linear before it has no node; the folded node's
+     value is the pair's output and goes to the BatchNorm's row (``folded_with`` names the conv);
    - ``norm``: nodes of a norm lowered by normonnx carry ``normonnx.norm``; the norm subgraphs (in
-     graph order) are paired with the torch norm modules (in execution order) of the same kind;
-   - ``aligned``: the remaining leaf calls are aligned with the remaining values by a monotone
-     dynamic program over (execution order × topological order) on equal shapes, minimising the
-     scale-relative error (a faulty module still matches its own value far better than its
-     neighbours' values of other shapes; the leaves mapped above act as fixed anchors);
-4. every mapped call is compared with :func:`normonnx.compare.compare_arrays` under the tolerance
-   table for (dtype, norm kind or "*", provider);
-5. the culprit is the first *leaf* call (execution order) whose output fails while its inputs
-   agree (inputs are model inputs, outputs of earlier agreeing calls, or ONNX values entering
-   the module's scope that compare equal). If the first failing leaf already receives diverging
-   inputs, the divergence entered in code outside modules (functional ops in a ``forward``) and
-   the report names the two modules around it.
+     graph order) are paired with the torch norm calls / norm points (in execution order) of the
+     same kind; a fused activation (GroupNorm + SiLU) is applied to the torch side;
+   - ``aligned``: only when most nodes lack scope metadata, the remaining leaf calls are aligned
+     with the remaining values by a monotone dynamic program on equal shapes. With metadata a
+     module whose scope has no node has no value of its own and stays ``unmapped``;
+4. every mapped call is compared twice under its tolerance (the table as floor, raised by the
+   error model of :mod:`normonnx.compare.derive`; a user's atol/rtol as given): *accumulated*
+   (the ONNX value after the whole run) and *isolated* (:mod:`normonnx.isolate`: the module's
+   own ONNX nodes fed with torch's values at their entries);
+5. the culprit is the first *leaf* call (execution order) whose isolated comparison fails. When
+   the functional code feeding a leaf (ONNX values entering its scope, recomputed from torch's
+   values) fails instead, the divergence entered outside modules and the report names the two
+   modules around it. Without isolated results the accumulated comparison decides, with the
+   inputs-agree rule.
 
 ``bisect(a, b, inputs)`` (:mod:`normonnx.bisect`, re-exported here) is the ONNX-only variant.
 """
