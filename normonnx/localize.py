@@ -1034,9 +1034,14 @@ def localize(
         notes.append(
             f"{len(unmapped)} leaf module outputs have no ONNX value of their own (fused, folded or constant): {shown}"
         )
-    for c_name, b_name in folded.items():
-        if mapped.get(c_name) is None and b_name in mapped:
-            notes.append(f"{by_name[b_name].module!r} is folded into {by_name[c_name].module!r}: compared as the pair")
+    pairs = [
+        f"{by_name[b].module!r} into {by_name[c].module!r}"
+        for c, b in folded.items()
+        if mapped.get(c) is None and b in mapped
+    ]
+    if pairs:
+        shown = ", ".join(pairs[:4]) + (f" and {len(pairs) - 4} more" if len(pairs) > 4 else "")
+        notes.append(f"{len(pairs)} BatchNorm(s) folded into the op before them, each compared as the pair: {shown}")
     return LocalizeReport(label, provider, layers, outputs, culprit, between, notes, errors, rel_errors, values)
 
 

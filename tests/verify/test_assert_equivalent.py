@@ -25,7 +25,7 @@ def test_mismatch_raises_with_the_first_wrong_module(net, x, exported, tmp_path)
     assert msg.startswith("MISMATCH: folded.onnx")
     assert "first divergence at module 'bn' (BatchNorm2d, batch norm folded into 'conv')" in msg
     assert "<== first divergence" in msg  # the per-layer table
-    assert "note: 'bn' is folded into 'conv': compared as the pair" in msg
+    assert "note: 1 BatchNorm(s) folded into the op before them, each compared as the pair: 'bn' into 'conv'" in msg
 
 
 def test_fixture(onnx_equivalence, net, x, exported):

@@ -122,7 +122,7 @@ def test_batchnorm_folded_with_a_sign_error(net, x, exported, opset):
     assert rep.culprit.norm["onnx_ops"] == ["Conv"] and rep.culprit.folded_with == "conv"
     conv = next(lr for lr in rep.layers if lr.name == "conv")
     assert conv.mapped_by == "folded" and conv.comparison is None  # folded away: reported, not blamed
-    assert "'bn' is folded into 'conv': compared as the pair" in rep.notes
+    assert "1 BatchNorm(s) folded into the op before them, each compared as the pair: 'bn' into 'conv'" in rep.notes
     assert "first divergence at module 'bn' (BatchNorm2d, batch norm folded into 'conv')" in rep.verdict()
 
 
