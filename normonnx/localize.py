@@ -1,10 +1,13 @@
-"""Find the layer: the first torch module whose ONNX counterpart diverges while its inputs agree.
+"""Find the layer: the first torch module whose *own* ONNX computation diverges.
 
 ``localize(model, onnx, inputs)`` runs both sides once on the same inputs and returns a
 :class:`LocalizeReport` (data, not a verdict only):
 
 1. torch: forward pre/post hooks on every module record each call's inputs (snapshot before the
-   call, so in-place ops cannot rewrite them) and its first floating output, in execution order;
+   call, so in-place ops cannot rewrite them) and its first floating output, in execution order.
+   A norm module whose output is not its norm's output (an activation inside its own forward, as
+   timm's ``BatchNormAct2d``) also gets a *norm point*, ``name[norm]``: its kind's functional
+   call recomputed from the module's input, placed before the module's children;
 2. ONNX: every intermediate value becomes an extra graph output (types from the exporter's
    annotations and ``onnx.shape_inference``; bfloat16 values through a Cast to float32, numpy
    has no bfloat16), and onnxruntime runs with its own graph optimizations disabled so it cannot
@@ -12,24 +15,26 @@
 3. mapping ONNX values → module calls, most reliable first:
    - ``metadata``: the exporter's ``pkg.torch.onnx.name_scopes`` / ``namespace`` node metadata. A
      module's output is a value produced inside its scope and consumed outside it (or a graph
-     output);
+     output; the same elements in another shape count);
+   - ``folded``: a BatchNorm folded into the Conv/Linear before it has no node; the folded node's
+     value is the pair's output and goes to the BatchNorm's row (``folded_with`` names the conv);
    - ``norm``: nodes of a norm lowered by normonnx carry ``normonnx.norm``; the norm subgraphs (in
-     graph order) are paired with the torch norm modules (in execution order) of the same kind;
-   - ``aligned``: the remaining leaf calls are aligned with the remaining values by a monotone
-     dynamic program over (execution order × topological order) on equal shapes, minimising the
-     scale-relative error (a faulty module still matches its own value far better than its
-     neighbours' values of other shapes; the leaves mapped above act as fixed anchors);
-4. every mapped call is compared with :func:`normonnx.compare.compare_arrays` under the tolerance
-   table for (dtype, norm kind or "*", provider);
-5. the culprit is the first *leaf* call (execution order) whose output fails while its inputs
-   agree (inputs are model inputs, outputs of earlier agreeing calls, or ONNX values entering
-   the module's scope that compare equal). If the first failing leaf already receives diverging
-   inputs, the divergence entered in code outside modules (functional ops in a ``forward``) and
-   the report names the two modules around it.
+     graph order) are paired with the torch norm calls / norm points (in execution order) of the
+     same kind; a fused activation (GroupNorm + SiLU) is applied to the torch side;
+   - ``aligned``: only when most nodes lack scope metadata, the remaining leaf calls are aligned
+     with the remaining values by a monotone dynamic program on equal shapes. With metadata a
+     module whose scope has no node has no value of its own and stays ``unmapped``;
+4. every mapped call is compared twice under its tolerance (the table as floor, raised by the
+   error model of :mod:`normonnx.compare.derive`; a user's atol/rtol as given): *accumulated*
+   (the ONNX value after the whole run) and *isolated* (:mod:`normonnx.isolate`: the module's
+   own ONNX nodes fed with torch's values at their entries);
+5. the culprit is the first *leaf* call (execution order) whose isolated comparison fails. When
+   the functional code feeding a leaf (ONNX values entering its scope, recomputed from torch's
+   values) fails instead, the divergence entered outside modules and the report names the two
+   modules around it. Without isolated results the accumulated comparison decides, with the
+   inputs-agree rule.
 
-``bisect(a, b, inputs)`` is the ONNX-only variant (original vs optimized file, provider A vs B):
-values are matched by name and the first diverging value whose producer's inputs agree is
-reported with its node, op type, module scope and norm lowering.
+``bisect(a, b, inputs)`` (:mod:`normonnx.bisect`, re-exported here) is the ONNX-only variant.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from onnx import TensorProto, helper
 
 from . import io as nio
 from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
+from .compare.tolerances import check_usage
 from .errors import InputError
 
 FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
@@ -65,25 +71,38 @@ _MATCH_CAP = 10.0
 class LayerResult:
     """One torch module call and its ONNX counterpart."""
 
-    name: str  # module path, "#k" appended for the k-th call (k >= 2)
+    name: str  # module path, "#k" appended for the k-th call (k >= 2), "[norm]" for a norm point
     module: str  # module path
     type: str  # torch class name
-    index: int  # execution order (module exit order)
+    index: int  # execution order
     leaf: bool
     onnx_value: str | None
-    mapped_by: str  # metadata | norm | aligned | identity | unmapped
+    mapped_by: str  # metadata | norm | folded | aligned | identity | unmapped
+    #: accumulated: the ONNX value after the whole ONNX run vs torch's (upstream drift included)
     comparison: OutputComparison | None
     inputs_agree: bool | None  # None: could not be checked
     input_note: str
     norm: dict[str, Any] | None  # kind, strategy, node, spec, torch_eps, onnx_ops, onnx_epsilon
+    #: isolated: the module's ONNX nodes run on torch's own inputs (its own error, no drift)
+    isolated: OutputComparison | None = None
+    #: "output" or "norm" (the norm's own output inside a module that also applies an activation)
+    point: str = "output"
+    #: a BatchNorm folded into the Conv/Linear before it: the pair's other module
+    folded_with: str | None = None
+    #: the error model behind the derived tolerance (see normonnx.compare.derive)
+    error_model: str = ""
 
     @property
     def passed(self) -> bool | None:
+        """The isolated verdict when there is one (what blames a module), else the accumulated."""
+        if self.isolated is not None:
+            return self.isolated.passed
         return None if self.comparison is None else self.comparison.passed
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["comparison"] = self.comparison.as_dict() if self.comparison else None
+        d["isolated"] = self.isolated.as_dict() if self.isolated else None
         d["passed"] = self.passed
         return d
 
@@ -125,11 +144,21 @@ class LocalizeReport:
             cmp = c.comparison
             assert cmp is not None
             what = f"first divergence at module {c.name!r} ({c.type}"
-            if c.norm:
+            if c.norm and c.norm.get("folded_into"):
+                what += f", {c.norm.get('kind')} norm folded into {c.norm['folded_into']!r}"
+            elif c.norm:
                 what += f", {c.norm.get('kind')} norm lowered as {c.norm.get('strategy') or '?'}"
                 ops = c.norm.get("onnx_ops") or []
                 if 0 < len(ops) <= 3:
                     what += f" [{'/'.join(ops)}]"
+            iso = c.isolated
+            if iso is not None:
+                what += (
+                    f"): on torch's own inputs max_abs={iso.max_abs:.3g} rel_to_scale={iso.rel_to_scale:.3g} "
+                    f"({iso.tolerance}, {iso.tolerance_source}; needs atol>={iso.required_atol:.3g}); "
+                    f"accumulated max_abs={cmp.max_abs:.3g}"
+                )
+                return what
             what += f"): max_abs={cmp.max_abs:.3g} rel_to_scale={cmp.rel_to_scale:.3g} ({cmp.tolerance})"
             what += "; its inputs agree" if c.inputs_agree else "; its inputs could not be checked"
             return what
@@ -187,6 +216,10 @@ class _Call:
     identity: bool
     norm_kind: str | None
     eps: float | None
+    obj: Any = dataclasses.field(default=None, repr=False)  # the torch module (error models read its weights)
+    #: "output" (the module's output) or "norm" (the norm's own output inside a module that does
+    #: more, e.g. ``act(batch_norm(x))`` in a BatchNorm2d subclass; recomputed from its input)
+    point: str = "output"
 
 
 def _norm_kind_of(module: Any) -> str | None:
@@ -197,6 +230,21 @@ def _norm_kind_of(module: Any) -> str | None:
         if classes and isinstance(module, classes):
             return kind.name
     return None
+
+
+def _norm_output(module: Any, kind: str, x: Any) -> Any:
+    """The norm's own functional output on ``x`` (its kind's torch call with the module's
+    parameters), or None when the module cannot be described by its kind."""
+    import torch
+
+    from .norms import KINDS
+
+    try:
+        spec, params = KINDS[kind].from_module(module, x.ndim)
+        tp = {k: torch.from_numpy(v).to(x.dtype) for k, v in params.items()}
+        return KINDS[kind].torch_forward(spec, x, tp)
+    except Exception:
+        return None
 
 
 def _flat_tensors(obj: Any) -> list[Any]:
@@ -216,7 +264,11 @@ def _np(t: Any) -> np.ndarray:
 
 
 def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np.ndarray]]:
-    """Run ``model`` once with hooks on every submodule; return (calls in exit order, outputs)."""
+    """Run ``model`` once with hooks on every submodule; return (calls in execution order, outputs).
+
+    A call's position is its exit, except the ``norm`` point of a norm module that does more than
+    its norm (an activation inside its forward): that point is recomputed from the module's input
+    and placed where the module was entered, before its children."""
     import torch
 
     if isinstance(model, torch.export.ExportedProgram):
@@ -225,16 +277,16 @@ def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np
     keep: list[Any] = list(inputs)  # keeps tensors alive so id() stays unique during the run
     producers: dict[int, str] = {id(t): f"input:{i}" for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)}
     counts: dict[str, int] = {}
-    snapshots: dict[int, list[list[Any]]] = {}
+    snapshots: dict[int, list[tuple[list[Any], int]]] = {}
     handles = []
 
     def pre_hook(mod: Any, args: Any, kwargs: Any) -> None:
         flat = [t for t in _flat_tensors((args, kwargs)) if t.is_floating_point()]
-        snapshots.setdefault(id(mod), []).append([(t, t.detach().clone()) for t in flat])
+        snapshots.setdefault(id(mod), []).append(([(t, t.detach().clone()) for t in flat], len(calls)))
 
     def make_hook(path: str, leaf: bool) -> Any:
         def hook(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
-            pairs = snapshots[id(mod)].pop()
+            pairs, entered = snapshots[id(mod)].pop()
             k = counts.get(path, 0) + 1
             counts[path] = k
             name = path if k == 1 else f"{path}#{k}"
@@ -243,26 +295,54 @@ def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np
             identity = primary is not None and any(primary is t and torch.equal(primary, snap) for t, snap in pairs)
             kind = _norm_kind_of(mod)
             eps = getattr(mod, "eps", None)
+            eps = float(eps) if isinstance(eps, (int, float)) else None
+            ins = [_np(snap) for _, snap in pairs]
+            srcs = [producers.get(id(t)) for t, _ in pairs]
+            is_leaf = leaf
+            if kind is not None and primary is not None and pairs:
+                y = _norm_output(mod, kind, pairs[0][1])
+                if y is not None and y.shape == primary.shape and not torch.equal(y, primary):
+                    # the module does more than its norm: its norm point is a row of its own
+                    calls.insert(
+                        entered,
+                        _Call(
+                            f"{name}[norm]",
+                            path,
+                            type(mod).__name__,
+                            0,
+                            True,
+                            _np(y),
+                            ins,
+                            srcs,
+                            False,
+                            kind,
+                            eps,
+                            mod,
+                            "norm",
+                        ),
+                    )
+                    kind, is_leaf = None, False
             calls.append(
                 _Call(
                     name,
                     path,
                     type(mod).__name__,
-                    len(calls),
-                    leaf,
+                    0,
+                    is_leaf,
                     _np(primary.detach().clone()) if primary is not None else None,
-                    [_np(snap) for _, snap in pairs],
-                    [producers.get(id(t)) for t, _ in pairs],
+                    ins,
+                    srcs,
                     identity,
                     kind,
-                    float(eps) if isinstance(eps, (int, float)) else None,
+                    eps,
+                    mod,
                 )
             )
             keep.extend(outs)
             if identity:
                 return
             for t in outs:
-                if leaf:
+                if is_leaf:
                     producers[id(t)] = name
                 else:
                     producers.setdefault(id(t), name)
@@ -281,6 +361,8 @@ def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np
     finally:
         for h in handles:
             h.remove()
+    for i, c in enumerate(calls):
+        c.index = i
     outputs = [_np(t) for t in _flat_tensors(out)]
     keep.clear()
     return calls, outputs
@@ -561,8 +643,13 @@ def _align(items: Sequence[_Call], values: Sequence[tuple[str, np.ndarray]]) -> 
 
 def _map_calls(
     model: onnx.ModelProto, calls: Sequence[_Call], values: Mapping[str, np.ndarray]
-) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]], dict[str, str], list[str]]:
-    """(call name → (value, how), call name → ONNX entry values, value → norm node name, notes)."""
+) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]], dict[str, str], list[str], dict[str, str]]:
+    """(call name → (value, how), call name → ONNX entry values, value → norm node name, notes,
+    folded pairs: call name → the other call of a Conv/Linear + BatchNorm pair folded into one node).
+
+    A module gets a value of its own or none: with the exporter's scope metadata on most nodes, a
+    module whose scope has no node (a constant-folded ``pos(arange(T))``, a fused activation) stays
+    unmapped rather than being aligned with a neighbour's value."""
     g = model.graph
     consumers = _consumers(model)
     outs = {o.name for o in g.output}
@@ -574,10 +661,15 @@ def _map_calls(
     notes: list[str] = []
     used: set[str] = set()
 
-    def fits(c: _Call, v: str) -> bool:
-        # a container's output is its last child's value: containers may share, leaves may not
+    def fits(c: _Call, v: str, reshaped: bool = False) -> bool:
+        # a container's output is its last child's value: containers may share, leaves may not;
+        # ``reshaped``: a value of the module's own nodes holding the same elements in another shape
+        # (a decomposition that leaves [N, C, H·W] where torch returns [N, C, H, W]) is its output too
         free = v not in used or not c.leaf
-        return c.output is not None and v in values and values[v].shape == c.output.shape and free
+        if c.output is None or v not in values or not free:
+            return False
+        a = values[v]
+        return a.shape == c.output.shape or (reshaped and a.size == c.output.size and a.ndim >= 1)
 
     # 1. exporter scope metadata
     scopes = [node_scopes(n) for n in g.node]
@@ -593,20 +685,27 @@ def _map_calls(
     for path, cs in by_module.items():
         if path not in members:
             continue
+        cs = [c for c in cs if c.point == "output"]  # norm points: by the norm's own nodes below
         ex = _exits(model, members[path], consumers, outs)
         entries_p = [v for v in _entries(model, members[path], producer, const_like) if v in values]
         for c in cs:
             entries[c.name] = entries_p
         live = [c for c in cs if not c.identity and c.output is not None]
         for k, c in enumerate(live):
-            cands = [v for v in ex if fits(c, v)]
+            cands = [v for v in ex if fits(c, v)] or ([v for v in ex if fits(c, v, True)][-1:] if c.leaf else [])
             if not cands:
                 continue
             pick = cands[0] if len(cands) == len(live) - k else min(cands, key=lambda v: _rel_err(values[v], c.output))
             mapped[c.name] = (pick, "metadata")
             if c.leaf:
                 used.add(pick)
-    if g.node and with_meta < len(g.node) // 2:
+    folded = _fold_pairs(model, calls, mapped, members, producer, entries)
+    for c_name, b_name in folded.items():
+        if c_name in mapped and b_name not in mapped:
+            mapped[b_name] = (mapped.pop(c_name)[0], "folded")
+    folded.update({b: c for c, b in list(folded.items())})
+    dense_meta = bool(g.node) and with_meta >= len(g.node) // 2
+    if g.node and not dense_meta:
         notes.append(
             f"only {with_meta}/{len(g.node)} ONNX nodes carry module-scope metadata "
             "(torch.onnx drops it when converting to opset 17); mapped by norm metadata and alignment"
@@ -637,23 +736,28 @@ def _map_calls(
             pairs = list(zip(pending, free_groups))
         else:  # pair each call with the next group of its kind and shape, in order
             pairs, j = [], 0
-            for c in pending:
-                while j < len(free_groups) and not (
-                    records.get(free_groups[j][0], {}).get("kind") in (c.norm_kind, None) and fits(c, free_groups[j][1])
+            for c in pending:  # a call with no group of its kind (a folded BatchNorm) consumes none
+                k = j
+                while k < len(free_groups) and not (
+                    records.get(free_groups[k][0], {}).get("kind") in (c.norm_kind, None)
+                    and fits(c, free_groups[k][1], True)
                 ):
-                    j += 1
-                if j < len(free_groups):
-                    pairs.append((c, free_groups[j]))
-                    j += 1
+                    k += 1
+                if k < len(free_groups):
+                    pairs.append((c, free_groups[k]))
+                    j = k + 1
         for c, (name, v) in pairs:
-            if fits(c, v):
+            if fits(c, v, True):
                 mapped[c.name] = (v, "norm")
                 used.add(v)
                 if c.name not in entries and name in groups:
                     entries[c.name] = [e for e in _entries(model, groups[name], producer, const_like) if e in values]
 
-    # 3. alignment of the remaining leaf calls between the anchors
+    # 3. alignment of the remaining leaf calls between the anchors (only without scope metadata:
+    # with it, a leaf whose scope has no node has no value of its own)
     leaves = [c for c in calls if c.leaf and not c.identity and c.output is not None]
+    if dense_meta:
+        leaves = [c for c in leaves if c.name in mapped]
     cand = sorted((v for v in values if v not in used and order.get(v, -1) >= 0), key=lambda v: order[v])
     segment: list[_Call] = []
     lo = -1
@@ -672,7 +776,56 @@ def _map_calls(
         else:
             segment.append(c)
     flush(math.inf)
-    return mapped, entries, value_norm, notes
+    late = _fold_pairs(model, calls, mapped, members, producer, entries)  # pairs found by alignment
+    for c_name, b_name in late.items():
+        if c_name in mapped and b_name not in mapped:
+            mapped[b_name] = (mapped.pop(c_name)[0], "folded")
+            folded.update({c_name: b_name, b_name: c_name})
+    by_name = {c.name: c for c in calls}
+    for b in calls:  # alignment gave the folded node's value to the BatchNorm itself: name the pair
+        src = by_name.get(b.sources[0] or "") if b.norm_kind == "batch" and b.sources else None
+        if src is None or b.name not in mapped or src.name in mapped or b.name in folded:
+            continue
+        i = producer.get(mapped[b.name][0])
+        if i is not None and _is_folded_node(g.node[i]):
+            mapped[b.name] = (mapped[b.name][0], "folded")
+            folded.update({src.name: b.name, b.name: src.name})
+    return mapped, entries, value_norm, notes, folded
+
+
+def _is_folded_node(node: onnx.NodeProto) -> bool:
+    """A Conv/Gemm/MatMul that normonnx's optimizer folded a BatchNorm into (its naming: the node
+    ``…/bn_folded``, the weight ``…/bn_folded`` and the bias ``…/bn_folded_bias``)."""
+    return node.name.endswith("/bn_folded") or any(v.endswith("/bn_folded_bias") for v in node.input)
+
+
+def _fold_pairs(
+    model: onnx.ModelProto,
+    calls: Sequence[_Call],
+    mapped: Mapping[str, tuple[str, str]],
+    members: Mapping[str, set[int]],
+    producer: Mapping[str, int],
+    entries: dict[str, list[str]],
+) -> dict[str, str]:
+    """{linear call: batchnorm call} for BatchNorms folded into the op before them: the BatchNorm's
+    scope has no node, its input comes from the linear call, and the value mapped to the linear
+    call is produced by a folded node (so it is the pair's output, not the linear op's)."""
+    out: dict[str, str] = {}
+    by_name = {c.name: c for c in calls}
+    for b in calls:
+        if b.norm_kind != "batch" or b.name in mapped or not b.sources:
+            continue
+        if b.point == "output" and members.get(b.module):
+            continue  # the BatchNorm has nodes of its own
+        c = by_name.get(b.sources[0] or "")
+        if c is None or c.name not in mapped or c.name in out:
+            continue
+        i = producer.get(mapped[c.name][0])
+        if i is None or not _is_folded_node(model.graph.node[i]):
+            continue
+        out[c.name] = b.name
+        entries[b.name] = list(entries.get(c.name, []))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,6 +933,7 @@ def localize(
     ort_optimize: bool = False,
     seed: int = 0,
     dtype: str | None = None,
+    isolated: bool = True,
 ) -> LocalizeReport:
     """Compare every torch module's output with its ONNX value; report the first divergence.
 
@@ -788,8 +942,14 @@ def localize(
     graph optimizations off unless ``ort_optimize`` (exposed values then block some fusions).
     Tolerances are looked up for ``dtype`` (default: the model's input dtype, see
     :func:`model_dtype`), not for each value's own: an fp16 deployment keeps some values in fp32
-    and they carry fp16 error all the same.
+    and they carry fp16 error all the same. Without a user atol/rtol each layer's tolerance is
+    derived from its error model (:mod:`normonnx.compare.derive`) with the table as the floor.
+
+    ``isolated`` (default): each mapped module's ONNX nodes also run on torch's own inputs
+    (:mod:`normonnx.isolate`); the culprit is the first module whose *isolated* error fails, so
+    drift accumulated upstream never blames a healthy module. Both numbers are reported.
     """
+    check_usage(check, atol, rtol)
     proto, label = _load(onnx_path)
     dtype = dtype or model_dtype(proto)
     tin, arrays = _as_torch_inputs(proto, inputs, seed)
@@ -809,19 +969,40 @@ def localize(
         outputs.append(compare_arrays(name, a, r, _tol(dtype or str(a.dtype), "model", provider, atol, rtol), check))
         if a.shape == r.shape:
             errors[f"output:{name}"], rel_errors[f"output:{name}"] = _error_sample(a, r)
-    mapped, entries, value_norm, notes = _map_calls(proto, calls, values)
+    mapped, entries, value_norm, notes, folded = _map_calls(proto, calls, values)
     records = norm_records(proto)
+    by_name = {c.name: c for c in calls}
+    refs: dict[str, np.ndarray] = {}
+    tols: dict[str, tuple[Tolerance, str, Tolerance | None, str]] = {}
+    for c in calls:
+        v = mapped.get(c.name, (None, ""))[0]
+        if v is None or c.output is None:
+            continue
+        ref = _with_fused_activation(c, records.get(value_norm.get(v, ""), {}))
+        refs[c.name] = ref.reshape(values[v].shape) if ref.shape != values[v].shape else ref
+        pair = by_name.get(folded.get(c.name, ""))
+        tols[c.name] = _layer_tolerance(c, pair, refs[c.name], dtype or str(values[v].dtype), provider, atol, rtol)
+    iso: dict[str, OutputComparison] = {}
+    gaps: dict[str, list[tuple[str, OutputComparison]]] = {}
+    if isolated:
+        from .isolate import isolated_comparisons
+
+        iso, gaps, iso_notes = isolated_comparisons(
+            proto, calls, mapped, entries, refs, tols, arrays, types, values, dtype, provider, threads, check
+        )
+        notes += iso_notes
     layers: list[LayerResult] = []
     result_of: dict[str, LayerResult] = {}
     for c in calls:
         v, how = mapped.get(c.name, (None, "identity" if c.identity else "unmapped"))
+        if c.name in folded and v is None:
+            how = "folded"
         comparison = None
-        if v is not None and c.output is not None:
-            a = values[v]
-            ref = _with_fused_activation(c, records.get(value_norm.get(v, ""), {}))
-            comparison = compare_arrays(
-                c.name, a, ref, _tol(dtype or str(a.dtype), c.norm_kind or "*", provider, atol, rtol), check
-            )
+        model_name = ""
+        if c.name in refs and v is not None:
+            a, ref = values[v], refs[c.name]
+            tol, source, derived, model_name = tols[c.name]
+            comparison = _with_tolerance_facts(compare_arrays(c.name, a, ref, tol, check), source, derived)
             errors[c.name], rel_errors[c.name] = _error_sample(a, ref)
         agree, note = _inputs_agree(c, result_of, entries.get(c.name, []), values, provider, dtype, atol, rtol)
         lr = LayerResult(
@@ -836,15 +1017,68 @@ def localize(
             agree,
             note,
             _norm_info(proto, v, value_norm.get(v) if v else None, c, records),
+            isolated=iso.get(c.name),
+            point=c.point,
+            folded_with=folded.get(c.name),
+            error_model=model_name,
         )
+        if lr.folded_with and lr.norm is not None and v is not None:
+            node = next((n for n in proto.graph.node if v in n.output), None)
+            lr.norm.update(folded_into=lr.folded_with, strategy="folded", onnx_ops=[node.op_type] if node else [])
         layers.append(lr)
         result_of[c.name] = lr
-    culprit, between = _culprit(layers)
+    culprit, between = _culprit(layers, gaps)
     unmapped = [lr.name for lr in layers if lr.leaf and lr.mapped_by == "unmapped"]
     if unmapped:
         shown = ", ".join(unmapped[:6]) + (f" and {len(unmapped) - 6} more" if len(unmapped) > 6 else "")
-        notes.append(f"{len(unmapped)} leaf module outputs have no ONNX value (fused or folded away?): {shown}")
+        notes.append(
+            f"{len(unmapped)} leaf module outputs have no ONNX value of their own (fused, folded or constant): {shown}"
+        )
+    pairs = [
+        f"{by_name[b].module!r} into {by_name[c].module!r}"
+        for c, b in folded.items()
+        if mapped.get(c) is None and b in mapped
+    ]
+    if pairs:
+        shown = ", ".join(pairs[:4]) + (f" and {len(pairs) - 4} more" if len(pairs) > 4 else "")
+        notes.append(f"{len(pairs)} BatchNorm(s) folded into the op before them, each compared as the pair: {shown}")
     return LocalizeReport(label, provider, layers, outputs, culprit, between, notes, errors, rel_errors, values)
+
+
+def _layer_tolerance(
+    c: _Call, pair: _Call | None, ref: np.ndarray, dtype: str, provider: str, atol: float | None, rtol: float | None
+) -> tuple[Tolerance, str, Tolerance | None, str]:
+    """(tolerance applied, its source, the derived one, the error model) for one module call.
+
+    The table's value for (dtype, norm kind or "*", provider) is the floor; the error model of
+    :mod:`normonnx.compare.derive` may raise atol above it (reported as "derived"). A user's
+    atol/rtol is applied as given; the derived value is still reported."""
+    from .compare.derive import derived_atol
+
+    floor = tolerance(dtype, c.norm_kind or "*", provider)
+    x = c.inputs[0] if c.inputs else None
+    try:
+        d, model_name = derived_atol(
+            dtype,
+            c.obj,
+            c.norm_kind,
+            x,
+            ref,
+            folded_into=pair.obj if pair is not None else None,
+            folded_input=(pair.inputs[0] if pair is not None and pair.inputs else None),
+        )
+    except Exception as e:  # an error model is evidence; a module it cannot describe keeps the table's value
+        d, model_name = 0.0, f"none ({type(e).__name__})"
+    derived = Tolerance(max(floor.atol, d), floor.rtol)
+    if atol is not None or rtol is not None:
+        return _tol(dtype, c.norm_kind or "*", provider, atol, rtol), "user", derived, model_name
+    return derived, ("derived" if d > floor.atol else "table"), derived, model_name
+
+
+def _with_tolerance_facts(cmp: OutputComparison, source: str, derived: Tolerance | None) -> OutputComparison:
+    cmp.tolerance_source = source
+    cmp.derived = derived
+    return cmp
 
 
 def _with_fused_activation(call: _Call, record: Mapping[str, Any]) -> np.ndarray:
@@ -875,8 +1109,9 @@ def _inputs_agree(
         if src is not None and src.startswith("input:"):
             verdicts.append(True)
             continue
-        if src is not None and src in result_of and result_of[src].passed is not None:
-            ok = bool(result_of[src].passed)
+        acc = result_of[src].comparison if src is not None and src in result_of else None
+        if acc is not None:
+            ok = bool(acc.passed)
             verdicts.append(ok)
             if not ok:
                 notes.append(f"input from {src} diverges")
@@ -900,259 +1135,53 @@ def _inputs_agree(
     return (None if verdicts else True), "; ".join(notes)
 
 
-def _culprit(layers: Sequence[LayerResult]) -> tuple[LayerResult | None, tuple[str | None, str] | None]:
+def _culprit(
+    layers: Sequence[LayerResult], gaps: Mapping[str, Sequence[tuple[str, OutputComparison]]] | None = None
+) -> tuple[LayerResult | None, tuple[str | None, str] | None]:
+    """The first leaf (execution order) whose own error fails: its isolated comparison when it has
+    one, else its accumulated one while its inputs agree. A failing isolated check of the
+    functional code feeding a leaf (``gaps``) places the divergence between two modules."""
+    gaps = gaps or {}
     last_ok: str | None = None
     for lr in layers:
-        if not lr.leaf or lr.comparison is None:
+        if not lr.leaf:
+            continue
+        if any(not g.passed for _, g in gaps.get(lr.name, ())):
+            return None, (last_ok, lr.name)
+        if lr.isolated is not None:
+            if not lr.isolated.passed:
+                return lr, None
+            last_ok = lr.name
+            continue
+        if lr.comparison is None:
             continue
         if lr.comparison.passed:
             last_ok = lr.name
             continue
         if lr.inputs_agree is False:
+            if any(x.isolated is not None for x in layers):
+                continue  # drift from upstream: the isolated checks decide
             return None, (last_ok, lr.name)
         return lr, None
     return None, None
 
 
-# ---------------------------------------------------------------------------------------------
-# bisect (ONNX only)
+# bisect (ONNX only) lives in normonnx/bisect.py; the old import path keeps working (lazily: bisect
+# imports this module's helpers)
+_MOVED = {"BisectReport", "ValueResult", "bisect"}
 
 
-@dataclasses.dataclass
-class ValueResult:
-    """One value present in both ONNX runs."""
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from . import bisect as _bisect
 
-    name: str
-    node: str
-    op_type: str
-    index: int  # producer's position in model A
-    scope: str  # innermost module scope (exporter metadata) or ""
-    norm: dict[str, Any] | None
-    comparison: OutputComparison
-    inputs_agree: bool | None
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["comparison"] = self.comparison.as_dict()
-        return d
-
-
-@dataclasses.dataclass
-class BisectReport:
-    """Value-by-value comparison of two ONNX runs and the first diverging value."""
-
-    a: str
-    b: str
-    values: list[ValueResult]
-    outputs: list[OutputComparison]
-    first: ValueResult | None
-    only_in_a: int
-    only_in_b: int
-    notes: list[str]
-
-    @property
-    def passed(self) -> bool:
-        return self.first is None and all(o.passed for o in self.outputs)
-
-    def verdict(self) -> str:
-        f = self.first
-        if f is None:
-            if all(o.passed for o in self.outputs):
-                return f"{len(self.values)} shared values agree"
-            return "every shared value agrees; outputs diverge (in values only one side has)"
-        where = f" in module {f.scope!r}" if f.scope else ""
-        norm = f", {f.norm['kind']} norm lowered as {f.norm.get('strategy')}" if f.norm else ""
-        return (
-            f"first divergence at value {f.name!r} ({f.op_type} node {f.node!r}{where}{norm}): "
-            f"max_abs={f.comparison.max_abs:.3g} rel_to_scale={f.comparison.rel_to_scale:.3g} ({f.comparison.tolerance})"
-        )
-
-    def summary(self) -> str:
-        return f"{self.verdict()} — {self.a} vs {self.b}, {len(self.values)} shared values compared"
-
-    def format_table(self) -> str:
-        from .reports import format_values
-
-        return format_values(self)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "a": self.a,
-            "b": self.b,
-            "verdict": self.verdict(),
-            "first": self.first.as_dict() if self.first else None,
-            "only_in_a": self.only_in_a,
-            "only_in_b": self.only_in_b,
-            "notes": self.notes,
-            "outputs": [o.as_dict() for o in self.outputs],
-            "values": [v.as_dict() for v in self.values],
-        }
-
-
-def _parse_side(spec: str | os.PathLike[str] | onnx.ModelProto) -> tuple[str | None, bool | None]:
-    """ "cpu", "cuda", "cpu:opt", "cpu:noopt" → (provider, optimize); a path → (None, None)."""
-    if isinstance(spec, onnx.ModelProto):
-        return None, None
-    s = os.fspath(spec)
-    prov, _, opt = s.partition(":")
-    if prov in ("cpu", "cuda") and opt in ("", "opt", "noopt") and not os.path.exists(s):
-        return prov, (opt == "opt")
-    return None, None
-
-
-def bisect(
-    onnx_a: str | os.PathLike[str] | onnx.ModelProto,
-    other: str | os.PathLike[str] | onnx.ModelProto,
-    inputs: Any = None,
-    *,
-    provider: str = "cpu",
-    optimize_a: bool = False,
-    rtol: float | None = None,
-    atol: float | None = None,
-    check: str = "elementwise",
-    threads: int | None = None,
-    seed: int = 0,
-) -> BisectReport:
-    """Run A (the reference) and B, compare every value they share by name, find the first divergence.
-
-    ``other`` is a second ONNX file / model (e.g. the optimized one), or a provider spec for the
-    same model: ``"cuda"``, ``"cpu:opt"`` (onnxruntime's graph optimizations on; values we expose
-    cannot be fused away, so this compares kernels more than fusions).
-    """
-    from .verifier import _inputs_from_onnx
-
-    proto_a, label_a = _load(onnx_a)
-    prov_b, opt_b = _parse_side(other)
-    if prov_b is not None:
-        proto_b, label_b = proto_a, f"{label_a} on {other}"
-    else:
-        proto_b, label_b = _load(other)
-        prov_b, opt_b = provider, False
-    if inputs is None:
-        arrays = _inputs_from_onnx(proto_a, seed)
-    else:
-        if not isinstance(inputs, (list, tuple)):
-            inputs = [inputs]
-        arrays = [_np(t) if hasattr(t, "detach") else np.asarray(t) for t in inputs]
-    types_a = infer_types(proto_a)
-    types_b = types_a if proto_b is proto_a else infer_types(proto_b)
-    va = run_values(
-        proto_a,
-        onnx_input_arrays(proto_a, arrays),
-        provider=provider,
-        optimize=optimize_a,
-        threads=threads,
-        types=types_a,
-    )
-    vb = run_values(
-        proto_b,
-        onnx_input_arrays(proto_b, arrays),
-        provider=prov_b,
-        optimize=bool(opt_b),
-        threads=threads,
-        types=types_b,
-    )
-    g = proto_a.graph
-    records = norm_records(proto_a)
-    tdt = model_dtype(proto_a)
-    const_a, const_b = constants(proto_a), constants(proto_b)
-    results: list[ValueResult] = []
-    status: dict[str, bool] = {vi.name: True for vi in g.input}  # both sides get the same inputs
-
-    def describe(node: onnx.NodeProto) -> tuple[str, dict[str, Any] | None]:
-        md = node_meta(node)
-        scopes = node_scopes(node) or []
-        norm_name = md.get("normonnx.norm")
-        norm = None
-        if norm_name:
-            rec = records.get(norm_name, {})
-            norm = {
-                "node": norm_name,
-                "kind": rec.get("kind"),
-                "strategy": md.get("normonnx.strategy") or rec.get("strategy"),
-                "spec": rec.get("spec"),
-            }
-        return (scopes[-1] if scopes else ""), norm
-
-    # constants shared by name must be equal (an edited ε is a constant): compared exactly
-    const_owner = {v: n for n in g.node if n.op_type == "Constant" for v in n.output}
-    for name, ca in const_a.items():
-        cb = const_b.get(name)
-        if cb is None or ca.shape != cb.shape:
-            continue
-        cmp = compare_arrays(name, cb, ca, Tolerance(0.0, 1e-6), "elementwise")
-        status[name] = cmp.passed
-        if not cmp.passed:
-            node = const_owner.get(name)
-            scope, norm = describe(node) if node is not None else ("", None)
-            idx = list(g.node).index(node) if node is not None else -1
-            results.append(
-                ValueResult(
-                    name,
-                    node.name if node is not None else name,
-                    "Constant" if node is not None else "initializer",
-                    idx,
-                    scope,
-                    norm,
-                    cmp,
-                    True,
-                )
-            )
-    for i, node in enumerate(g.node):
-        if node.op_type == "Constant":
-            continue
-        for v in node.output:
-            if v not in va or v not in vb or va[v].shape != vb[v].shape:
-                continue
-            a, b = vb[v], va[v]
-            cmp = compare_arrays(v, a, b, _tol(tdt, "*", provider, atol, rtol), check)
-            ins = [status[x] for x in node.input if x in status]  # int shape tensors are not tracked
-            agree = False if not all(ins) else (True if ins else None)
-            scope, norm = describe(node)
-            results.append(ValueResult(v, node.name, node.op_type, i, scope, norm, cmp, agree))
-            status[v] = cmp.passed
-    results.sort(key=lambda r: r.index)
-    first = next((r for r in results if not r.comparison.passed and r.inputs_agree is not False), None)
-    outputs = []
-    for o in g.output:
-        if o.name in va and o.name in vb:
-            b = va[o.name]
-            outputs.append(compare_arrays(o.name, vb[o.name], b, _tol(tdt, "model", provider, atol, rtol), check))
-    notes = []
-    shared = {r.name for r in results}
-    only_a = len([v for v in va if v not in shared])
-    only_b = len([v for v in vb if v not in shared])
-    if not results:
-        notes.append("the two models share no value names; only graph outputs were compared")
-    if first is not None and first.op_type not in ("Constant", "initializer"):
-        notes += _attribute_diff(proto_a, proto_b, first.name)
-    return BisectReport(label_a, label_b, results, outputs, first, only_a, only_b, notes)
-
-
-def _attribute_diff(a: onnx.ModelProto, b: onnx.ModelProto, value: str) -> list[str]:
-    """Differences between the nodes producing ``value`` in A and B (op type, attributes)."""
-    na = next((n for n in a.graph.node if value in n.output), None)
-    nb = next((n for n in b.graph.node if value in n.output), None)
-    if na is None or nb is None:
-        return []
-    if na.op_type != nb.op_type:
-        return [f"{value!r} is produced by {na.op_type} in A, {nb.op_type} in B"]
-    aa = {x.name: helper.get_attribute_value(x) for x in na.attribute}
-    ab = {x.name: helper.get_attribute_value(x) for x in nb.attribute}
-    return [
-        f"{na.op_type} producing {value!r}: attribute {k} = {aa.get(k)!r} in A, {ab.get(k)!r} in B"
-        for k in sorted(set(aa) | set(ab))
-        if aa.get(k) != ab.get(k)
-    ]
+        return getattr(_bisect, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "BisectReport",
     "LayerResult",
     "LocalizeReport",
-    "ValueResult",
-    "bisect",
     "expose_values",
     "infer_types",
     "localize",

@@ -46,6 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .compare import OutputComparison
+from .compare.tolerances import check_usage as _check_usage
 from .errors import InputError, UnsupportedHere
 from .localize import LocalizeReport, infer_types, localize, node_meta, node_scopes, onnx_input_arrays, run_values
 
@@ -199,7 +200,11 @@ def convert(
             v = renames.get(v, v)
             n.input[k] = v
             want = F if k in f32_slots else need
-            if v in inits and inits[v].data_type == F:
+            # float32 initializers, and in a naive norm its float64 statistics constants (the
+            # export keeps the decomposition's constants as initializers, not Constant nodes)
+            if v in inits and (
+                inits[v].data_type == F or (naive_norm[i] and not prot and inits[v].data_type == TensorProto.DOUBLE)
+            ):
                 if prot and node.op_type in block and k not in f32_slots:
                     # an op without a dtype kernel: its weights are still *stored* in dtype
                     n.input[k] = as_type(init_in(v, D), F, n)
@@ -317,6 +322,10 @@ _NOT_IMPL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
 _BAD_TYPE = re.compile(r"Type '?tensor\((?:float16|bfloat16)\)'? of input parameter .* of operator \((\w+)\)")
 
 
+#: how normonnx.runtime.session words a kernel onnxruntime does not have for these types
+_NO_KERNEL = re.compile(r"has no kernel for (\w+)")
+
+
 def _loadable(model: onnx.ModelProto, provider: str) -> str | None:
     """None if onnxruntime loads ``model``; else the op type it has no kernel for (or raises)."""
     from .runtime.session import session
@@ -324,7 +333,10 @@ def _loadable(model: onnx.ModelProto, provider: str) -> str | None:
     try:
         session(model, provider, optimize=False)
         return None
-    except UnsupportedHere:
+    except UnsupportedHere as e:  # the session's own wording of a missing kernel
+        m = _NO_KERNEL.search(str(e))
+        if m:
+            return m.group(1)
         raise
     except Exception as e:
         m = _NOT_IMPL.search(str(e)) or _BAD_TYPE.search(str(e))
@@ -510,6 +522,7 @@ def check_precision(
     """
     from .localize import _as_torch_inputs, _load
 
+    _check_usage(check, atol, rtol)
     proto, label = _load(onnx_path)
     D = ELEM.get(dtype)
     if D is None:

@@ -47,23 +47,29 @@ def _g(x: float) -> str:
 def format_layers(rep: Any, all_layers: bool = False) -> str:
     """The per-module table of a :class:`~normonnx.localize.LocalizeReport`.
 
-    By default: every checked module up to two rows past the first failure, then failing rows
-    only (a wrong layer makes everything after it fail too; the table stays readable).
+    ``acc max_abs``: the ONNX value after the whole run vs torch (upstream drift included);
+    ``own max_abs``: the module's ONNX nodes fed with torch's inputs (its own error), judged under
+    ``tolerance`` (``table``, ``derived`` from the error model, or ``user``); ``needs``: the
+    smallest atol that passes it. ``ok`` is the own verdict. By default: every checked module up
+    to two rows past the first failure, then failing rows only.
     """
-    head = ("#", "module", "type", "onnx value", "mapped", "max_abs", "rel_scale", "tolerance", "inputs", "ok")
+    head = (
+        "#", "module", "type", "onnx value", "mapped", "acc max_abs", "own max_abs", "tolerance", "needs", "ok",
+    )  # fmt: skip
     rows = []
     after_fail = 0
     culprit = rep.culprit.name if rep.culprit else None
     for lr in rep.layers:
         c = lr.comparison
+        own = lr.isolated
+        judged = own or c
         if c is None and not all_layers:
             continue
-        if not all_layers and after_fail > 2 and (c is None or c.passed):
+        if not all_layers and after_fail > 2 and (judged is None or judged.passed):
             continue
-        if c is not None and not c.passed:
+        if judged is not None and not judged.passed:
             after_fail += 1
-        inputs = {True: "agree", False: "DIFFER", None: "?"}[lr.inputs_agree]
-        ok = "-" if c is None else ("yes" if c.passed else "NO")
+        ok = "-" if judged is None else ("yes" if judged.passed else "NO")
         if lr.name == culprit:
             ok += "  <== first divergence"
         kind = f" [{lr.norm['kind']}:{lr.norm.get('strategy') or '?'}]" if lr.norm else ""
@@ -73,11 +79,11 @@ def format_layers(rep: Any, all_layers: bool = False) -> str:
                 ("  " if not lr.leaf else "") + lr.name,
                 lr.type + kind,
                 str(lr.onnx_value or "-"),
-                lr.mapped_by,
+                lr.mapped_by + (f"+{lr.folded_with}" if lr.folded_with and lr.onnx_value else ""),
                 _g(c.max_abs) if c else "-",
-                _g(c.rel_to_scale) if c else "-",
-                str(c.tolerance) if c else "-",
-                inputs,
+                _g(own.max_abs) if own else "-",
+                f"{judged.tolerance} {judged.tolerance_source}" if judged else "-",
+                _g(judged.required_atol) if judged else "-",
                 ok,
             )
         )
@@ -139,7 +145,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> str:
 def _cmp_message(c: Any) -> str:
     return (
         f"max_abs={_g(c.max_abs)} max_rel={_g(c.max_rel)} rel_to_scale={_g(c.rel_to_scale)} "
-        f"mismatched={c.mismatched}/{c.total} ({c.tolerance}, check={c.check})"
+        f"mismatched={c.mismatched}/{c.total} ({c.tolerance} {c.tolerance_source}, check={c.check}; "
+        f"needs atol>={_g(c.required_atol)})"
     )
 
 
@@ -155,13 +162,14 @@ def junit_cases(name: str, section: Any) -> list[tuple[str, str, str | None, str
         for o in section.outputs:
             cases.append(("localize.outputs", o.name, None if o.passed else _cmp_message(o), _cmp_message(o)))
         for lr in section.checked():
-            c = lr.comparison
+            c = lr.isolated or lr.comparison  # a layer fails on its own error, not on upstream drift
             msg = None
             if not c.passed:
-                msg = _cmp_message(c)
+                msg = ("own error on torch's inputs: " if lr.isolated else "") + _cmp_message(c)
                 if section.culprit is not None and lr.name == section.culprit.name:
                     msg = "FIRST DIVERGENCE: " + msg
-            cases.append(("localize.layers", lr.name, msg, f"{lr.type} → {lr.onnx_value} ({lr.mapped_by})"))
+            detail = f"{lr.type} → {lr.onnx_value} ({lr.mapped_by}); accumulated {_cmp_message(lr.comparison)}"
+            cases.append(("localize.layers", lr.name, msg, detail))
         if section.between is not None:
             cases.append(("localize", "divergence-location", section.verdict(), ""))
     elif name == "stress":
@@ -256,35 +264,39 @@ def _png(fig: Any) -> str:
 
 
 def plot_error_vs_depth(loc: Any) -> str:
-    """Per-layer max |error| and error relative to scale against execution order (base64 PNG)."""
+    """Per-layer max |error| against execution order — accumulated (the whole ONNX run) and own
+    (the module's nodes on torch's inputs) — with each layer's tolerance (base64 PNG)."""
     plt = _pyplot()
     layers = [lr for lr in loc.checked() if lr.leaf]
     fig, ax = plt.subplots(figsize=(9, 3.6))
+    tiny = 1e-12
+
+    def clip(x: float) -> float:
+        return max(x, tiny) if math.isfinite(x) else 1e6
+
     if layers:
         xs = np.arange(len(layers))
-        tiny = 1e-12
-        mabs = [max(lr.comparison.max_abs, tiny) if math.isfinite(lr.comparison.max_abs) else 1e6 for lr in layers]
-        mrel = [
-            max(lr.comparison.rel_to_scale, tiny) if math.isfinite(lr.comparison.rel_to_scale) else 1e6 for lr in layers
-        ]
-        ax.semilogy(xs, mabs, "o-", label="max |onnx − torch|", ms=3)
-        ax.semilogy(xs, mrel, "s--", label="max abs / scale", ms=3)
-        bound = [lr.comparison.tolerance.atol for lr in layers]
-        ax.semilogy(xs, [max(b, tiny) for b in bound], ":", color="gray", label="atol")
+        acc = [clip(lr.comparison.max_abs) for lr in layers]
+        ax.semilogy(xs, acc, "o-", label="accumulated max |onnx − torch|", ms=3)
+        own = [(i, clip(lr.isolated.max_abs)) for i, lr in enumerate(layers) if lr.isolated is not None]
+        if own:
+            ax.semilogy([i for i, _ in own], [v for _, v in own], "s--", label="own (torch's inputs)", ms=3)
+        bound = [clip((lr.isolated or lr.comparison).tolerance.atol) for lr in layers]
+        ax.semilogy(xs, bound, ":", color="gray", label="atol applied")
         for i, lr in enumerate(layers):
             if lr.norm:
                 ax.axvline(i, color="tab:green", alpha=0.15)
-            if not lr.comparison.passed:
-                ax.plot(i, mabs[i], "x", color="red", ms=8)
+            if lr.passed is False:
+                ax.plot(i, clip((lr.isolated or lr.comparison).max_abs), "x", color="red", ms=8)
         if loc.culprit is not None and loc.culprit in layers:
             i = layers.index(loc.culprit)
             ax.annotate(
-                loc.culprit.name, (i, mabs[i]), textcoords="offset points", xytext=(5, 10), color="red", fontsize=8
+                loc.culprit.name, (i, acc[i]), textcoords="offset points", xytext=(5, 10), color="red", fontsize=8
             )
         step = max(1, len(layers) // 30)
         ax.set_xticks(xs[::step])
         ax.set_xticklabels([lr.name for lr in layers][::step], rotation=70, fontsize=6)
-    ax.set_xlabel("module (execution order; green: norm layers, red x: beyond tolerance)")
+    ax.set_xlabel("module (execution order; green: norm layers, red x: own error beyond tolerance)")
     ax.set_ylabel("error")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
@@ -360,13 +372,25 @@ def write_html(
         keys = [k for k in loc.errors if k.startswith("output:")]
         if loc.culprit is not None and loc.culprit.name in loc.errors:
             keys.append(loc.culprit.name)
+        elif loc.errors:  # a passing run: the outputs and the layer closest to its tolerance
+            worst = max(
+                (lr for lr in loc.checked() if lr.name in loc.errors),
+                key=lambda lr: (
+                    (lr.isolated or lr.comparison).required_atol
+                    / max((lr.isolated or lr.comparison).tolerance.atol, 1e-30)
+                ),
+                default=None,
+            )
+            if worst is not None:
+                keys.append(worst.name)
         hist = plot_histograms(
             {k: loc.errors[k] for k in keys}, {k: loc.rel_errors[k] for k in keys if k in loc.rel_errors}
         )
         parts.append(f"<img alt='error histograms' src='data:image/png;base64,{hist}'>")
         rows, bad = [], []
         for lr in loc.layers:
-            c = lr.comparison
+            c, own = lr.comparison, lr.isolated
+            judged = own or c
             rows.append(
                 (
                     lr.index,
@@ -376,19 +400,15 @@ def write_html(
                     lr.mapped_by,
                     f"{lr.norm['kind']}:{lr.norm.get('strategy')}" if lr.norm else "",
                     _g(c.max_abs) if c else "-",
-                    _g(c.rel_to_scale) if c else "-",
-                    {True: "agree", False: "differ", None: "?"}[lr.inputs_agree],
-                    "-" if c is None else ("yes" if c.passed else "NO"),
+                    _g(own.max_abs) if own else "-",
+                    f"{judged.tolerance} {judged.tolerance_source}" if judged else "-",
+                    _g(judged.required_atol) if judged else "-",
+                    "-" if judged is None else ("yes" if judged.passed else "NO"),
                 )
             )
-            bad.append(c is not None and not c.passed)
-        parts.append(
-            _html_table(
-                ("#", "module", "type", "onnx value", "mapped", "norm", "max_abs", "rel_scale", "inputs", "ok"),
-                rows,
-                bad,
-            )
-        )
+            bad.append(lr.passed is False)
+        head = ("#", "module", "type", "onnx value", "mapped", "norm", "acc max_abs", "own max_abs", "tolerance")
+        parts.append(_html_table((*head, "needs atol", "ok"), rows, bad))
     st = sections.get("stress")
     if st is not None:
         parts.append("<h2>Stress inputs (error vs a float64 torch run)</h2>")

@@ -5,6 +5,10 @@ inputs — the example inputs, ``n_samples`` random samples of the same shapes, 
 model has symbolic (dynamic) dims, a sample at a second size — and compares every output with
 :func:`normonnx.compare.compare_arrays` under the tolerance table (or the caller's overrides).
 It returns a :class:`VerifyReport`; it never just returns a bool.
+
+Usage errors (:class:`~normonnx.errors.InputError`, CLI exit 2) are raised before anything runs:
+an unknown ``check``, a NaN, Inf or negative atol/rtol. Latency is measured only when asked
+(``latency_reps``): warm-up calls first, then the median of that many timed calls per side.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import onnx
 
 from . import io as nio
-from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
+from .compare import OutputComparison, Tolerance, check_statistic, check_tolerance, compare_arrays, tolerance
 from .errors import ExportError, InputError, UnsupportedHere
 
 _NP_OF_ONNX = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
@@ -45,10 +49,15 @@ class VerifyReport:
     provider: str
     samples: list[SampleResult]
     lowerings: list[dict[str, object]]
-    torch_ms: float
-    ort_ms: float
+    torch_ms: float | None  # median of timed warm calls; None: not measured
+    ort_ms: float | None
     float64_max_abs: dict[str, float]
     versions: dict[str, str]
+    latency_reps: int = 0
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{s.name}/{o.name}: {w}" for s in self.samples for o in s.outputs for w in o.warnings]
 
     @property
     def passed(self) -> bool:
@@ -75,13 +84,19 @@ class VerifyReport:
         ]
         n_cmp = sum(len(s.outputs) for s in self.samples)
         verdict = "equivalent" if self.passed else "MISMATCH"
-        return (
+        text = (
             f"{verdict}: {os.path.basename(self.onnx_path)} on {self.provider}, {len(self.samples)} samples, {n_cmp} comparisons; "
             + "; ".join(parts)
         )
+        if self.warnings:
+            text += f"; {len(self.warnings)} warning(s): {self.warnings[0]}"
+        return text
 
     def format_table(self) -> str:
-        head = ("sample", "output", "shape", "dtype", "max_abs", "max_rel", "rel_scale", "mismatch", "tolerance", "ok")
+        head = (
+            "sample", "output", "shape", "dtype", "max_abs", "max_rel", "rel_scale", "mismatch", "tolerance",
+            "needs atol", "ok",
+        )  # fmt: skip
         rows = []
         for s in self.samples:
             for o in s.outputs:
@@ -95,7 +110,8 @@ class VerifyReport:
                         f"{o.max_rel:.3g}",
                         f"{o.rel_to_scale:.3g}",
                         f"{o.mismatched}/{o.total}",
-                        str(o.tolerance),
+                        f"{o.tolerance} {o.tolerance_source}",
+                        f"{o.required_atol:.3g}",
                         "yes" if o.passed else "NO",
                     )
                 )
@@ -109,8 +125,10 @@ class VerifyReport:
             "onnx_path": self.onnx_path,
             "provider": self.provider,
             "max_abs": self.max_abs,
-            "torch_ms": self.torch_ms,
-            "ort_ms": self.ort_ms,
+            "latency": None
+            if self.torch_ms is None
+            else {"torch_ms": self.torch_ms, "ort_ms": self.ort_ms, "median_of": self.latency_reps, "warmup": _WARMUP},
+            "warnings": self.warnings,
             "float64_max_abs": {k: (v if math.isfinite(v) else str(v)) for k, v in self.float64_max_abs.items()},
             "versions": self.versions,
             "lowerings": self.lowerings,
@@ -178,6 +196,7 @@ def verify(
     threads: int | None = None,
     ort_optimize: bool = True,
     float64: bool = True,
+    latency_reps: int = 0,
 ) -> VerifyReport:
     """Compare ``model`` (torch, eval) with the ONNX file on several inputs; return the evidence.
 
@@ -186,12 +205,19 @@ def verify(
     second_size:  explicit inputs at another size; by default derived from the symbolic dims.
     float64:      also run a float64 copy of the torch model and report each output's error vs it
                   (skipped for models over :data:`FLOAT64_TWIN_MAX` of weights: the copy is 2x them).
+    latency_reps: > 0: time both sides on the example inputs (3 warm-up calls, then the median
+                  of ``latency_reps`` calls); 0 (default): no latency in the report.
     """
     import torch
 
     from .runtime.session import session
 
     check_statistic(check)
+    check_tolerance(atol, "atol")
+    check_tolerance(rtol, "rtol")
+    for k, t in (per_output or {}).items():
+        if not isinstance(t, Tolerance):
+            raise InputError(f"per_output[{k!r}] is {type(t).__name__}, not a Tolerance")
     proto = nio.load(onnx_path, load_external=False)
     if isinstance(model, torch.nn.Module):
         training = [n or "<root>" for n, m in model.named_modules() if m.training]
@@ -236,20 +262,15 @@ def verify(
         m64 = copy.deepcopy(model).double()
     names = [o.name for o in proto.graph.output]
     samples: list[SampleResult] = []
-    t_torch = t_ort = 0.0
     f64_err: dict[str, float] = {}
     for cname, arrays in cases:
         tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        t0 = time.perf_counter()
         with torch.no_grad():
             try:
                 ref = [t.detach().cpu().numpy() for t in _flatten(model(*tin))]
             except Exception as e:
                 raise InputError(f"the torch model rejected the {cname} inputs: {str(e).splitlines()[0]}") from None
-        t_torch += time.perf_counter() - t0
-        t0 = time.perf_counter()
         got = sess.run(arrays)
-        t_ort += time.perf_counter() - t0
         if len(ref) != len(got):
             raise InputError(
                 f"torch returned {len(ref)} outputs but the ONNX model {len(got)}",
@@ -258,12 +279,15 @@ def verify(
         outs = []
         for name, a, r in zip(names, got, ref):
             dt = str(r.dtype)
-            tol = tolerance(dt, "model", provider)
+            tol, source = tolerance(dt, "model", provider), "table"
             if rtol is not None or atol is not None:
                 tol = Tolerance(atol if atol is not None else tol.atol, rtol if rtol is not None else tol.rtol)
+                source = "user"
             if per_output and name in per_output:
-                tol = per_output[name]
-            outs.append(compare_arrays(name, a, r, tol, check))
+                tol, source = per_output[name], "user"
+            cmp = compare_arrays(name, a, r, tol, check)
+            cmp.tolerance_source = source  # whole-model outputs: the table's "model" row (errors compound)
+            outs.append(cmp)
         if m64 is not None:
             with torch.no_grad():
                 r64 = [t.numpy() for t in _flatten(m64(*[t.double() if t.is_floating_point() else t for t in tin]))]
@@ -275,16 +299,22 @@ def verify(
     from .lowering.graph import recorded_lowerings
     from .runtime.probe import ort_version
 
-    n = len(cases)
+    t_ms = o_ms = None
+    if latency_reps > 0:
+        tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in ex]
+        with torch.no_grad():
+            t_ms = _median_ms(lambda: model(*tin), latency_reps)
+        o_ms = _median_ms(lambda: sess.run(ex), latency_reps)
     return VerifyReport(
         os.fspath(onnx_path),
         provider,
         samples,
         recorded_lowerings(proto),
-        1e3 * t_torch / n,
-        1e3 * t_ort / n,
+        t_ms,
+        o_ms,
         f64_err,
         {"torch": torch.__version__, "onnxruntime": ort_version(), "onnx": onnx.__version__},
+        latency_reps,
     )
 
 
@@ -299,19 +329,22 @@ def _float64_twin_fits(model: Any) -> bool:
     return n <= FLOAT64_TWIN_MAX
 
 
-def check_statistic(check: str, label: str = "check") -> None:
-    """Refuse a ``check`` value before any work (:class:`InputError`, CLI exit 2); ``label``
-    names it in the message (the CLI says ``--check``)."""
-    ok = check in ("elementwise", "max", "mean")
-    if isinstance(check, str) and check.startswith("quantile:"):
-        try:
-            ok = 0.0 <= float(check.split(":", 1)[1]) <= 1.0
-        except ValueError:
-            ok = False
-    if not ok:
-        raise InputError(
-            f"bad {label} {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1 (CLI: --check)"
-        )
+_WARMUP = 3
+
+
+def _median_ms(fn: Any, reps: int) -> float:
+    """Median wall time of ``reps`` calls of ``fn`` after ``_WARMUP`` untimed ones, in ms."""
+    for _ in range(_WARMUP):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+__all__ = ["SampleResult", "VerifyReport", "check_statistic", "check_tolerance", "verify"]
 
 
 def _refuse_bfloat16(proto: onnx.ModelProto, path: Any, example_inputs: Sequence[Any]) -> None:

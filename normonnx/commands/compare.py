@@ -34,12 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..localize import bisect
+    from ..bisect import bisect
+    from ..compare import check_statistic, check_tolerance
     from ..modelspec import parse_input_specs, random_inputs
     from ..reports import write_html, write_junit
-    from ..verifier import check_statistic
 
     check_statistic(args.check, "--check")
+    check_tolerance(args.atol, "--atol")
+    check_tolerance(args.rtol, "--rtol")
     if args.html:
         from ..reports import require_html
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .tolerances import Tolerance
+from .tolerances import Tolerance, check_statistic
 
 
 @dataclasses.dataclass
@@ -38,10 +38,22 @@ class OutputComparison:
     check: str
     passed: bool
     worst_index: list[int]
+    #: elements non-finite on one side only (or different non-finite values): fail every check
+    nonfinite_mismatch: int = 0
+    #: the smallest atol that passes ``check`` at this rtol (Polygraphy's "minimum required tolerance")
+    required_atol: float = 0.0
+    #: the smallest rtol that passes the elementwise rule at this atol (inf: an error where |r| = 0)
+    required_rtol: float = 0.0
+    #: where ``tolerance`` came from: "table", "derived" (an error model, see derive.py), "user"
+    tolerance_source: str = "table"
+    #: the error model's tolerance, reported even when not applied (user tolerances are never widened)
+    derived: Tolerance | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["tolerance"] = {"atol": self.tolerance.atol, "rtol": self.tolerance.rtol}
+        d["derived"] = {"atol": self.derived.atol, "rtol": self.derived.rtol} if self.derived else None
         for k, v in list(d.items()):
             if isinstance(v, float) and not math.isfinite(v):
                 d[k] = str(v)
@@ -51,27 +63,36 @@ class OutputComparison:
 def compare_arrays(
     name: str, actual: np.ndarray, reference: np.ndarray, tol: Tolerance, check: str = "elementwise"
 ) -> OutputComparison:
-    """Statistics of ``actual`` vs ``reference`` (computed in float64)."""
+    """Statistics of ``actual`` vs ``reference`` (computed in float64).
+
+    Verdict rules beyond the tolerance: an element non-finite on one side only (or NaN vs Inf,
+    +Inf vs −Inf) fails under *every* check statistic; identical non-finite values are not
+    errors, but an output that is NaN everywhere on both sides carries a warning (nothing was
+    compared)."""
+    check_statistic(check)
     a = np.asarray(actual)
     r = np.asarray(reference)
     if a.shape != r.shape:
+        n = int(max(a.size, r.size))
         return OutputComparison(
-            name,
-            list(a.shape),
-            str(a.dtype),
-            math.inf,
-            math.inf,
-            math.inf,
-            0.0,
-            math.inf,
-            int(max(a.size, r.size)),
-            int(max(a.size, r.size)),
-            0,
-            0,
-            tol,
-            f"shape {list(a.shape)} != reference {list(r.shape)}",
-            False,
-            [],
+            name=name,
+            shape=list(a.shape),
+            dtype=str(a.dtype),
+            max_abs=math.inf,
+            max_rel=math.inf,
+            mean_abs=math.inf,
+            scale=0.0,
+            rel_to_scale=math.inf,
+            mismatched=n,
+            total=n,
+            nonfinite_actual=0,
+            nonfinite_reference=0,
+            tolerance=tol,
+            check=f"shape {list(a.shape)} != reference {list(r.shape)}",
+            passed=False,
+            worst_index=[],
+            required_atol=math.inf,
+            required_rtol=math.inf,
         )
     a64 = a.astype(np.float64)
     r64 = r.astype(np.float64)
@@ -79,6 +100,7 @@ def compare_arrays(
     fin_r = np.isfinite(r64)
     # identical non-finite values (inf == inf, nan at the same place) are not errors
     same_nonfinite = (~fin_a & ~fin_r) & ((a64 == r64) | (np.isnan(a64) & np.isnan(r64)))
+    one_sided = (~fin_a | ~fin_r) & ~same_nonfinite
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf -> nan: counted as an infinite error below
         diff = np.where(same_nonfinite, 0.0, np.abs(a64 - r64))
     diff = np.where(np.isnan(diff), np.inf, diff)
@@ -86,11 +108,16 @@ def compare_arrays(
     bound = tol.atol + tol.rtol * absr
     fails = diff > bound
     total = int(a.size)
+    n_bad = int(one_sided.sum())
     max_abs = float(diff.max()) if total else 0.0
     # relative error only where the reference is non-zero: at exact zeros it is undefined (max_abs covers them)
     nonzero = absr > 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         rel = np.where(nonzero, diff / np.where(nonzero, absr, 1.0), 0.0)
+        excess_a = diff - tol.rtol * absr  # the atol each element needs at this rtol
+        need_r = np.where(
+            diff <= tol.atol, 0.0, np.where(nonzero, (diff - tol.atol) / np.where(nonzero, absr, 1.0), np.inf)
+        )
     rel = np.where(np.isinf(diff), np.inf, rel)
     max_rel = float(rel.max()) if total else 0.0
     scale = float(absr.max()) if total else 0.0
@@ -98,15 +125,24 @@ def compare_arrays(
     worst = [int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)] if total else []
     if check == "elementwise":
         passed = not bool(fails.any())
+        req_a = float(excess_a.max()) if total else 0.0
     elif check == "max":
         passed = max_abs <= tol.atol + tol.rtol * scale
+        req_a = max_abs - tol.rtol * scale
     elif check == "mean":
         passed = mean_abs <= tol.atol
-    elif check.startswith("quantile:"):
+        req_a = mean_abs
+    else:  # quantile:Q (check_statistic refused anything else)
         q = float(check.split(":", 1)[1])
-        passed = bool(np.quantile(diff - bound, q) <= 0) if total else True
-    else:
-        raise ValueError(f"unknown check {check!r}: use elementwise, max, mean or quantile:Q")
+        with np.errstate(invalid="ignore"):  # quantile interpolates inf − inf around an infinite error
+            passed = bool(np.quantile(diff - bound, q) <= 0) if total else True
+            req_a = float(np.quantile(excess_a, q)) if total else 0.0
+    warnings = []
+    if n_bad:
+        passed = False  # NaN/Inf on one side only fails whatever the statistic
+        req_a = math.inf
+    if total and bool(np.isnan(a64).all() and np.isnan(r64).all()):
+        warnings.append(f"all {total} values are NaN on both sides: nothing was compared")
     return OutputComparison(
         name=name,
         shape=list(a.shape),
@@ -124,4 +160,8 @@ def compare_arrays(
         check=check,
         passed=passed,
         worst_index=worst,
+        nonfinite_mismatch=n_bad,
+        required_atol=max(0.0, req_a) if math.isfinite(req_a) else math.inf,
+        required_rtol=(float(need_r.max()) if total else 0.0) if not n_bad else math.inf,
+        warnings=warnings,
     )

@@ -16,15 +16,69 @@ reference being ``b``). Entries are looked up most-specific first: (dtype, kind,
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
+
+from ..errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
+    """``|a − r| <= atol + rtol·|r|``; both finite and >= 0 (else :class:`InputError`)."""
+
     atol: float
     rtol: float
 
+    def __post_init__(self) -> None:
+        check_tolerance(self.atol, "atol")
+        check_tolerance(self.rtol, "rtol")
+
     def __str__(self) -> str:
         return f"atol={self.atol:g} rtol={self.rtol:g}"
+
+
+def check_tolerance(value: Any, label: str = "atol") -> None:
+    """Refuse a tolerance that is not a finite number >= 0 before any work (:class:`InputError`,
+    CLI exit 2): NaN makes every comparison pass (``x > nan`` is false), Inf accepts any error and
+    a negative bound fails identical arrays."""
+    if value is None:
+        return
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} {value!r} is not a number", note=f"use e.g. {label}=1e-4") from None
+    if not math.isfinite(x) or x < 0:
+        raise InputError(
+            f"{label} {value!r} is not a finite number >= 0",
+            note="NaN would pass every mismatch, Inf any error, a negative bound even identical values",
+        )
+
+
+def check_statistic(check: Any, label: str = "check") -> None:
+    """Refuse a ``check`` value before any work (:class:`InputError`, CLI exit 2); ``label``
+    names it in the message (the CLI says ``--check``)."""
+    ok = check in ("elementwise", "max", "mean")
+    if isinstance(check, str) and check.startswith("quantile:"):
+        try:
+            q = float(check.split(":", 1)[1])
+            ok = 0.0 <= q <= 1.0  # False for NaN too
+        except ValueError:
+            ok = False
+    if not ok:
+        raise InputError(
+            f"bad {label} {check!r}", note="use elementwise, max, mean or quantile:Q with 0 <= Q <= 1 (CLI: --check)"
+        )
+
+
+def check_usage(check: Any, atol: Any = None, rtol: Any = None) -> None:
+    """:func:`check_statistic` and :func:`check_tolerance` for an API entry point's arguments."""
+    check_statistic(check)
+    check_tolerance(atol, "atol")
+    check_tolerance(rtol, "rtol")
+
+
+#: unit roundoff (half an ulp of 1.0) per float dtype: the error model's ``u``
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 TABLE: dict[tuple[str, str, str], Tolerance] = {

@@ -75,6 +75,7 @@ def plant_wrong_eps(model: onnx.ModelProto, norm: str, eps: float) -> tuple[onnx
     idx = norm_nodes_of(m, norm)
     assert idx, f"no lowered norm named like {norm!r}"
     consts = {n.output[0]: n for i, n in enumerate(m.graph.node) if i in idx and n.op_type == "Constant"}
+    inits = {t.name: t for t in m.graph.initializer}
     for i in idx:
         n = m.graph.node[i]
         for a in n.attribute:
@@ -82,15 +83,23 @@ def plant_wrong_eps(model: onnx.ModelProto, norm: str, eps: float) -> tuple[onnx
                 old = a.f
                 a.f = eps
                 return m, old
-        if n.op_type == "Add":  # var + ε in the decomposition: a scalar Constant
-            for v in n.input:
+        if n.op_type == "Add":  # var + ε in the decomposition: a scalar Constant or initializer
+            for k, v in enumerate(n.input):
                 c = consts.get(v)
-                if c is None:
-                    continue
-                arr = numpy_helper.to_array(c.attribute[0].t)
-                if arr.ndim == 0 and 0 < float(arr) < 1e-2:
-                    c.attribute[0].t.CopyFrom(numpy_helper.from_array(np.asarray(eps, arr.dtype), name=v))
-                    return m, float(arr)
+                if c is not None:
+                    arr = numpy_helper.to_array(c.attribute[0].t)
+                    if arr.ndim == 0 and 0 < float(arr) < 1e-2:
+                        c.attribute[0].t.CopyFrom(numpy_helper.from_array(np.asarray(eps, arr.dtype), name=v))
+                        return m, float(arr)
+                t = inits.get(v)
+                if t is not None:
+                    arr = numpy_helper.to_array(t)
+                    if arr.ndim == 0 and 0 < float(arr) < 1e-2:
+                        # a private copy: the constant may be shared with another norm's decomposition
+                        name = f"planted_eps/{n.name}"
+                        m.graph.initializer.append(numpy_helper.from_array(np.asarray(eps, arr.dtype), name))
+                        n.input[k] = name
+                        return m, float(arr)
     raise AssertionError(f"no epsilon found in norm {norm!r}")
 
 
@@ -140,31 +149,14 @@ def plant_layernorm_axis(model: onnx.ModelProto, axis: int = -2) -> onnx.ModelPr
 
 
 def plant_bn_fold_sign(model: onnx.ModelProto, net: Net) -> onnx.ModelProto:
-    """Fold bn into the conv before it with a sign error in the folded bias:
-    W' = W·s, b' = β − (b − μ)·s instead of β + (b − μ)·s, s = γ/√(σ²+ε).
-    The folded Conv keeps the norm's provenance metadata, as a fusion pass should."""
+    """The export folds bn into the conv before it (W' = W·s, b' = β + (b − μ)·s, s = γ/√(σ²+ε));
+    replace the folded bias by a fold with a sign error: b' = β − (b − μ)·s."""
     m = _copy(model)
-    g = m.graph
-    bn_i = next(i for i, n in enumerate(g.node) if n.op_type == "BatchNormalization")
-    bn = g.node[bn_i]
-    conv_i = next(i for i, n in enumerate(g.node) if n.op_type == "Conv" and n.output[0] == bn.input[0])
-    conv = g.node[conv_i]
+    conv = next(n for n in m.graph.node if n.op_type == "Conv" and n.input[2].endswith("/bn_folded_bias"))
     s = (net.bn.weight / torch.sqrt(net.bn.running_var + net.bn.eps)).detach().numpy()
-    w = net.conv.weight.detach().numpy() * s[:, None, None, None]
     b = net.bn.bias.detach().numpy() - (net.conv.bias.detach().numpy() - net.bn.running_mean.numpy()) * s
-    g.initializer.extend(
-        [
-            numpy_helper.from_array(w.astype(np.float32), "folded_w"),
-            numpy_helper.from_array(b.astype(np.float32), "folded_b"),
-        ]
-    )
-    folded = helper.make_node("Conv", [conv.input[0], "folded_w", "folded_b"], [bn.output[0]], name="folded_conv_bn")
-    folded.attribute.extend(conv.attribute)
-    folded.metadata_props.extend(bn.metadata_props)
-    kept = [n for i, n in enumerate(g.node) if i not in (bn_i, conv_i)]
-    kept.insert(conv_i, folded)
-    del g.node[:]
-    g.node.extend(kept)
+    t = next(t for t in m.graph.initializer if t.name == conv.input[2])
+    t.CopyFrom(numpy_helper.from_array(b.astype(np.float32), t.name))
     return m
 
 

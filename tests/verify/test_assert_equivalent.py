@@ -23,9 +23,9 @@ def test_mismatch_raises_with_the_first_wrong_module(net, x, exported, tmp_path)
         assert_onnx_equivalent(net, path, (x,), n_samples=1)
     msg = str(e.value)
     assert msg.startswith("MISMATCH: folded.onnx")
-    assert "first divergence at module 'bn' (BatchNorm2d, batch norm lowered as native [Conv])" in msg
+    assert "first divergence at module 'bn' (BatchNorm2d, batch norm folded into 'conv')" in msg
     assert "<== first divergence" in msg  # the per-layer table
-    assert "note: 1 leaf module outputs have no ONNX value (fused or folded away?): conv" in msg
+    assert "note: 1 BatchNorm(s) folded into the op before them, each compared as the pair: 'bn' into 'conv'" in msg
 
 
 def test_fixture(onnx_equivalence, net, x, exported):

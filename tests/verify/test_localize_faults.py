@@ -23,7 +23,9 @@ from onnx import helper, numpy_helper
 
 from normonnx.localize import localize
 
-ORDER = ["conv", "bn", "act", "gn", "conv2", "inorm", "ln", "fc"]
+# conv is folded with bn (normonnx's export folds every eval BatchNorm into the conv before it):
+# the pair's value is compared on the bn row
+ORDER = ["bn", "act", "gn", "conv2", "inorm", "ln", "fc"]
 FP32_NOISE = 5e-6  # healthy layers of this net: measured ≤ 1.5e-6
 
 
@@ -46,8 +48,10 @@ def _assert_culprit(rep, name, kind, strategy, lo, hi):
     assert c.norm is not None and c.norm["kind"] == kind and c.norm["strategy"] == strategy
     assert lo < c.comparison.max_abs < hi, c.comparison.max_abs
     assert not c.comparison.passed and c.inputs_agree is not False
+    assert c.isolated is not None and not c.isolated.passed  # its own error, on torch's inputs
     for lr in _before(rep, name):
         assert lr.comparison.passed and lr.comparison.max_abs < FP32_NOISE, (lr.name, lr.comparison.max_abs)
+        assert lr.isolated is not None and lr.isolated.passed
     assert not rep.passed
     assert f"module {name!r}" in rep.verdict()
 
@@ -59,10 +63,10 @@ def test_healthy_model_has_no_culprit(net, x, exported, opset):
     assert [lr.name for lr in rep.layers if lr.comparison is not None] == ORDER
     assert max(lr.comparison.max_abs for lr in rep.checked()) < FP32_NOISE
     # both keep the exporter's scope metadata (normonnx restores it after the 18 → 17 conversion)
-    assert rep.mapping == {"metadata": 8}
+    assert rep.mapping == {"metadata": 6, "folded": 2}
     norms = {lr.name: (lr.norm["kind"], lr.norm["strategy"]) for lr in rep.layers if lr.norm}
     assert norms == {
-        "bn": ("batch", "native"),
+        "bn": ("batch", "folded"),
         "gn": ("group", "decomposed"),
         "inorm": ("instance", "decomposed"),
         "ln": ("layer", "native"),
@@ -114,18 +118,21 @@ def test_batchnorm_folded_with_a_sign_error(net, x, exported, opset):
     bad = plant_bn_fold_sign(exported[opset][1], net)
     assert "BatchNormalization" not in [n.op_type for n in bad.graph.node]
     rep = localize(net, bad, (x,))
-    _assert_culprit(rep, "bn", "batch", "native", 0.2, 10.0)
-    assert rep.culprit.norm["onnx_ops"] == ["Conv"]
+    _assert_culprit(rep, "bn", "batch", "folded", 0.2, 10.0)
+    assert rep.culprit.norm["onnx_ops"] == ["Conv"] and rep.culprit.folded_with == "conv"
     conv = next(lr for lr in rep.layers if lr.name == "conv")
-    assert conv.mapped_by == "unmapped"  # folded away: reported, not blamed
-    assert any("conv" in n and "no ONNX value" in n for n in rep.notes)
+    assert conv.mapped_by == "folded" and conv.comparison is None  # folded away: reported, not blamed
+    assert "1 BatchNorm(s) folded into the op before them, each compared as the pair: 'bn' into 'conv'" in rep.notes
+    assert "first divergence at module 'bn' (BatchNorm2d, batch norm folded into 'conv')" in rep.verdict()
 
 
 def test_without_scope_metadata_the_same_culprit_is_found(net, x, exported):
     bad = strip_scope_metadata(plant_wrong_eps(exported[18][1], "group_norm", 1e-3)[0])
     rep = localize(net, bad, (x,))
     _assert_culprit(rep, "gn", "group", "decomposed", 2e-3, 2e-2)
-    assert rep.mapping == {"norm": 4, "aligned": 4}
+    # without scope metadata: norms by their normonnx.norm nodes, the rest aligned, the fold found
+    # from the aligned conv's folded node
+    assert rep.mapping == {"norm": 3, "aligned": 3, "folded": 2}
 
 
 def test_fault_in_functional_code_is_placed_between_modules(net, x, exported):

@@ -49,7 +49,7 @@ def test_json_document(sections, tmp_path):
     assert {"name", "type", "onnx_value", "mapped_by", "comparison", "inputs_agree", "norm", "passed"} <= set(
         loc["layers"][0]
     )
-    assert back["bisect"]["first"]["op_type"] == "Constant"
+    assert back["bisect"]["first"]["op_type"] == "Add"  # var + ε, reading the edited ε
 
 
 def test_junit_xml(sections, tmp_path):
@@ -60,13 +60,14 @@ def test_junit_xml(sections, tmp_path):
     assert set(suites) == {"normonnx.verify", "normonnx.localize", "normonnx.bisect"}
     loc = suites["normonnx.localize"]
     cases = loc.findall("testcase")
-    # one testcase per output and per checked layer
-    assert len(cases) == 1 + 8 == int(loc.get("tests"))
+    # one testcase per output and per checked layer (conv is folded with bn: one value, on bn)
+    assert len(cases) == 1 + 7 == int(loc.get("tests"))
     names = [c.get("name") for c in cases if c.get("classname") == "localize.layers"]
-    assert names == ["conv", "bn", "act", "gn", "conv2", "inorm", "ln", "fc"]
+    assert names == ["bn", "act", "gn", "conv2", "inorm", "ln", "fc"]
     failed = {c.get("name"): c.find("failure") for c in cases if c.find("failure") is not None}
-    assert int(loc.get("failures")) == len(failed) == 1 + 5  # output + gn and everything after it
-    assert failed["gn"].get("message").startswith("FIRST DIVERGENCE: max_abs=")
+    # the output and gn: layers after gn diverge only through their inputs (their own error passes)
+    assert int(loc.get("failures")) == len(failed) == 1 + 1
+    assert failed["gn"].get("message").startswith("FIRST DIVERGENCE: own error on torch's inputs: max_abs=")
     assert "conv" not in failed
     ver = suites["normonnx.verify"].findall("testcase")
     assert [(c.get("classname"), c.get("name")) for c in ver] == [
@@ -118,3 +119,23 @@ def test_stress_and_precision_sections_are_strict_json_and_junit(net, x, exporte
     assert suites["normonnx.stress"].get("tests") == "2" and suites["normonnx.stress"].get("failures") == "0"
     layers = [c for c in suites["normonnx.precision"].iter("testcase") if c.get("classname").endswith(".layers")]
     assert len(layers) == len(sections["precision"].layers) > 5
+
+
+def test_passing_html_report_has_the_plots_and_names_nothing(exported, tmp_path, capsys):
+    """A passing ``verify --html`` (no --localize) still carries error vs depth and histograms."""
+    import os
+
+    from normonnx.cli import main
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "ok.html"
+    rc = main(
+        ["verify", f"{here}/_faults.py:net_and_inputs", str(exported[18][0]), "--samples", "0", "--html", str(out)]
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert rc == 0 and last.startswith("PASSED | equivalent") and "divergence" not in last
+    text = out.read_text(encoding="utf-8")
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert len(pngs) == 2 and all(base64.b64decode(b).startswith(PNG) for b in pngs)
+    assert "every checked module agrees" in text and "first divergence" not in text
+    assert "own max_abs" in text and "needs atol" in text

@@ -81,9 +81,9 @@ def test_cuda_exit_3(exported):
 def test_compare_subcommand(exported, bad_path, tmp_path):
     p = cli("compare", exported[18][0], bad_path, "--junit", tmp_path / "c.xml")
     assert p.returncode == 1, p.stdout + p.stderr
-    assert final(p).startswith("FAILED | first divergence at value 'node_group_norm/const_")
+    assert final(p).startswith("FAILED | first divergence at value 'node_group_norm/add_")  # var + ε
     assert "in module 'gn', group norm lowered as decomposed" in final(p)
     cases = ET.parse(tmp_path / "c.xml").getroot().iter("testcase")
-    assert sum(1 for _ in cases) > 40
+    assert sum(1 for _ in cases) > 30  # one per shared value (39 after BatchNorm folding)
     p = cli("compare", exported[18][0], "cpu:opt")
     assert p.returncode == 0 and final(p).startswith("PASSED | ")
