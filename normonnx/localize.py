@@ -794,8 +794,10 @@ def _map_calls(
 
 
 def _is_folded_node(node: onnx.NodeProto) -> bool:
-    """A Conv/Gemm/MatMul that normonnx's optimizer folded a BatchNorm into (its naming: the node
-    ``…/bn_folded``, the weight ``…/bn_folded`` and the bias ``…/bn_folded_bias``)."""
+    """A Conv/Gemm/MatMul that normonnx's pipeline folded a BatchNorm into: its ``normonnx.folded``
+    metadata names the BatchNorm (files from before that metadata: the ``…/bn_folded`` naming)."""
+    if any(p.key == "normonnx.folded" for p in node.metadata_props):
+        return True
     return node.name.endswith("/bn_folded") or any(v.endswith("/bn_folded_bias") for v in node.input)
 
 

@@ -29,6 +29,8 @@ from . import Match, NoMatch, Rule
 from ._graph import OK, GraphView, Rewrite, Verdict, attr, dtype_name, tensor
 
 LINEAR_BEFORE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: node metadata on a Conv/Gemm/MatMul (and its bias Add) naming the BatchNorm folded into it
+FOLDED_KEY = "normonnx.folded"
 
 
 def is_batchnorm(n: onnx.NodeProto | None) -> bool:
@@ -195,6 +197,8 @@ class BatchNormIntoPreceding(Rule):
         else:
             drop = {"beta": True} if op.op_type == "Gemm" else {}
             nodes = [_copy_node(op, [op.input[0], wt.name, bt.name], [bn.output[0]], name, **drop)]
+        for n in nodes:  # verification compares the pair as one: say which BatchNorm went in
+            n.metadata_props.add(key=FOLDED_KEY, value=bn.name or bn.output[0])
         return Rewrite(m.nodes, nodes, [wt, bt])
 
 
@@ -290,6 +294,8 @@ class BatchNormIntoFollowing(Rule):
         else:
             drop = {"beta": True} if op.op_type == "Gemm" else {}
             nodes = [_copy_node(op, [bn.input[0], wt.name, bt.name], [op.output[0]], name, **drop)]
+        for n in nodes:  # verification compares the pair as one: say which BatchNorm went in
+            n.metadata_props.add(key=FOLDED_KEY, value=bn.name or bn.output[0])
         return Rewrite(m.nodes, nodes, [wt, bt])
 
 
