@@ -38,7 +38,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx.numpy_helper
 
@@ -47,11 +46,12 @@ from .errors import ExportError, InputError, NormOnnxError
 from .lowering import MAX_OPSET, MIN_OPSET, check_opset, check_provider, preference, select
 from .lowering.graph import LoweringRecord
 from .norms import KINDS, validate
+from .opset_convert import TORCH_MIN_OPSET, convert_down
 from .optimize import Report, family_rules, pipeline
 from .spec import DTYPES, NormSpec
 
 #: torch's dynamo exporter emits opset 18+; lower opsets are reached with onnx's version converter
-TORCH_MIN_OPSET = 18
+#: (:data:`normonnx.opset_convert.TORCH_MIN_OPSET`, :func:`~normonnx.opset_convert.convert_down`)
 #: opsets considered when choosing a default: 18, 21, 23 each add a native norm op; 20 is torch's
 #: own default. 17 (the first with LayerNormalization) is left out of the default choice: torch
 #: emits 18+ and reaching 17 needs onnx's version converter, which lacks adapters for some ops
@@ -629,7 +629,7 @@ def _capture_and_recognise(
     program's large initializers are in its file and the model holds references to them."""
     proto = _onnx_export(ep, args, max(opset, TORCH_MIN_OPSET), names, output_names, stage)
     if opset < TORCH_MIN_OPSET:
-        proto = _convert_down(proto, opset)
+        proto = convert_down(proto, opset)
     _name_dynamic_dims(proto, dyn)
     return pipeline.recognise(proto, report, family_rules())
 
@@ -646,157 +646,6 @@ def _record_of(d: Mapping[str, Any]) -> LoweringRecord:
     """A LoweringRecord from the dict a CUDA contrib lowering reports."""
     fields = {f.name for f in dataclasses.fields(LoweringRecord)}
     return LoweringRecord(**{k: v for k, v in d.items() if k in fields})
-
-
-def _convert_down(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Convert the default domain down to ``opset`` (normonnx nodes are left as they are: they
-    are lowered afterwards, directly at the target opset)."""
-    from onnx import version_converter
-
-    # onnx's converter has no Pad 18→17 adapter; Pad-18 only added the optional `axes` input,
-    # so a Pad without it is also a valid Pad-13: hide those from the converter and restore.
-    # Split-18 added `num_outputs`; with a static dim it is the same as Split-13's sizes input.
-    hidden = "normonnx.hidden"
-    model = _copy_model(model)
-    dims = _static_dims(model)
-    elem = _elem_types(model)
-    extra: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type in _TYPES_ONLY_14 and opset < 14 and all(elem.get(i) in _FLOAT_13 for i in node.input):
-            # Add/Sub/Mul/Div-14 only added small integer types: on float inputs they are the -13 op
-            # (the converter has no 14→13 adapter for them)
-            node.domain = hidden
-        elif node.op_type == "Reshape" and opset < 14:
-            # Reshape-14 added allowzero; with allowzero=0, or a target holding no 0, it is Reshape-5
-            attrs = {a.name: a for a in node.attribute}
-            target = _const_of(model, node.input[1])
-            if "allowzero" in attrs and attrs["allowzero"].i and (target is None or 0 in target):
-                raise ExportError(
-                    f"Reshape {node.name!r} with allowzero=1 and a 0 in its shape has no form below opset 14",
-                    note="use opset >= 14",
-                )
-            if "allowzero" in attrs:
-                node.attribute.remove(attrs["allowzero"])
-            node.domain = hidden
-        elif node.op_type == "Pad":
-            if len(node.input) > 3 and node.input[3]:
-                raise ExportError(
-                    "Pad with an axes input (opset 18) cannot be expressed below opset 18", note="use opset >= 18"
-                )
-            node.domain = hidden
-        elif node.op_type == "Split":
-            attrs = {a.name: a for a in node.attribute}
-            if "num_outputs" in attrs:
-                axis = attrs["axis"].i if "axis" in attrs else 0
-                shape = dims.get(node.input[0])
-                if shape is None or not isinstance(shape[axis], int):
-                    raise ExportError(
-                        f"Split {node.name!r} uses num_outputs on a dynamic dim: no opset-17 form",
-                        note="use opset >= 18",
-                    )
-                n, size = attrs["num_outputs"].i, shape[axis]
-                chunk = -(-size // n)
-                sizes = [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
-                name = f"{node.name or node.output[0]}_split_sizes"
-                extra.append(
-                    onnx.helper.make_node(
-                        "Constant", [], [name], value=onnx.numpy_helper.from_array(np.array(sizes, np.int64))
-                    )
-                )
-                node.input[:] = [node.input[0], name]
-                node.attribute.remove(attrs["num_outputs"])
-            node.domain = hidden
-    for c in reversed(extra):  # Constants have no inputs: first in the graph precedes every use
-        model.graph.node.insert(0, c)
-    model.opset_import.add(domain=hidden, version=1)
-    try:
-        converted = version_converter.convert_version(model, opset)
-    except Exception as e:
-        raise ExportError(
-            f"converting the exported model down to opset {opset} failed: {_first_line(e)}",
-            note=f"use opset >= {TORCH_MIN_OPSET} (torch's exporter starts there)",
-        ) from None
-    # the converter drops node metadata (torch's `namespace` scope, which localization reports): restore by name
-    meta = {n.name: list(n.metadata_props) for n in model.graph.node if n.name and n.metadata_props}
-    for node in converted.graph.node:
-        if node.domain == hidden:
-            node.domain = ""
-        if not node.metadata_props and node.name in meta:
-            node.metadata_props.extend(meta[node.name])
-    keep = [o for o in converted.opset_import if o.domain != hidden]
-    del converted.opset_import[:]
-    converted.opset_import.extend(keep)
-    # onnx's converter keeps ReduceX-18's noop_with_empty_axes when going below 18; at its
-    # default (0) the attribute means exactly what the older ops do, so it can be dropped.
-    for node in converted.graph.node:
-        if node.op_type.startswith("Reduce"):
-            for i, a in reversed(list(enumerate(node.attribute))):
-                if a.name == "noop_with_empty_axes":
-                    if a.i != 0:
-                        raise ExportError(
-                            f"{node.op_type} with noop_with_empty_axes=1 has no equivalent below opset 18"
-                        )
-                    del node.attribute[i]
-    return converted
-
-
-#: ops whose opset-14 version only widened the integer types they accept
-_TYPES_ONLY_14 = frozenset({"Add", "Sub", "Mul", "Div"})
-_FLOAT_13 = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-)
-
-
-def _const_of(model: onnx.ModelProto, name: str) -> list[int] | None:
-    """The values of an integer constant (initializer or Constant node), else None."""
-    for t in model.graph.initializer:
-        if t.name == name:
-            return [int(v) for v in onnx.numpy_helper.to_array(t).reshape(-1)]
-    for n in model.graph.node:
-        if n.op_type == "Constant" and name in n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    return [int(v) for v in onnx.numpy_helper.to_array(a.t).reshape(-1)]
-                if a.name in ("value_int", "value_ints"):
-                    return [a.i] if a.name == "value_int" else list(a.ints)
-    return None
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element types of values, from inference where it works (graph inputs, value_info, initializers)."""
-    from .optimize import infer
-
-    m = infer(model)
-    g = m.graph
-    out = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.output, *g.value_info)}
-    out.update({t.name: t.data_type for t in g.initializer})
-    for n in g.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = a.t.data_type
-                elif a.name in ("value_float", "value_floats"):
-                    out[n.output[0]] = onnx.TensorProto.FLOAT
-    return out
-
-
-def _static_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
-    """Known shapes of values (ints for static dims) from value_info and graph inputs."""
-    g = model.graph
-    out: dict[str, list[int | str]] = {}
-    for vi in (*g.input, *g.output, *g.value_info):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
-    return out
-
-
-def _copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
 
 
 def _version() -> str:
