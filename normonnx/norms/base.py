@@ -32,6 +32,8 @@ class NormKind:
     #: input ranks accepted (inclusive)
     min_rank: ClassVar[int] = 2
     max_rank: ClassVar[int] = 8
+    #: fused forms this kind has (``NormSpec.residual`` / ``NormSpec.modulation``)
+    fused_forms: ClassVar[frozenset[str]] = frozenset()
 
     # -- spec ------------------------------------------------------------------------------------
     def validate(self, spec: NormSpec) -> None:
@@ -47,6 +49,12 @@ class NormKind:
             raise SpecError(f"unknown fused activation {spec.activation!r}", note="valid: '' or 'silu'")
         if spec.activation and self.name != "group":
             raise SpecError(f"a fused activation is only supported on group norm, not {self.name}")
+        for form in ("residual", "modulation"):
+            if getattr(spec, form) and form not in self.fused_forms:
+                raise SpecError(
+                    f"a fused {form} is not supported on {self.name} norm",
+                    note=f"{self.name} norm fuses: {', '.join(sorted(self.fused_forms)) or 'nothing'}",
+                )
 
     def param_names(self, spec: NormSpec) -> list[str]:
         """Names of the parameter inputs this spec needs, in the normonnx op's input order."""
@@ -119,6 +127,10 @@ class NormKind:
             attrs["normalized_shape"] = list(spec.normalized_shape)
         if spec.running_stats:
             attrs["running_stats"] = 1
+        if spec.residual:
+            attrs["residual"] = 1
+        if spec.modulation:
+            attrs["modulation"] = 1
         return attrs
 
     def spec_from_attributes(
@@ -137,6 +149,8 @@ class NormKind:
             has_bias=bool(present[1]) if len(present) > 1 else False,
             running_stats=bool(attrs.get("running_stats", 0)),
             activation=str(attrs.get("activation", "")),
+            residual=bool(attrs.get("residual", 0)),
+            modulation=bool(attrs.get("modulation", 0)),
             dtype=dtype,
             rank=rank,
         )

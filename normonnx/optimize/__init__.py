@@ -212,7 +212,16 @@ def apply_rule(rule: Rule, model: onnx.ModelProto, report: Report) -> tuple[onnx
 
 # -- families -----------------------------------------------------------------------------------------------
 def family_rules() -> dict[str, list[Rule]]:
-    from . import canonical, fold_batchnorm, fold_param_norms, fuse_group, fuse_layer, fuse_modulated, fuse_rms
+    from . import (
+        canonical,
+        fold_batchnorm,
+        fold_param_norms,
+        fuse_group,
+        fuse_layer,
+        fuse_modulated,
+        fuse_residual,
+        fuse_rms,
+    )
 
     mods = {
         "fold_batchnorm": fold_batchnorm,
@@ -222,6 +231,7 @@ def family_rules() -> dict[str, list[Rule]]:
         "fuse_layer": fuse_layer,
         "fuse_rms": fuse_rms,
         "modulated": fuse_modulated,
+        "residual": fuse_residual,
     }
     return {name: list(mod.RULES) for name, mod in mods.items()}
 
