@@ -50,9 +50,17 @@ def register_schemas() -> None:
             pass
         inputs = [OpSchema.FormalParameter("X", "T")]
         inputs += [OpSchema.FormalParameter(n, "T", param_option=opt) for n in input_slots(kind.normonnx_op)]
-        outputs = [OpSchema.FormalParameter("Y", "T")]
-        if "residual" in kind.fused_forms:
-            outputs.append(OpSchema.FormalParameter("sum", "T", param_option=opt))
+        # Y, then a residual norm's optional sum X + residual. Declared variadic rather than as a
+        # second optional output: torch's exporter gives a call as many outputs as the schema
+        # declares, and the aten norms it translates have one.
+        variadic = "residual" in kind.fused_forms
+        outputs = [
+            OpSchema.FormalParameter(
+                "Y", "T", "Y[, sum]", param_option=OpSchema.FormalParameterOption.Variadic, min_arity=1
+            )
+            if variadic
+            else OpSchema.FormalParameter("Y", "T")
+        ]
         attrs = [
             OpSchema.Attribute("epsilon", helper.make_attribute("epsilon", 1e-5), "ε added to the variance"),
             OpSchema.Attribute("channels", OpSchema.AttrType.INT, "C (size of axis 1)", required=False),
@@ -61,7 +69,7 @@ def register_schemas() -> None:
             OpSchema.Attribute("channels_first", OpSchema.AttrType.INT, "layer norm over axis 1", required=False),
             OpSchema.Attribute("running_stats", OpSchema.AttrType.INT, "use mean/var inputs", required=False),
             OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "fused activation ('silu')", required=False),
-            OpSchema.Attribute("residual", OpSchema.AttrType.INT, "normalise X + residual", required=False),
+            OpSchema.Attribute("has_residual", OpSchema.AttrType.INT, "normalise X + residual", required=False),
             OpSchema.Attribute("modulation", OpSchema.AttrType.INT, "·(1 + scale) + shift after", required=False),
         ]
         schema = OpSchema(

@@ -128,7 +128,7 @@ class NormKind:
         if spec.running_stats:
             attrs["running_stats"] = 1
         if spec.residual:
-            attrs["residual"] = 1
+            attrs["has_residual"] = 1
         if spec.modulation:
             attrs["modulation"] = 1
         return attrs
@@ -149,7 +149,7 @@ class NormKind:
             has_bias=bool(present[1]) if len(present) > 1 else False,
             running_stats=bool(attrs.get("running_stats", 0)),
             activation=str(attrs.get("activation", "")),
-            residual=bool(attrs.get("residual", 0)),
+            residual=bool(attrs.get("has_residual", 0)),
             modulation=bool(attrs.get("modulation", 0)),
             dtype=dtype,
             rank=rank,

@@ -44,6 +44,8 @@ class ResidualNorm(Rule):
             return NoMatch("the Add does not have two operands")
         if any(p.key == "normonnx.strategy" for p in node.metadata_props):
             return NoMatch("already lowered")
+        if any(a.name == "has_residual" and a.i for a in node.attribute):
+            return NoMatch("already has a residual input")
         return Match(node, [add, node], node.output[0], {"add": add})
 
     def check(self, g: GraphView, m: Match) -> Verdict:
@@ -51,8 +53,6 @@ class ResidualNorm(Rule):
         spec = spec_of_node(g, node)
         if spec is None:
             return Verdict.fail("the norm's input type is unknown", node.input[0])
-        if spec.residual:
-            return Verdict.fail("the norm already has a residual input", node.input[0])
         if spec.channels_first:
             return Verdict.fail("a channels-first LayerNorm has no fused residual form", node.input[0])
         s = add.output[0]

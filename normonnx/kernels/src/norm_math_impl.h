@@ -229,12 +229,17 @@ static void NX_FN(add)(const float* restrict x, const float* restrict r, float* 
 #define NX_IVDEP
 #endif
 
-static void NX_FN(row_ext)(const float* s, float* y, size_t n, float mh, float ml, float r, const float* restrict w,
-                           const float* restrict b, const float* restrict sc, const float* restrict sh) {
+static void NX_FN(row_ext)(const float* s, float* y, size_t n, float mh, float ml, double rstd,
+                           const float* restrict w, const float* restrict b, const float* restrict sc,
+                           const float* restrict sh) {
+  const float r = (float)rstd;
   if (sc) {
+    /* in float64 with one final rounding: the unfused graph rounds four times (the norm, 1 + scale,
+     * the product, the sum), which puts a float32 evaluation here at torch's error, not below it */
+    const double mhd = (double)mh, mld = (double)ml;
     NX_IVDEP for (size_t i = 0; i < n; ++i) {
-      float v = ((s[i] - mh) - ml) * r;
-      y[i] = v * (1.0f + sc[i]) + sh[i];
+      double v = (((double)s[i] - mhd) - mld) * rstd;
+      y[i] = (float)(v * (1.0 + (double)sc[i]) + (double)sh[i]);
     }
   } else if (w && b) {
     NX_IVDEP for (size_t i = 0; i < n; ++i) y[i] = (((s[i] - mh) - ml) * r) * w[i] + b[i];

@@ -7,7 +7,7 @@
  * normalized_shape, num_groups, channels_first, running_stats, activation.
  *
  * Fused forms of the trailing-axes LayerNorm (inputs X, weight?, bias?, residual?, scale?, shift?)
- * and RMSNorm (X, weight?, residual?): attribute residual=1 normalises S = X + R (R of X's shape),
+ * and RMSNorm (X, weight?, residual?): attribute has_residual=1 normalises S = X + R (R of X's shape),
  * S written to the optional second output when the node has one; modulation=1 (LayerNorm
  * without γ/β) gives N(x)·(1 + scale) + shift with scale/shift [N or 1, 1, ..., C].
  *
@@ -126,7 +126,7 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
   k->channels_first = v != 0;
   get_int(info, "running_stats", 0, &v);
   k->running_stats = v != 0;
-  get_int(info, "residual", 0, &v);
+  get_int(info, "has_residual", 0, &v);
   k->residual = v != 0;
   get_int(info, "modulation", 0, &v);
   k->modulation = v != 0;
@@ -175,7 +175,7 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
   if ((k->residual && k->kind != NX_LAYER && k->kind != NX_RMS) || (k->modulation && k->kind != NX_LAYER) ||
       ((k->residual || k->modulation) && k->channels_first)) {
     free(k);
-    return nx_error("normonnx.%s: residual=1 is for trailing LayerNorm/RMSNorm, modulation=1 for trailing LayerNorm",
+    return nx_error("normonnx.%s: has_residual=1 is for trailing LayerNorm/RMSNorm, modulation=1 for trailing LayerNorm",
                     op->name);
   }
   if (k->kind == NX_LAYER && k->channels_first && k->ns_len != 1) {
@@ -305,7 +305,7 @@ static void seg_affine(const NxSegJob* j, size_t s, size_t lo, size_t hi, float 
     const float* src = j->r ? seg_sum_buf(j, s) : x; /* the sum, in place when it is y */
     size_t m = j->msc ? (s / j->segs_per_sample) * j->mstride : 0;
     (void)pf;
-    g_math->row_ext(src + lo, y + lo, hi - lo, mh, ml, (float)rstd, j->w ? j->w + lo : NULL, j->b ? j->b + lo : NULL,
+    g_math->row_ext(src + lo, y + lo, hi - lo, mh, ml, rstd, j->w ? j->w + lo : NULL, j->b ? j->b + lo : NULL,
                     j->msc ? j->msc + m + lo : NULL, j->msh ? j->msh + m + lo : NULL);
     return;
   }
@@ -567,7 +567,7 @@ static void col_task(void* p, size_t t) {
 /* residual R of exactly X's shape; the sum goes to output 1 when the node has it */
 static OrtStatus* setup_residual(OrtKernelContext* ctx, const NxKernel* k, const NxTensor* X, const NxTensor* R,
                                  NxSegJob* j) {
-  if (!R->data) return nx_error("normonnx.%s: residual=1 needs the residual input", k->op);
+  if (!R->data) return nx_error("normonnx.%s: has_residual=1 needs the residual input", k->op);
   int same = R->rank == X->rank;
   for (size_t i = 0; same && i < X->rank; ++i) same = R->dims[i] == X->dims[i];
   if (!same)

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Paired default-session latency of the transformer models: ``normonnx export`` vs the default
+``torch.onnx.export(dynamo=True)``, and what the residual / modulation fusions contribute.
+
+    python scripts/bench_transformers.py                   # vit llama llama_hand dit_block, 41 rounds
+    python scripts/bench_transformers.py dit_block --rounds 15 --threads 2
+
+Per model, three files in default onnxruntime sessions (idle workers spin, as users run them),
+timed by :func:`normonnx.bench.timing.measure_isolated` (one session alive at a time, every round
+in a fresh random order):
+
+- ``default``  — ``torch.onnx.export(model, inputs, dynamo=True)``;
+- ``unfused``  — that file through ``normonnx optimize`` without the ``residual`` family and the
+  ``modulated.layer`` rule (normonnx before the fused forms: Add, norm kernel, Mul/Add apart);
+- ``normonnx`` — ``normonnx export`` (every rule, the CPU default lowering).
+
+Printed: each file's median latency and the paired ratio default / candidate (median over rounds
+of the per-round block-median ratios, :func:`normonnx.bench.timing.paired_ratio`; > 1 = faster than
+the default export), with the rounds' quartiles of that ratio, as the machine is shared and noisy.
+``--json PATH`` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MODELS = ("vit", "llama", "llama_hand", "dit_block")
+NEW_RULES = {"residual.layer", "residual.rms", "modulated.layer"}
+
+
+def files(name: str, d: str) -> tuple[dict[str, str], list[np.ndarray]]:
+    import models
+    from normonnx.bench.models import default_export
+    from normonnx.exporter import export
+    from normonnx.io import save
+    from normonnx.optimize import optimize_model, rule_names
+
+    entry = models.MODELS[name]
+    model = entry.factory().eval()
+    inputs = tuple(entry.example_inputs())
+    paths = {k: os.path.join(d, f"{name}.{k}.onnx") for k in ("default", "unfused", "normonnx")}
+    default_export(model, inputs, paths["default"])
+    old_rules = [r for rs in rule_names().values() for r in rs if r not in NEW_RULES]
+    with contextlib.redirect_stdout(io.StringIO()):
+        save(optimize_model(paths["default"], rules=old_rules, verify=False).model, paths["unfused"])
+        export(model, inputs, paths["normonnx"], input_names=list(entry.input_names))
+    return paths, [t.numpy() for t in inputs]
+
+
+def bench(name: str, rounds: int, threads: int, block_s: float) -> dict[str, object]:
+    from normonnx.bench.timing import default_session, measure_isolated, paired_ratio
+
+    with tempfile.TemporaryDirectory(prefix="nx-bench-tf-") as d:
+        paths, arrays = files(name, d)
+
+        def factory(path: str):  # type: ignore[no-untyped-def]
+            def build():  # type: ignore[no-untyped-def]
+                sess = default_session(path, threads)
+                feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
+                return lambda: sess.run(None, feed)
+
+            return build
+
+        t = measure_isolated({k: factory(p) for k, p in paths.items()}, rounds=rounds, block_s=block_s)
+    out: dict[str, object] = {"model": name, "rounds": rounds, "threads": threads}
+    for k, tm in t.items():
+        pairs = [a / b for a, b in zip(t["default"].block_medians_ms, tm.block_medians_ms) if b > 0]
+        out[k] = {
+            "median_ms": tm.median_ms,
+            "speedup_vs_default": paired_ratio(t["default"], tm),
+            "ratio_q1": float(np.percentile(pairs, 25)),
+            "ratio_q3": float(np.percentile(pairs, 75)),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", default=list(MODELS))
+    ap.add_argument("--rounds", type=int, default=41)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block-s", type=float, default=0.25)
+    ap.add_argument("--json", default="")
+    a = ap.parse_args(argv)
+    rows = []
+    for name in a.models:
+        r = bench(name, a.rounds, a.threads, a.block_s)
+        rows.append(r)
+        cells = "  ".join(
+            f"{k} {r[k]['median_ms']:.3f} ms ×{r[k]['speedup_vs_default']:.3f} "  # type: ignore[index]
+            f"[{r[k]['ratio_q1']:.3f}, {r[k]['ratio_q3']:.3f}]"  # type: ignore[index]
+            for k in ("default", "unfused", "normonnx")
+        )
+        print(f"{name:<11} {cells}", flush=True)
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
