@@ -64,7 +64,11 @@ class ResidualNorm(Rule):
             if sv is None or out is None or None in sv or None in out:
                 return Verdict.fail(f"the static shape of {v!r} or of the sum is unknown", v)
             if tuple(sv) != tuple(out):
-                return Verdict.fail(f"the Add broadcasts {list(sv)} to {list(out)}: a residual has the sum's shape", v)
+                if all(isinstance(d, int) for d in (*sv, *out)):
+                    return Verdict.fail(
+                        f"the Add broadcasts {list(sv)} to {list(out)}: a residual has the sum's shape", v
+                    )
+                return Verdict.fail(f"{list(sv)} and the sum's {list(out)} are not provably the same shape", v)
         m.facts["spec"] = spec.replace(residual=True)
         m.facts["at"] = self._placement(g, add, node)
         if m.facts["at"] is None:
