@@ -309,6 +309,30 @@ def test_norm_with_its_own_affine_is_not_modulated():
     same_numbers(res, m, feeds(m))
 
 
+# -- --target cuda ---------------------------------------------------------------------------------------
+def test_cuda_target_takes_fused_nodes_as_skiplayernormalization():
+    m = modulated([2, 1, C], residual=True)
+    res = optimize(m, target="cuda")
+    assert fused(res) == {"modulated.layer": 1, "residual.layer": 1} and res.fired["cuda.skip_layer_norm"] == 1
+    assert ops(res.model) == ["com.microsoft.SkipLayerNormalization", "Add", "Mul", "Add"]
+    skip = res.model.graph.node[0]
+    assert list(skip.output) == [skip.output[0], "", "", "s"]
+    same_numbers(res, m, feeds(m))  # onnxruntime CPU has the SkipLayerNormalization kernel
+
+
+def test_cuda_target_spells_a_fused_rms_residual_out():
+    m = build(
+        [helper.make_node("Add", ["a", "r"], ["s"]), norm("RMSNorm", "s", "y", "w")],
+        [("a", X3), ("r", X3)],
+        [("y", X3), ("s", X3)],
+        w=W,
+    )
+    res = optimize(m, target="cuda")
+    assert fused(res) == {"residual.rms": 1}
+    assert ops(res.model) == ["Add", "RMSNormalization"]
+    same_numbers(res, m, feeds(m))
+
+
 # -- the reference transformers ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, fired",
