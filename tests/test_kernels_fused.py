@@ -273,3 +273,15 @@ def test_kernel_rejects_operands_of_the_wrong_shape(feed, message, tmp_path):
     feeds[feed] = feeds[feed][:1] if feed == "R" else np.ones((2, 5, 72), np.float32)  # R: batch 1; scale per token
     with pytest.raises(Exception, match=message):
         _run(_model(spec, params, "native_kernel"), feeds, tmp_path)
+
+
+def test_native_lowering_survives_onnxruntime_graph_optimizations(tmp_path):
+    """LayerNormalization(x, γ, "") + Mul + Add of run-time values segfaulted onnxruntime 1.32's
+    optimizer (every default session); the native lowering omits the absent bias instead."""
+    spec = CASES["layer_mod"]
+    m = _model(spec, {}, "native")
+    ln = next(n for n in m.graph.node if n.op_type == "LayerNormalization")
+    assert len(ln.input) == 2
+    feeds = _operands(spec, _shape(spec))
+    (y,) = normonnx.session(m, threads=2, optimize=True).run(feeds)
+    np.testing.assert_allclose(y, _reference(spec, feeds, {}), atol=3e-6, rtol=0)
