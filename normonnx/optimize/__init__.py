@@ -9,6 +9,8 @@ Pipeline of :func:`optimize_model` (each step a pass returning ``(model, modifie
 3. cleanup              — onnxscript's constant folding, no-op/identity rewrites, dead nodes, CSE;
 4. ``fuse_group``, ``fuse_layer``, ``fuse_rms`` — decomposed and native norms become portable
                           ``normonnx.<Op>`` nodes (:func:`normonnx.lowering.graph.make_norm_node`);
+   ``modulated``, ``residual`` — AdaLN's ``·(1 + scale) + shift`` and a residual ``Add`` fused into
+                          those nodes (``NormSpec.modulation`` / ``NormSpec.residual``);
 5. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
                           for the target (``--target cuda`` first tries onnxruntime's contrib ops,
                           :mod:`normonnx.optimize.lower_cuda`);
