@@ -21,6 +21,10 @@ A second line ("no-spin") times the same files in sessions without spinning work
 call by call (:func:`normonnx.bench.timing.measure`): less like a user's session, but the three
 candidates see the same load within microseconds, so its ratios are the steadier ones on a busy
 machine. ``--json PATH`` writes the numbers.
+
+``--ops`` instead times the fused-form kernels against what runs without the fusion (the norm's
+native op with the Add / Mul-Add around it, onnxruntime's graph optimizations on, so its own
+SkipLayerNormalization fusion may apply) as one-node models, no-spin sessions interleaved.
 """
 
 from __future__ import annotations
@@ -99,6 +103,57 @@ def bench(name: str, rounds: int, threads: int, block_s: float) -> dict[str, obj
     return out
 
 
+OP_SHAPES = ((1, 64, 128), (1, 16, 128), (8, 1024, 768))
+
+
+def bench_ops(threads: int, budget_s: float) -> list[dict[str, object]]:
+    from normonnx.bench.timing import measure, ort_session
+    from normonnx.lowering import build_model
+    from normonnx.spec import NormSpec
+
+    rows: list[dict[str, object]] = []
+    rng = np.random.default_rng(0)
+    for shape in OP_SHAPES:
+        c = shape[-1]
+        forms = {
+            "layer+residual": NormSpec("layer", normalized_shape=(c,), residual=True, rank=3),
+            "rms+residual": NormSpec("rms", normalized_shape=(c,), residual=True, has_bias=False, rank=3),
+            "layer+modulation": NormSpec(
+                "layer", normalized_shape=(c,), modulation=True, has_weight=False, has_bias=False, rank=3
+            ),
+        }
+        x, r = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+        m = rng.standard_normal((shape[0], 1, c)).astype(np.float32)
+        for form, spec in forms.items():
+            params = {k: np.ones(c) for k in ("weight", "bias") if k in _param_names(spec)}
+            feed = {
+                "X": x,
+                **({"R": r} if spec.residual else {}),
+                **({"scale": m, "shift": m} if spec.modulation else {}),
+            }
+            calls = {}
+            for label, strategy in (("unfused (native)", "native"), ("fused kernel", "native_kernel")):
+                sess = ort_session(build_model(spec, params, 23, strategy), threads)
+                calls[label] = lambda s=sess, f=feed: s.run(None, f)
+            t = measure(calls, budget_s=budget_s, min_rounds=30, sample_s=0.005, max_inner=100)
+            pairs = [a / b for a, b in zip(t["unfused (native)"].samples_ms, t["fused kernel"].samples_ms) if b > 0]
+            row = {"shape": list(shape), "form": form, **{k: v.median_ms for k, v in t.items()}}
+            row["speedup"] = float(np.median(pairs))
+            rows.append(row)
+            print(
+                f"{form:<17} {list(shape)!s:<16} unfused {1e3 * row['unfused (native)']:9.1f} us  "
+                f"fused {1e3 * row['fused kernel']:9.1f} us  ×{row['speedup']:.2f}",
+                flush=True,
+            )
+    return rows
+
+
+def _param_names(spec):  # type: ignore[no-untyped-def]
+    from normonnx.norms import KINDS
+
+    return KINDS[spec.kind].param_names(spec)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=list(MODELS))
@@ -106,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--block-s", type=float, default=0.25)
     ap.add_argument("--json", default="")
+    ap.add_argument("--ops", action="store_true", help="time the fused-form kernels as one-node models instead")
     a = ap.parse_args(argv)
+    if a.ops:
+        op_rows = bench_ops(a.threads, budget_s=max(2.0, a.rounds * 0.1))
+        if a.json:
+            with open(a.json, "w", encoding="utf-8") as f:
+                json.dump(op_rows, f, indent=1)
+        return 0
     rows = []
     for name in a.models:
         r = bench(name, a.rounds, a.threads, a.block_s)
