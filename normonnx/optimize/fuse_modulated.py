@@ -2,7 +2,8 @@
 computed at run time (adaptive LayerNorm / AdaLN of diffusion transformers, FiLM).
 
 - ``modulated.layer``: ``y = LN(x); z = y·(1 + s) + t`` with ``LN`` a normonnx LayerNorm over
-  trailing axes with neither γ nor β → one LayerNorm node with ``modulation=1`` and inputs
+  trailing axes with neither γ nor β (or constant γ ≡ 1, β ≡ 0, as torch's exporter spells an
+  ``elementwise_affine=False`` LayerNorm: ``n·1 + 0 = n`` exactly) → one LayerNorm node with ``modulation=1`` and inputs
   ``scale = s``, ``shift = t``. Proof: the node computes ``LN(x)·(1 + s) + t`` in the norm's dtype
   in that order, so it is the same function when ``s`` and ``t`` have the norm's dtype and the
   shape ``[N or 1, 1, …, 1, *normalized_shape]`` (per sample and feature, broadcast over the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 
 from . import Match, NoMatch, Rule
@@ -56,7 +58,7 @@ class ModulatedNorm(Rule):
             return NoMatch("already recorded")
         if attr_int(node, "modulation"):
             return NoMatch("already modulated")
-        if {"weight", "bias"} & set(norm_node_params(node)):
+        if not _identity_affine(g, node):
             return NoMatch("the norm has its own affine parameters")
         mul = g.single_user(node.output[0])
         if not _plain(mul, "Mul"):
@@ -99,6 +101,17 @@ class ModulatedNorm(Rule):
         return Rewrite([m.anchor], [node])
 
 
+def _identity_affine(g: GraphView, node: onnx.NodeProto) -> bool:
+    """The norm has no γ/β, or only γ ≡ 1 / β ≡ 0 constants (an affine-free norm spelled with them)."""
+    for slot, v in norm_node_params(node).items():
+        if slot not in ("weight", "bias"):
+            continue
+        c = g.const(v)
+        if c is None or not np.all(c == (1.0 if slot == "weight" else 0.0)):
+            return False
+    return True
+
+
 def attr_int(node: onnx.NodeProto, name: str) -> int:
     return next((a.i for a in node.attribute if a.name == name), 0)
 
@@ -135,12 +148,15 @@ class ModulatedLayerNorm(ModulatedNorm):
             why = _modulation_shape(tuple(shape), tuple(x_shape), ns)
             if why:
                 return Verdict.fail(f"the {what} has shape {list(shape)}: {why}", val)
-        m.facts["spec"] = spec.replace(modulation=True)
+        # γ ≡ 1 and β ≡ 0 (the exporters' LayerNormalization(x, ones, zeros) for elementwise_affine=False)
+        # are dropped: n·1 + 0 = n exactly
+        m.facts["spec"] = spec.replace(modulation=True, has_weight=False, has_bias=False)
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
         node = m.anchor
-        params = {**norm_node_params(node), "scale": m.facts["scale"], "shift": m.facts["shift"]}
+        plain = {k: v for k, v in norm_node_params(node).items() if k not in ("weight", "bias")}
+        params = {**plain, "scale": m.facts["scale"], "shift": m.facts["shift"]}
         return norm_rewrite(g, m.nodes, m.output, m.facts["spec"], node.input[0], params, node, "modulated")  # type: ignore[arg-type]
 
 

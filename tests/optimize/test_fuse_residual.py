@@ -289,6 +289,28 @@ def test_constant_scale_is_an_affine_not_a_modulation():
     same_numbers(res, m, feeds(m))
 
 
+def test_exporter_spelling_with_unit_gamma_and_zero_beta_is_modulated():
+    """torch.onnx writes an elementwise_affine=False LayerNorm as LayerNormalization(x, ones, zeros)."""
+    m = build(
+        [
+            helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.float32(1.0))),
+            norm("LayerNorm", "x", "n", "ones", "zeros"),
+            helper.make_node("Add", ["one", "scale"], ["f"]),
+            helper.make_node("Mul", ["n", "f"], ["m"]),
+            helper.make_node("Add", ["m", "shift"], ["y"]),
+        ],
+        [("x", X3), ("scale", [2, 1, C]), ("shift", [2, 1, C])],
+        [("y", X3)],
+        ones=np.ones(C),
+        zeros=np.zeros(C),
+    )
+    res = optimize(m, prefer=None)
+    assert fused(res) == {"modulated.layer": 1}
+    n = kernel_node(res.model)
+    assert list(n.input) == ["x", "", "", "", "scale", "shift"]
+    same_numbers(res, m, feeds(m))
+
+
 def test_norm_with_its_own_affine_is_not_modulated():
     m = build(
         [
