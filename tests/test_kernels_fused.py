@@ -259,6 +259,16 @@ def test_deterministic_across_thread_counts_and_isas(monkeypatch, tmp_path):
 
 
 @needs_lib
+def test_scale_per_sample_with_a_shared_shift(tmp_path):
+    spec = CASES["layer_mod"]
+    feeds = _operands(spec, (3, 7, 128))
+    feeds["shift"] = feeds["shift"][:1]  # [1, 1, C] against a [3, 1, C] scale
+    (y,), ops = _run(_model(spec, {}, "native_kernel"), feeds, tmp_path)
+    assert "LayerNorm" in ops
+    assert float(np.abs(y - _reference(spec, feeds, {})).max()) < 2e-6
+
+
+@needs_lib
 @pytest.mark.parametrize(
     "feed, message",
     [

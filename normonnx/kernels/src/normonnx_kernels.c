@@ -272,12 +272,12 @@ typedef struct NxSegJob {
   double eps;
   int silu;
   /* fused forms (layer / rms rows): r residual (x + r normalised, the sum in `sum` or, when nobody
-   * reads it, in y itself), msc/msh modulation scale/shift, `mstride` floats per sample (0: shared),
+   * reads it, in y itself), msc/msh modulation scale/shift with their floats per sample (0: shared),
    * `segs_per_sample` rows per sample */
   const float* r;
   float* sum;
   const float *msc, *msh;
-  size_t mstride, segs_per_sample;
+  size_t msc_stride, msh_stride, segs_per_sample;
   size_t segs_per_task;
   int prefetch; /* prefetch segment s+1 while writing segment s */
   /* two-phase mode */
@@ -303,10 +303,10 @@ static void seg_affine(const NxSegJob* j, size_t s, size_t lo, size_t hi, float 
   float* y = j->y + s * j->len;
   if (seg_ext(j)) {
     const float* src = j->r ? seg_sum_buf(j, s) : x; /* the sum, in place when it is y */
-    size_t m = j->msc ? (s / j->segs_per_sample) * j->mstride : 0;
+    size_t n = j->msc ? s / j->segs_per_sample : 0;
     (void)pf;
     g_math->row_ext(src + lo, y + lo, hi - lo, mh, ml, rstd, j->w ? j->w + lo : NULL, j->b ? j->b + lo : NULL,
-                    j->msc ? j->msc + m + lo : NULL, j->msh ? j->msh + m + lo : NULL);
+                    j->msc ? j->msc + n * j->msc_stride + lo : NULL, j->msh ? j->msh + n * j->msh_stride + lo : NULL);
     return;
   }
   if (j->mode == NX_AFFINE_ELEMENT) {
@@ -594,7 +594,7 @@ static OrtStatus* setup_modulation(const NxKernel* k, const NxTensor* X, const N
                                    size_t len, NxSegJob* j) {
   const NxTensor* t[2] = {SC, SH};
   const char* what[2] = {"scale", "shift"};
-  size_t stride = 0;
+  size_t stride[2] = {0, 0};
   for (int q = 0; q < 2; ++q) {
     const NxTensor* p = t[q];
     if (!p->data) return nx_error("normonnx.%s: modulation=1 needs the %s input", k->op, what[q]);
@@ -610,12 +610,9 @@ static OrtStatus* setup_modulation(const NxKernel* k, const NxTensor* X, const N
       return nx_error("normonnx.%s: %s must be [N or 1, 1, ..., 1, normalized_shape] against X, got rank %zu with "
                       "%zu elements",
                       k->op, what[q], p->rank, p->count);
-    size_t s = p->count == len ? 0 : len;
-    if (q == 1 && s != stride)
-      return nx_error("normonnx.%s: scale and shift differ in their sample axis", k->op);
-    stride = s;
+    stride[q] = p->count == len ? 0 : len; /* [1, ..., C] shared by the samples, else one row per sample */
   }
-  j->msc = SC->data, j->msh = SH->data, j->mstride = stride;
+  j->msc = SC->data, j->msh = SH->data, j->msc_stride = stride[0], j->msh_stride = stride[1];
   j->segs_per_sample = X->dims[0] > 0 ? j->segs / (size_t)X->dims[0] : 1;
   if (j->segs_per_sample == 0) j->segs_per_sample = 1;
   return NULL;
