@@ -38,6 +38,12 @@ class NormSpec:
     running_stats:    statistics are the stored running mean/var, not the input's (batch in eval,
                       instance with ``track_running_stats=True`` in eval).
     activation:       "" or "silu": an activation fused after the affine (group norm only).
+    residual:         the norm's input is ``X + R`` (a residual input R of X's shape, no
+                      broadcasting): ``y = N(X + R)``, the sum available as a second output for the
+                      residual stream (trailing layer / rms norm only).
+    modulation:       ``y = N(x)·(1 + scale) + shift`` with run-time scale and shift of shape
+                      ``[N or 1, 1, ..., 1, *normalized_shape]`` (AdaLN of diffusion transformers;
+                      trailing layer norm without γ/β only).
     dtype:            element type of input and output; fp16/bf16 compute statistics in fp32.
     rank:             input rank if known (None: any rank the kind accepts).
     """
@@ -52,6 +58,8 @@ class NormSpec:
     has_bias: bool = True
     running_stats: bool = False
     activation: str = ""
+    residual: bool = False
+    modulation: bool = False
     dtype: str = "float32"
     rank: int | None = None
 
@@ -112,6 +120,10 @@ class NormSpec:
             parts.append("rs")
         if self.activation:
             parts.append(self.activation)
+        if self.residual:
+            parts.append("res")
+        if self.modulation:
+            parts.append("mod")
         parts.append(f"e{self.eps:.3g}")
         parts.append(self.dtype)
         return "_".join(parts).replace("+", "").replace("-", "m").replace(".", "p")

@@ -3,7 +3,9 @@
 ``pip install`` compiles ``src/*.c`` (see ``setup.py``) into ``_normonnx_kernels.so`` (``.dylib``,
 ``.dll``) next to this file. The library registers float32 CPU kernels for the ops of the
 ``normonnx.kernels`` domain (GroupNorm with optional fused SiLU, LayerNorm trailing or
-channels-first, RMSNorm, InstanceNorm, BatchNorm), which the ``native_kernel`` lowering emits,
+channels-first, RMSNorm, InstanceNorm, BatchNorm; trailing LayerNorm / RMSNorm also with a fused
+residual input ``N(x + r)`` and the sum as optional second output, LayerNorm with a fused AdaLN
+modulation ``N(x)·(1 + scale) + shift``), which the ``native_kernel`` lowering emits,
 each node carrying a model-local ONNX function of the same (domain, op, overload). So one
 ``.onnx`` file runs everywhere: without the library onnxruntime inlines the function bodies,
 with it (``SessionOptions.register_custom_ops_library``, done by :func:`normonnx.session`) the
@@ -37,7 +39,7 @@ DOMAIN_VERSION = 1
 #: onnxruntime C API version the library requests (``OrtGetApiBase()->GetApi(17)``)
 api_version_required = 17
 #: interface version shared with the C code (``NX_ABI``): a mismatch means a stale build
-ABI = 1
+ABI = 2
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NAME = "_normonnx_kernels" + (".dll" if sys.platform == "win32" else ".dylib" if sys.platform == "darwin" else ".so")

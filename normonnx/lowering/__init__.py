@@ -192,6 +192,9 @@ def build_model(
 ) -> onnx.ModelProto:
     """A one-norm ONNX model ``X → Y`` lowered by ``strategy`` (or the selected one).
 
+    A residual spec also takes input ``R`` and outputs ``S = X + R``; a modulated one takes inputs
+    ``scale`` and ``shift``.
+
     Parameters become initializers in the spec's dtype (or graph inputs with
     ``params_as_inputs``). Used by tests, benchmarks and the capability report.
     """
@@ -206,12 +209,22 @@ def build_model(
     np_dt = helper.tensor_dtype_to_np_dtype(spec.onnx_dtype)
     b = Builder(opset, prefix=spec.kind)
     names = {k: f"p_{k}" for k in get_kind(spec.kind).param_names(spec)}
-    y = s.build(b, spec, "X", names)
+    # run-time operands of the fused forms are graph inputs: R (residual), scale, shift
+    extra = (["residual"] if spec.residual else []) + (["scale", "shift"] if spec.modulation else [])
+    extra_names = {"residual": "R", "scale": "scale", "shift": "shift"}
+    y = s.lower(b, spec, "X", {**names, **{k: extra_names[k] for k in extra}})
     nodes = [*b.nodes, helper.make_node("Identity", [y], ["Y"], name="output")]
+    if spec.residual:
+        nodes.append(helper.make_node("Identity", [b.named["sum"]], ["S"], name="sum_output"))
     tensors = {k: numpy_helper.from_array(np.asarray(params[k]).astype(np_dt), name=n) for k, n in names.items()}
     rank = spec.rank
     x_shape = [f"d{i}" for i in range(rank)] if rank is not None else None
     inputs = [helper.make_tensor_value_info("X", spec.onnx_dtype, x_shape)]
+    mod_shape = [f"m{i}" for i in range(rank)] if rank is not None else None
+    inputs += [
+        helper.make_tensor_value_info(extra_names[k], spec.onnx_dtype, x_shape if k == "residual" else mod_shape)
+        for k in extra
+    ]
     initializers: list[onnx.TensorProto] = []
     if params_as_inputs:
         inputs += [helper.make_tensor_value_info(t.name, spec.onnx_dtype, list(t.dims)) for t in tensors.values()]
@@ -221,7 +234,8 @@ def build_model(
         nodes,
         f"{spec.kind}_{strategy}",
         inputs,
-        [helper.make_tensor_value_info("Y", spec.onnx_dtype, x_shape)],
+        [helper.make_tensor_value_info("Y", spec.onnx_dtype, x_shape)]
+        + ([helper.make_tensor_value_info("S", spec.onnx_dtype, x_shape)] if spec.residual else []),
         initializers,
     )
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in s.extra_opsets().items()]

@@ -65,6 +65,9 @@ class Strategy:
     name: str = ""
     description: str = ""
     capabilities: Mapping[str, Capability] = {}
+    #: ``build`` computes a spec's fused forms (residual input, modulation) itself; otherwise
+    #: :meth:`lower` builds the plain norm between the ops those forms stand for
+    builds_fused_forms: bool = False
 
     def check(self, spec: NormSpec, opset: int, provider: str = "cpu", *, allow_unstable: bool = False) -> Verdict:
         """Can this strategy lower ``spec`` at ``opset`` for ``provider``? Never raises."""
@@ -109,6 +112,18 @@ class Strategy:
         Parameters have the spec's dtype.
         """
         raise NotImplementedError
+
+    def lower(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        """:meth:`build` for any spec: a strategy that has no fused residual / modulation form gets
+        the plain norm wrapped in ``Add(x, residual)`` before and ``·(1 + scale) + shift`` after,
+        exactly the graph the fusion replaced (the sum in ``b.named["sum"]``)."""
+        if self.builds_fused_forms or not (spec.residual or spec.modulation):
+            return self.build(b, spec, x, params)
+        from .fused import modulate, residual_sum
+
+        plain = {k: v for k, v in params.items() if k not in ("residual", "scale", "shift")}
+        y = self.build(b, spec.replace(residual=False, modulation=False), residual_sum(b, spec, x, params), plain)
+        return modulate(b, spec, y, params)
 
     def functions(self, spec: NormSpec, opset: int) -> list[onnx.FunctionProto]:
         """Model-local functions the built nodes need (only the function strategy has any)."""

@@ -26,6 +26,8 @@ class Builder:
         self.nodes: list[onnx.NodeProto] = []
         self._ids = itertools.count()
         self._consts: dict[tuple[Any, ...], str] = {}
+        #: values the subgraph exposes besides its result, by role ("sum": a residual norm's X + R)
+        self.named: dict[str, str] = {}
 
     def fresh(self, hint: str) -> str:
         return f"{self.prefix}/{hint}_{next(self._ids)}"

@@ -61,13 +61,23 @@ class Decomposed(Strategy):
     description = "primitive ONNX ops, two-pass statistics in float64"
     #: every kind: the five original ones are decomposed below, newer ones by their own ``decompose``
     capabilities = {k: _DEC for k in KINDS}
+    builds_fused_forms = True
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
         return build_decomposed(b, spec, x, params)
 
 
 def build_decomposed(b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
-    """The decomposition itself; also the body of the normonnx function strategy."""
+    """The decomposition itself; also the body of the normonnx function strategy. A residual input
+    is added and a modulation applied in the norm's dtype around it (:mod:`.fused`)."""
+    from .fused import modulate, residual_sum
+
+    plain = {k: v for k, v in params.items() if k not in ("residual", "scale", "shift")}
+    y = _build_norm(b, spec.replace(residual=False, modulation=False), residual_sum(b, spec, x, params), plain)
+    return modulate(b, spec, y, params)
+
+
+def _build_norm(b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
     ct = _compute_type(spec)
     cast_in = (lambda v: b.cast(v, ct)) if spec.stash_fp32 else (lambda v: v)
     p = {k: cast_in(v) for k, v in params.items()}

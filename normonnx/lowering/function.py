@@ -29,7 +29,12 @@ from .decomposed import build_decomposed
 DOMAIN = "normonnx"
 VERSION = 1
 _CAP = Capability(MIN_OPSET, same_dtypes(ALL_DTYPES), True, "normonnx-domain op with a stable function body")
-_INPUTS = ("X", "weight", "bias", "mean", "var")
+#: input slots of each normonnx op after X, positional (an absent optional one is passed as "")
+SLOTS: dict[str, tuple[str, ...]] = {
+    "LayerNorm": ("weight", "bias", "residual", "scale", "shift"),
+    "RMSNorm": ("weight", "residual"),
+}
+_DEFAULT_SLOTS = ("weight", "bias", "mean", "var")
 _TYPES = ["tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"]
 
 
@@ -44,7 +49,18 @@ def register_schemas() -> None:
         except onnx.defs.SchemaError:
             pass
         inputs = [OpSchema.FormalParameter("X", "T")]
-        inputs += [OpSchema.FormalParameter(n, "T", param_option=opt) for n in _INPUTS[1:]]
+        inputs += [OpSchema.FormalParameter(n, "T", param_option=opt) for n in input_slots(kind.normonnx_op)]
+        # Y, then a residual norm's optional sum X + residual. Declared variadic rather than as a
+        # second optional output: torch's exporter gives a call as many outputs as the schema
+        # declares, and the aten norms it translates have one.
+        variadic = "residual" in kind.fused_forms
+        outputs = [
+            OpSchema.FormalParameter(
+                "Y", "T", "Y[, sum]", param_option=OpSchema.FormalParameterOption.Variadic, min_arity=1
+            )
+            if variadic
+            else OpSchema.FormalParameter("Y", "T")
+        ]
         attrs = [
             OpSchema.Attribute("epsilon", helper.make_attribute("epsilon", 1e-5), "ε added to the variance"),
             OpSchema.Attribute("channels", OpSchema.AttrType.INT, "C (size of axis 1)", required=False),
@@ -53,6 +69,8 @@ def register_schemas() -> None:
             OpSchema.Attribute("channels_first", OpSchema.AttrType.INT, "layer norm over axis 1", required=False),
             OpSchema.Attribute("running_stats", OpSchema.AttrType.INT, "use mean/var inputs", required=False),
             OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "fused activation ('silu')", required=False),
+            OpSchema.Attribute("has_residual", OpSchema.AttrType.INT, "normalise X + residual", required=False),
+            OpSchema.Attribute("modulation", OpSchema.AttrType.INT, "·(1 + scale) + shift after", required=False),
         ]
         schema = OpSchema(
             kind.normonnx_op,
@@ -60,20 +78,34 @@ def register_schemas() -> None:
             VERSION,
             doc=f"normonnx {kind.name} norm; see normonnx/norms/{kind.name}.py for the math.",
             inputs=inputs,
-            outputs=[OpSchema.FormalParameter("Y", "T")],
+            outputs=outputs,
             type_constraints=[("T", _TYPES, "float tensors")],
             attributes=attrs,
         )
         onnx.defs.register_schema(schema)
 
 
+def input_slots(op_type: str) -> tuple[str, ...]:
+    """Every input slot of the normonnx op ``op_type`` after X, in position order."""
+    return SLOTS.get(op_type, _DEFAULT_SLOTS)
+
+
 def function_inputs(spec: NormSpec) -> list[str]:
     """Formal inputs of the function, positional like the node's (absent ones passed as "")."""
-    return (
-        ["X", "weight", "bias", "mean", "var"]
-        if spec.running_stats
-        else (["X", "weight"] if spec.kind == "rms" else ["X", "weight", "bias"])
-    )
+    if spec.running_stats:
+        return ["X", "weight", "bias", "mean", "var"]
+    slots = input_slots(KINDS[spec.kind].normonnx_op)
+    n = 1 if spec.kind == "rms" else 2  # the affine slots
+    if spec.modulation:
+        n = slots.index("shift") + 1
+    elif spec.residual:
+        n = slots.index("residual") + 1
+    return ["X", *slots[:n]]
+
+
+def function_outputs(spec: NormSpec) -> list[str]:
+    """Formal outputs: Y, and the sum X + residual of a residual norm (optional on the node)."""
+    return ["Y", "sum"] if spec.residual else ["Y"]
 
 
 def node_inputs(spec: NormSpec, x: str, params: Mapping[str, str]) -> list[str]:
@@ -81,19 +113,39 @@ def node_inputs(spec: NormSpec, x: str, params: Mapping[str, str]) -> list[str]:
     return [x] + [params.get(n, "") for n in names]
 
 
+def build_node(b: Builder, spec: NormSpec, x: str, params: Mapping[str, str], domain: str) -> str:
+    """The one node of the function / native-kernel strategies; a residual norm's sum is its
+    second output (``b.named["sum"]``; lowering drops it when nothing reads it)."""
+    kind = KINDS[spec.kind]
+    n_out = len(function_outputs(spec))
+    y = b.op(
+        kind.normonnx_op,
+        node_inputs(spec, x, params),
+        domain=domain,
+        outputs=n_out,
+        overload=spec.key(),
+        **kind.attributes(spec),
+    )
+    if spec.residual:
+        b.named["sum"] = b.nodes[-1].output[1]
+    return y
+
+
 def make_function(spec: NormSpec, opset: int) -> onnx.FunctionProto:
     """The FunctionProto ``normonnx.<Op>`` overload ``spec.key()`` with the decomposed body."""
     kind = KINDS[spec.kind]
     b = Builder(opset, prefix="f")
     ins = function_inputs(spec)
-    params = {n: n for n in ins[1:] if n in kind.param_names(spec)}
+    params = {n: n for n in ins[1:] if n in kind.param_names(spec) or n in ("residual", "scale", "shift")}
     y = build_decomposed(b, spec, "X", params)
     b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
+    if spec.residual:
+        b.nodes.append(helper.make_node("Identity", [b.named["sum"]], ["sum"]))
     fn = helper.make_function(
         DOMAIN,
         kind.normonnx_op,
         ins,
-        ["Y"],
+        function_outputs(spec),
         b.nodes,
         [helper.make_opsetid("", opset)],
         attributes=sorted(kind.attributes(spec)),
@@ -107,15 +159,13 @@ class Function(Strategy):
     name = "function"
     description = "normonnx-domain op + model-local ONNX function (stable body)"
     capabilities = {k: _CAP for k in KINDS}  # the body is the decomposition, which every kind has
+    builds_fused_forms = True
 
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
         return DECOMPOSED.check_spec(spec, opset, provider)  # the body is the decomposition
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
-        kind = KINDS[spec.kind]
-        return b.op(
-            kind.normonnx_op, node_inputs(spec, x, params), domain=DOMAIN, overload=spec.key(), **kind.attributes(spec)
-        )
+        return build_node(b, spec, x, params, DOMAIN)
 
     def functions(self, spec: NormSpec, opset: int) -> list[onnx.FunctionProto]:
         return [make_function(spec, opset)]

@@ -119,12 +119,14 @@ def lower_model(
         b = Builder(opset, prefix=name)
         slots = function.function_inputs(spec)[1:]
         params = {s: v for s, v in zip(slots, node.input[1:]) if v}
-        y = strategy.build(b, spec, node.input[0], params)
+        y = strategy.lower(b, spec, node.input[0], params)
         # the last node computing y takes over the original output name
         for n in reversed(b.nodes):
             if y in n.output:
                 n.output[list(n.output).index(y)] = node.output[0]
                 break
+        if "sum" in b.named:
+            _wire_sum(b.nodes, b.named["sum"], node.output[1] if len(node.output) > 1 else "")
         scope = _scope(node)
         for n in b.nodes:
             n.metadata_props.extend(node.metadata_props)
@@ -148,6 +150,26 @@ def lower_model(
         model.ir_version = max(model.ir_version, 10)  # function overloads
     _record(model, records)
     return model, records
+
+
+def _wire_sum(nodes: list[onnx.NodeProto], built: str, wanted: str) -> None:
+    """Give a residual norm's sum ``built`` the node's second output name ``wanted``; with none
+    (nothing reads the sum), drop it from a node's outputs unless the subgraph itself reads it, so
+    a kernel does not write a tensor nobody reads."""
+    read_inside = any(built in n.input for n in nodes)
+    for n in nodes:
+        for k, o in enumerate(n.input):
+            if o == built and wanted:
+                n.input[k] = wanted
+        for k, o in enumerate(n.output):
+            if o != built:
+                continue
+            if wanted:
+                n.output[k] = wanted
+            elif not read_inside:
+                n.output[k] = ""
+        while len(n.output) > 1 and not n.output[-1]:
+            n.output.pop()
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -185,9 +207,18 @@ def recorded_lowerings(model: onnx.ModelProto) -> list[dict[str, object]]:
     return []
 
 
-def make_norm_node(spec: NormSpec, x: str, params: dict[str, str], y: str, name: str) -> onnx.NodeProto:
-    """A portable ``normonnx.<Op>`` node (no overload) — what export and fusions produce."""
+def make_norm_node(
+    spec: NormSpec, x: str, params: dict[str, str], y: str, name: str, sum_output: str = ""
+) -> onnx.NodeProto:
+    """A portable ``normonnx.<Op>`` node (no overload) — what export and fusions produce.
+    ``sum_output``: for a residual spec, the name of the optional second output ``x + residual``."""
     kind = get_kind(spec.kind)
+    outputs = [y, sum_output] if spec.residual and sum_output else [y]
     return helper.make_node(
-        kind.normonnx_op, function.node_inputs(spec, x, params), [y], name=name, domain=DOMAIN, **kind.attributes(spec)
+        kind.normonnx_op,
+        function.node_inputs(spec, x, params),
+        outputs,
+        name=name,
+        domain=DOMAIN,
+        **kind.attributes(spec),
     )

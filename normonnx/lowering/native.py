@@ -110,9 +110,12 @@ class Native(Strategy):
             )
         if kind == "layer":
             ns = spec.normalized_shape or ()
+            # an absent bias is omitted, not passed as "": onnxruntime 1.32's graph optimizer (level
+            # EXTENDED, so every default session) segfaults on LayerNormalization(x, γ, "") followed
+            # by a Mul and an Add of run-time values (the unfused modulation), measured here
             return b.op(
                 "LayerNormalization",
-                [x, param("weight", 1.0, ns), params.get("bias")],
+                [x, param("weight", 1.0, ns)] + ([params["bias"]] if "bias" in params else []),
                 axis=-len(ns),
                 epsilon=spec.eps,
                 stash_type=1,

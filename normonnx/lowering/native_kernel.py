@@ -30,7 +30,7 @@ from ..spec import NormSpec
 from .base import MIN_OPSET, Capability, Strategy, Verdict
 from .builder import Builder
 from .decomposed import STRATEGY as DECOMPOSED
-from .function import make_function, node_inputs
+from .function import build_node, make_function
 
 DOMAIN = kernels.DOMAIN
 _CAP = Capability(
@@ -46,6 +46,7 @@ class NativeKernel(Strategy):
     description = "normonnx.kernels-domain op run by normonnx's compiled CPU kernels (function body as fallback)"
     #: exactly the kinds the compiled library registers (a kind says so in ``in_kernel_library``)
     capabilities = {k: _CAP for k, kind in KINDS.items() if kind.in_kernel_library}
+    builds_fused_forms = True  # the kernels take the residual input / modulation (ABI 2)
 
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
         if not kernels.available():
@@ -53,10 +54,7 @@ class NativeKernel(Strategy):
         return DECOMPOSED.check_spec(spec, opset, provider)  # the carried body is the decomposition
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
-        kind = KINDS[spec.kind]
-        return b.op(
-            kind.normonnx_op, node_inputs(spec, x, params), domain=DOMAIN, overload=spec.key(), **kind.attributes(spec)
-        )
+        return build_node(b, spec, x, params, DOMAIN)
 
     def functions(self, spec: NormSpec, opset: int) -> list[onnx.FunctionProto]:
         fn = make_function(spec, opset)

@@ -41,6 +41,9 @@ class NormKind:
     #: ``kind ==`` branch of their own. The five original kinds are still decomposed there.
     decompose: ClassVar[Any] = None
 
+    #: fused forms this kind has (``NormSpec.residual`` / ``NormSpec.modulation``)
+    fused_forms: ClassVar[frozenset[str]] = frozenset()
+
     # -- spec ------------------------------------------------------------------------------------
     def validate(self, spec: NormSpec) -> None:
         """Raise :class:`SpecError` naming the problem if ``spec`` is not a valid spec of this kind."""
@@ -55,6 +58,12 @@ class NormKind:
             raise SpecError(f"unknown fused activation {spec.activation!r}", note="valid: '' or 'silu'")
         if spec.activation and self.name != "group":
             raise SpecError(f"a fused activation is only supported on group norm, not {self.name}")
+        for form in ("residual", "modulation"):
+            if getattr(spec, form) and form not in self.fused_forms:
+                raise SpecError(
+                    f"a fused {form} is not supported on {self.name} norm",
+                    note=f"{self.name} norm fuses: {', '.join(sorted(self.fused_forms)) or 'nothing'}",
+                )
 
     def param_names(self, spec: NormSpec) -> list[str]:
         """Names of the parameter inputs this spec needs, in the normonnx op's input order."""
@@ -127,6 +136,10 @@ class NormKind:
             attrs["normalized_shape"] = list(spec.normalized_shape)
         if spec.running_stats:
             attrs["running_stats"] = 1
+        if spec.residual:
+            attrs["has_residual"] = 1
+        if spec.modulation:
+            attrs["modulation"] = 1
         return attrs
 
     def spec_from_attributes(
@@ -145,6 +158,8 @@ class NormKind:
             has_bias=bool(present[1]) if len(present) > 1 else False,
             running_stats=bool(attrs.get("running_stats", 0)),
             activation=str(attrs.get("activation", "")),
+            residual=bool(attrs.get("has_residual", 0)),
+            modulation=bool(attrs.get("modulation", 0)),
             dtype=dtype,
             rank=rank,
         )

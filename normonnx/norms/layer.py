@@ -4,6 +4,11 @@ Trailing layout (``nn.LayerNorm(normalized_shape)``): reduce over the last
 ``len(normalized_shape)`` axes, ``y = (x − μ)/√(σ² + ε)·γ + β`` with γ, β of ``normalized_shape``.
 Channels-first layout (ConvNeXt's ``LayerNorm2d``, ``channels_first=True``): reduce over axis 1
 of an N,C,... tensor only, γ, β per channel. σ² is the biased variance (divide by the count).
+
+Fused forms (trailing layout only): ``residual`` normalises ``x + r`` (the Add of a pre-norm
+transformer's residual stream, whose sum the node also outputs); ``modulation`` (no γ/β) is
+AdaLN's ``N(x)·(1 + scale) + shift`` with per-sample scale/shift. Their run-time operands are in
+``params`` of :meth:`reference` as "residual", "scale", "shift".
 """
 
 from __future__ import annotations
@@ -25,9 +30,14 @@ class LayerNorm(NormKind):
     native_since = 17
     aten_ops = ("layer_norm",)
     min_rank, max_rank = 1, 8
+    fused_forms = frozenset({"residual", "modulation"})
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
+        if (spec.residual or spec.modulation) and spec.channels_first:
+            raise SpecError("a residual input or modulation is supported on trailing-axes layer norm only")
+        if spec.modulation and (spec.has_weight or spec.has_bias):
+            raise SpecError("a modulated layer norm has no γ/β of its own (the modulation is its affine)")
         ns = spec.normalized_shape
         if not ns or any(d < 1 for d in ns):
             raise SpecError(f"layer norm needs a non-empty normalized_shape of positive sizes, got {ns}")
@@ -50,6 +60,8 @@ class LayerNorm(NormKind):
 
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
+        if spec.residual:
+            x = x + np.asarray(params["residual"], np.float64)
         axes = self.axes(spec, x.ndim)
         ns = tuple(x.shape[a] for a in axes)
         if ns != spec.normalized_shape:
@@ -65,6 +77,8 @@ class LayerNorm(NormKind):
             y = y * view(params["weight"])
         if spec.has_bias:
             y = y + view(params["bias"])
+        if spec.modulation:
+            y = y * (1.0 + np.asarray(params["scale"], np.float64)) + np.asarray(params["shift"], np.float64)
         return y
 
     def torch_modules(self) -> tuple[type, ...]:

@@ -2,6 +2,9 @@
 
 No mean is subtracted and there is no bias. torch's default ``eps=None`` means
 ``torch.finfo(x.dtype).eps`` of the *input* dtype; the spec always stores the resolved number.
+
+Fused form ``residual``: normalise ``x + r`` (a pre-norm transformer's residual Add, whose sum
+the node also outputs); ``params["residual"]`` holds r in :meth:`reference`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class RMSNorm(NormKind):
     native_since = 23
     aten_ops = ("rms_norm",)
     min_rank, max_rank = 1, 8
+    fused_forms = frozenset({"residual"})
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
@@ -57,6 +61,8 @@ class RMSNorm(NormKind):
 
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
+        if spec.residual:
+            x = x + np.asarray(params["residual"], np.float64)
         axes = self.axes(spec, x.ndim)
         if tuple(x.shape[a] for a in axes) != spec.normalized_shape:
             raise SpecError(f"rms norm over {spec.normalized_shape}: input shape {x.shape} does not end with it")

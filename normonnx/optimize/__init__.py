@@ -13,7 +13,8 @@
                           restored by Unsqueeze/Reshape, no-op Expand/Reshape), then cleanup;
 6. ``fuse_group``, ``fuse_layer``, ``fuse_rms`` — decomposed and native norms become portable
                           ``normonnx.<Op>`` nodes (:func:`normonnx.lowering.graph.make_norm_node`);
-                          ``modulated`` records ``·(1 + scale) + shift`` after an affine-free norm;
+                          ``modulated``, ``residual`` — AdaLN's ``·(1 + scale) + shift`` and a residual
+                          ``Add`` fused into those nodes (``NormSpec.modulation`` / ``NormSpec.residual``);
 7. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
                           for the target (``--target cuda`` first tries onnxruntime's contrib ops,
                           :mod:`normonnx.optimize.lower_cuda`);
@@ -217,7 +218,16 @@ def apply_rule(rule: Rule, model: onnx.ModelProto, report: Report) -> tuple[onnx
 
 # -- families -----------------------------------------------------------------------------------------------
 def family_rules() -> dict[str, list[Rule]]:
-    from . import canonical, fold_batchnorm, fold_param_norms, fuse_group, fuse_layer, fuse_modulated, fuse_rms
+    from . import (
+        canonical,
+        fold_batchnorm,
+        fold_param_norms,
+        fuse_group,
+        fuse_layer,
+        fuse_modulated,
+        fuse_residual,
+        fuse_rms,
+    )
 
     mods = {
         "fold_batchnorm": fold_batchnorm,
@@ -227,6 +237,7 @@ def family_rules() -> dict[str, list[Rule]]:
         "fuse_layer": fuse_layer,
         "fuse_rms": fuse_rms,
         "modulated": fuse_modulated,
+        "residual": fuse_residual,
     }
     return {name: list(mod.RULES) for name, mod in mods.items()}
 

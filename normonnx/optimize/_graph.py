@@ -937,7 +937,8 @@ def norm_rewrite(
             names[slot] = v
     # a rewrite of a normonnx node keeps its name (the node it replaces is removed)
     name = anchor.name if anchor.domain == "normonnx" and anchor.name else view.fresh(f"{base}/{hint}")
-    node = make_norm_node(spec, x, names, output, name)
+    keep_sum = anchor.output[1] if anchor.domain == "normonnx" and len(anchor.output) > 1 else ""
+    node = make_norm_node(spec, x, names, output, name, sum_output=keep_sum)
     node.metadata_props.extend(p for p in anchor.metadata_props if p.key == "namespace")
     proofs = [p.value for n in nodes for p in n.metadata_props if p.key == PROOF_KEY] + ([proof] if proof else [])
     if proofs:
@@ -946,9 +947,11 @@ def norm_rewrite(
 
 
 def norm_node_params(node: onnx.NodeProto) -> dict[str, str]:
-    """Slot → value name of a normonnx node's present parameter inputs."""
-    slots = ("weight", "bias", "mean", "var")
-    return {s: v for s, v in zip(slots, node.input[1:]) if v}
+    """Slot → value name of a normonnx node's present inputs after X (parameters, and a residual
+    / modulation's run-time operands)."""
+    from ..lowering.function import input_slots
+
+    return {s: v for s, v in zip(input_slots(node.op_type), node.input[1:]) if v}
 
 
 def spec_of_node(view: GraphView, node: onnx.NodeProto) -> Any:

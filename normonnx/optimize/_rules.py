@@ -51,6 +51,8 @@ class NormAffine(Rule):
             return NoMatch(f"not a {self.op}")
         if attr(node, "activation", ""):
             return NoMatch("an activation follows the affine")
+        if attr(node, "modulation", 0):
+            return NoMatch("a modulation follows the norm: an affine after it is not the norm's own")
         u = g.single_user(node.output[0])
         if u is None or u.domain not in ("", "ai.onnx"):
             return NoMatch("output has several users or none")

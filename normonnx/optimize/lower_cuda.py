@@ -25,7 +25,10 @@ the reason recorded as a refusal) is lowered by the core's selector as usual.
   the same shape (no broadcasting), the norm is over the last axis only (not channels-first),
   float32/float16, γ/β constant (a missing γ becomes ones). When the sum is read elsewhere too
   (the residual stream of a transformer block) those reads take the fourth output, so the Add
-  disappears entirely. Numerical note: the kernels form σ² from Σx and Σx² in one pass (like
+  disappears entirely. A LayerNorm whose residual input the CPU pipeline already fused
+  (``residual.layer``) is taken the same way, with its sum output as output 3 and a fused
+  modulation spelled out after it; a fused residual RMSNorm becomes Add + the RMSNorm lowering
+  again. Numerical note: the kernels form σ² from Σx and Σx² in one pass (like
   the contrib GroupNorm), mathematically equal, weaker than the float64 decomposition at large
   offsets; the CPU provider has the kernel too, so the rewrite is verified numerically here.
 
@@ -77,8 +80,11 @@ def check_rms(g: GraphView, spec: NormSpec) -> Verdict:
     return OK
 
 
-def check_skip(g: GraphView, spec: NormSpec, add: onnx.NodeProto, params: dict[str, str]) -> Verdict:
-    """Can ``SkipLayerNormalization(add.input[0], add.input[1], γ, β)`` replace Add → LayerNorm?"""
+def check_skip(
+    g: GraphView, spec: NormSpec, operands: tuple[str, str], at: onnx.NodeProto, params: dict[str, str]
+) -> Verdict:
+    """Can ``SkipLayerNormalization(*operands, γ, β)`` placed at node ``at`` (the residual Add, or
+    a LayerNorm with a fused residual input) replace the residual Add and the LayerNorm?"""
     if spec.channels_first:
         return Verdict.fail("channels-first LayerNorm: SkipLayerNormalization normalises the last axis")
     if len(spec.normalized_shape or ()) != 1:
@@ -87,16 +93,16 @@ def check_skip(g: GraphView, spec: NormSpec, add: onnx.NodeProto, params: dict[s
         )
     if spec.dtype not in ("float32", "float16"):
         return Verdict.fail(f"SkipLayerNormalization has float32/float16 kernels, not {spec.dtype}")
-    sa, sb = g.shape(add.input[0]), g.shape(add.input[1])
+    sa, sb = g.shape(operands[0]), g.shape(operands[1])
     if sa is None or sb is None or None in sa or None in sb:
-        return Verdict.fail("the residual Add's operand shapes are unknown", add.output[0])
+        return Verdict.fail("the residual Add's operand shapes are unknown", operands[0])
     if tuple(sa) != tuple(sb):
         return Verdict.fail(
             f"the residual Add broadcasts {list(sa)} with {list(sb)}; SkipLayerNormalization needs equal shapes",
-            add.output[0],
+            operands[0],
         )
     if len(sa) not in (2, 3):
-        return Verdict.fail(f"rank-{len(sa)} input; SkipLayerNormalization takes rank 2 or 3", add.output[0])
+        return Verdict.fail(f"rank-{len(sa)} input; SkipLayerNormalization takes rank 2 or 3", operands[0])
     for slot in ("weight", "bias"):
         v = params.get(slot)
         if not v:
@@ -104,7 +110,7 @@ def check_skip(g: GraphView, spec: NormSpec, add: onnx.NodeProto, params: dict[s
         if g.const(v) is None:
             return Verdict.fail(f"the LayerNorm's {slot} is computed at run time, not a constant", v)
         producer = g.op(v)
-        if producer is not None and g.index[id(producer)] > g.index[id(add)]:
+        if producer is not None and g.index[id(producer)] > g.index[id(at)]:
             return Verdict.fail(f"the LayerNorm's {slot} is produced after the residual Add", v)
     return OK
 
@@ -191,6 +197,12 @@ def lower_for_cuda(
             strategy, note = f"contrib:{MS_DOMAIN}.GroupNorm", NOTE_GROUP
         else:
             ns = spec.normalized_shape or ()
+            x_in = node.input[0]
+            if spec.residual:  # the Add the fusion took in, spelled out again (as before the fusion)
+                x_in = node.output[1] if len(node.output) > 1 else b.fresh("residual_sum")
+                b.nodes.append(
+                    helper.make_node("Add", [node.input[0], params["residual"]], [x_in], name=b.fresh("Add"))
+                )
             scale = params.get("weight")
             if not scale:
                 t = tensor(g, "cuda_rms_scale", np.ones(ns, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype)))
@@ -199,7 +211,7 @@ def lower_for_cuda(
             b.nodes.append(
                 helper.make_node(
                     "SimplifiedLayerNormalization",
-                    [node.input[0], scale],
+                    [x_in, scale],
                     [node.output[0]],
                     name=b.fresh("SimplifiedLayerNormalization"),
                     axis=-len(ns),
@@ -238,6 +250,8 @@ def _skip_layer_norm(
 ) -> tuple[Rewrite | None, dict[str, Any]]:
     """The rewrite of Add → normonnx LayerNorm into SkipLayerNormalization, or (None, {}) if not taken."""
     rule = "cuda.skip_layer_norm"
+    if spec.residual:  # the residual Add already fused into the node (normonnx/optimize/fuse_residual.py)
+        return _fused_skip_layer_norm(g, node, spec, report)
     add = g.op(node.input[0], "Add")
     if add is None or add.domain not in ("", "ai.onnx"):  # not a residual LayerNorm: the core lowers it
         return None, {}
@@ -247,7 +261,7 @@ def _skip_layer_norm(
         )
         return None, {}
     params = norm_node_params(node)
-    verdict = check_skip(g, spec, add, params)
+    verdict = check_skip(g, spec, (add.input[0], add.input[1]), add, params)
     if not verdict:
         report.refuse(rule, node, verdict)
         return None, {}
@@ -290,6 +304,65 @@ def _skip_layer_norm(
     }
     # at the Add: readers of the sum between the Add and the LayerNorm still see it produced first
     return Rewrite([add, node], [new], inits, at=add), record
+
+
+def _fused_skip_layer_norm(
+    g: GraphView, node: onnx.NodeProto, spec: NormSpec, report: Any
+) -> tuple[Rewrite | None, dict[str, Any]]:
+    """A LayerNorm with a fused residual input → SkipLayerNormalization (its sum output, when the
+    node has one, as output 3), a fused modulation spelled out after it; (None, {}) if not taken
+    (the core then lowers the node, e.g. as Add + LayerNormalization)."""
+    rule = "cuda.skip_layer_norm"
+    params = norm_node_params(node)
+    verdict = check_skip(g, spec, (node.input[0], params["residual"]), node, params)
+    if not verdict:
+        report.refuse(rule, node, verdict)
+        return None, {}
+    inits: list[onnx.TensorProto] = []
+    gamma = params.get("weight")
+    if not gamma:
+        t = tensor(
+            g, "cuda_skip_ln_gamma", np.ones(spec.normalized_shape, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype))
+        )
+        inits.append(t)
+        gamma = t.name
+    b = Builder(g.opset, prefix=g.fresh(node.name or "skip_layer_norm"))
+    sum_out = node.output[1] if len(node.output) > 1 else ""
+    y = node.output[0] if not spec.modulation else b.fresh("skip_ln")
+    b.nodes.append(
+        helper.make_node(
+            "SkipLayerNormalization",
+            [node.input[0], params["residual"], gamma] + ([params["bias"]] if params.get("bias") else []),
+            [y, "", "", sum_out] if sum_out else [y],
+            name=b.fresh("SkipLayerNormalization"),
+            domain=MS_DOMAIN,
+            epsilon=spec.eps,
+        )
+    )
+    if spec.modulation:
+        from ..lowering.fused import modulate
+
+        modulate(b, spec, y, params)
+        b.nodes[-1].output[0] = node.output[0]  # the modulation's last Add computes the node's output
+    strategy = f"contrib:{MS_DOMAIN}.SkipLayerNormalization"
+    for n in b.nodes:
+        n.metadata_props.extend(node.metadata_props)
+        n.metadata_props.add(key="normonnx.norm", value=node.name)
+        n.metadata_props.add(key="normonnx.strategy", value=strategy)
+    report.fired[rule] += 1
+    record = {
+        "node": node.name,
+        "kind": "layer",
+        "strategy": strategy,
+        "spec": spec.key(),
+        "rejected": [],
+        "scope": "",
+        "activation": "",
+        "note": "residual input fused; σ² from Σx, Σx² in one pass"
+        + ("; the sum kept as output 3" if sum_out else "")
+        + ("; modulation as Mul/Add after it" if spec.modulation else ""),
+    }
+    return Rewrite([node], b.nodes, inits), record
 
 
 def cpu_equivalent(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,7 +1,7 @@
 """The one recognition-and-lowering pipeline that ``normonnx export`` and ``normonnx optimize`` share.
 
     ONNX graph ─infer─▶ fold_batchnorm ─▶ fold_param_norms ─cleanup─▶ canonical ─cleanup─▶
-        fuse_group ─▶ fuse_layer ─▶ fuse_rms ─▶ modulated ─▶ lower (selector) ─cleanup─▶ ONNX graph
+        fuse_group ─▶ fuse_layer ─▶ fuse_rms ─▶ modulated ─▶ residual ─▶ lower (selector) ─cleanup─▶ ONNX graph
 
 ``export`` feeds it torch's ONNX program (aten norms already became ``normonnx.<Op>`` nodes in the
 exporter's translation table, hand-written ones are still primitives); ``optimize`` feeds it any
@@ -22,7 +22,7 @@ from . import Report, Rule, RulePass, cleanup, infer
 
 #: rule families in the order the pipeline runs them (one module each under normonnx/optimize/)
 FOLDS = ("fold_batchnorm", "fold_param_norms")
-FUSIONS = ("canonical", "fuse_group", "fuse_layer", "fuse_rms", "modulated")
+FUSIONS = ("canonical", "fuse_group", "fuse_layer", "fuse_rms", "modulated", "residual")
 FAMILIES = FOLDS + FUSIONS
 #: model metadata entry with the fired counts and refusals of the last pipeline run
 RECORD_KEY = "normonnx.optimize"

@@ -42,6 +42,13 @@ typedef struct NxMath {
               const float* pf);
   /* y[i] = x[i]·r·w[i]; w may be NULL */
   void (*rms_row)(const float* x, float* y, size_t n, float r, const float* w, const float* pf);
+  /* s[i] = x[i] + r[i] (a residual norm's sum, rounded as the Add it replaces) */
+  void (*add)(const float* x, const float* r, float* s, size_t n);
+  /* the fused forms' write pass, s may be y itself (in place):
+   * without modulation y[i] = ((s[i] − mh) − ml)·r·w[i] + b[i] in float (w, b may be NULL; rms: mh = ml = 0),
+   * with it (sc, sh non-NULL; no w/b) y[i] = (((s[i] − mh) − ml)·r)·(1 + sc[i]) + sh[i] in float64 */
+  void (*row_ext)(const float* s, float* y, size_t n, float mh, float ml, double r, const float* w, const float* b,
+                  const float* sc, const float* sh);
   /* column statistics over rows r < `rows` (≤ 8) of x (row stride `stride`):
    * s1[p] += Σ_r x[r][p] − k[p], s2[p] += Σ_r (x[r][p] − k[p])², in float64 */
   void (*col_sums)(const float* x, size_t stride, size_t rows, size_t n, const float* k, double* s1, double* s2);

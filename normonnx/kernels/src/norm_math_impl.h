@@ -215,6 +215,43 @@ static void NX_FN(rms_row)(const float* restrict x, float* restrict y, size_t n,
   }
 }
 
+static void NX_FN(add)(const float* restrict x, const float* restrict r, float* restrict s, size_t n) {
+  for (size_t i = 0; i < n; ++i) s[i] = x[i] + r[i];
+}
+
+/* s and y may be the same buffer: every loop reads s[i] before writing y[i] at the same index, so
+ * vectorising it is safe; the pragma tells the compiler so (no alias-check fallback loop) */
+#if defined(__clang__)
+#define NX_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define NX_IVDEP _Pragma("GCC ivdep")
+#else
+#define NX_IVDEP
+#endif
+
+static void NX_FN(row_ext)(const float* s, float* y, size_t n, float mh, float ml, double rstd,
+                           const float* restrict w, const float* restrict b, const float* restrict sc,
+                           const float* restrict sh) {
+  const float r = (float)rstd;
+  if (sc) {
+    /* in float64 with one final rounding: the unfused graph rounds four times (the norm, 1 + scale,
+     * the product, the sum), which puts a float32 evaluation here at torch's error, not below it */
+    const double mhd = (double)mh, mld = (double)ml;
+    NX_IVDEP for (size_t i = 0; i < n; ++i) {
+      double v = (((double)s[i] - mhd) - mld) * rstd;
+      y[i] = (float)(v * (1.0 + (double)sc[i]) + (double)sh[i]);
+    }
+  } else if (w && b) {
+    NX_IVDEP for (size_t i = 0; i < n; ++i) y[i] = (((s[i] - mh) - ml) * r) * w[i] + b[i];
+  } else if (w) {
+    NX_IVDEP for (size_t i = 0; i < n; ++i) y[i] = (((s[i] - mh) - ml) * r) * w[i];
+  } else if (b) {
+    NX_IVDEP for (size_t i = 0; i < n; ++i) y[i] = ((s[i] - mh) - ml) * r + b[i];
+  } else {
+    NX_IVDEP for (size_t i = 0; i < n; ++i) y[i] = ((s[i] - mh) - ml) * r;
+  }
+}
+
 #ifndef NX_HAVE_ISA_AFFINE_SUMS
 /* generic: the two passes one after the other (an ISA file interleaves them) */
 static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu,
@@ -281,5 +318,6 @@ static void NX_FN(col_affine)(const float* restrict x, float* restrict y, size_t
 
 const NxMath NX_FN(nx_math) = {
     NX_ISA_NAME,      NX_FN(sums),     NX_FN(sumsq),      NX_FN(affine),     NX_FN(affine_channels), NX_FN(affine_sums),
-    NX_FN(row),       NX_FN(rms_row),  NX_FN(col_sums),   NX_FN(col_finish), NX_FN(col_affine),
+    NX_FN(row),       NX_FN(rms_row),  NX_FN(add),        NX_FN(row_ext),    NX_FN(col_sums),
+    NX_FN(col_finish), NX_FN(col_affine),
 };

@@ -6,6 +6,11 @@
  * [, mean, var]), absent optional inputs are empty names; attributes epsilon, channels,
  * normalized_shape, num_groups, channels_first, running_stats, activation.
  *
+ * Fused forms of the trailing-axes LayerNorm (inputs X, weight?, bias?, residual?, scale?, shift?)
+ * and RMSNorm (X, weight?, residual?): attribute has_residual=1 normalises S = X + R (R of X's shape),
+ * S written to the optional second output when the node has one; modulation=1 (LayerNorm
+ * without γ/β) gives N(x)·(1 + scale) + shift with scale/shift [N or 1, 1, ..., C].
+ *
  * Why a domain of its own: once a library registers an op, onnxruntime (1.31, measured) binds
  * every node of that (domain, op) to the library's schema and no longer to the model-local
  * function, so a node whose element type has no kernel here fails to load instead of running its
@@ -34,7 +39,7 @@
 #include "norm_math.h"
 #include "ort_abi.h"
 
-#define NX_ABI 1 /* bump when the Python side must notice an incompatible library */
+#define NX_ABI 2 /* bump when the Python side must notice an incompatible library (2: residual, modulation) */
 #define NX_DOMAIN "normonnx.kernels"
 #define NX_MAX_RANK 16
 
@@ -75,6 +80,7 @@ typedef struct NxOp {
   const char* name;
   NxKind kind;
   size_t n_inputs;
+  size_t n_outputs; /* outputs after the first are optional */
 } NxOp;
 
 typedef struct NxKernel {
@@ -86,6 +92,8 @@ typedef struct NxKernel {
   int channels_first;
   int running_stats;
   int silu;
+  int residual;
+  int modulation;
   size_t ns_len;
   int64_t ns[NX_MAX_RANK];
 } NxKernel;
@@ -118,6 +126,10 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
   k->channels_first = v != 0;
   get_int(info, "running_stats", 0, &v);
   k->running_stats = v != 0;
+  get_int(info, "has_residual", 0, &v);
+  k->residual = v != 0;
+  get_int(info, "modulation", 0, &v);
+  k->modulation = v != 0;
 
   size_t len = 0;
   st = API(NxKernelInfoGetAttributeArrayInt64, NX_SLOT_KernelInfoGetAttributeArray_int64)(info, "normalized_shape",
@@ -159,6 +171,12 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
   if ((k->kind == NX_LAYER || k->kind == NX_RMS) && k->ns_len == 0) {
     free(k);
     return nx_error("normonnx.%s: attribute normalized_shape is required", op->name);
+  }
+  if ((k->residual && k->kind != NX_LAYER && k->kind != NX_RMS) || (k->modulation && k->kind != NX_LAYER) ||
+      ((k->residual || k->modulation) && k->channels_first)) {
+    free(k);
+    return nx_error("normonnx.%s: has_residual=1 is for trailing LayerNorm/RMSNorm, modulation=1 for trailing LayerNorm",
+                    op->name);
   }
   if (k->kind == NX_LAYER && k->channels_first && k->ns_len != 1) {
     free(k);
@@ -253,6 +271,13 @@ typedef struct NxSegJob {
   size_t cpseg;  /* channel mode: channels per segment */
   double eps;
   int silu;
+  /* fused forms (layer / rms rows): r residual (x + r normalised, the sum in `sum` or, when nobody
+   * reads it, in y itself), msc/msh modulation scale/shift with their floats per sample (0: shared),
+   * `segs_per_sample` rows per sample */
+  const float* r;
+  float* sum;
+  const float *msc, *msh;
+  size_t msc_stride, msh_stride, segs_per_sample;
   size_t segs_per_task;
   int prefetch; /* prefetch segment s+1 while writing segment s */
   /* two-phase mode */
@@ -261,11 +286,29 @@ typedef struct NxSegJob {
   float* stat;  /* [segs][3]: mh, ml, rstd */
 } NxSegJob;
 
+static int seg_ext(const NxSegJob* j) { return j->r != NULL || j->msc != NULL; }
+static float* seg_sum_buf(const NxSegJob* j, size_t s) { return (j->sum ? j->sum : j->y) + s * j->len; }
+
+/* the shift k of segment s's statistics: its first element (of the sum for a residual norm) */
+static double seg_shift(const NxSegJob* j, size_t s) {
+  if (j->mode == NX_AFFINE_RMS) return 0.0;
+  size_t o = s * j->len;
+  return j->r ? (double)(j->x[o] + j->r[o]) : (double)j->x[o];
+}
+
 /* pf: the same range of the next segment, to prefetch while writing (NULL: none) */
 static void seg_affine(const NxSegJob* j, size_t s, size_t lo, size_t hi, float mh, float ml, double rstd,
                        const float* pf) {
   const float* x = j->x + s * j->len;
   float* y = j->y + s * j->len;
+  if (seg_ext(j)) {
+    const float* src = j->r ? seg_sum_buf(j, s) : x; /* the sum, in place when it is y */
+    size_t n = j->msc ? s / j->segs_per_sample : 0;
+    (void)pf;
+    g_math->row_ext(src + lo, y + lo, hi - lo, mh, ml, rstd, j->w ? j->w + lo : NULL, j->b ? j->b + lo : NULL,
+                    j->msc ? j->msc + n * j->msc_stride + lo : NULL, j->msh ? j->msh + n * j->msh_stride + lo : NULL);
+    return;
+  }
   if (j->mode == NX_AFFINE_ELEMENT) {
     g_math->row(x + lo, y + lo, hi - lo, mh, ml, (float)rstd, j->w ? j->w + lo : NULL, j->b ? j->b + lo : NULL,
                 pf ? pf + lo : NULL);
@@ -312,6 +355,11 @@ static int seg_pipelined(const NxSegJob* j) { return j->mode == NX_AFFINE_CHANNE
 
 static void seg_stats(const NxSegJob* j, size_t s, size_t lo, size_t hi, double k, double* s1, double* s2) {
   const float* x = j->x + s * j->len;
+  if (j->r) { /* the sum is written once, then summed from cache (and normalised from it) */
+    float* buf = seg_sum_buf(j, s);
+    g_math->add(x + lo, j->r + s * j->len + lo, buf + lo, hi - lo);
+    x = buf;
+  }
   if (j->mode == NX_AFFINE_RMS) {
     g_math->sumsq(x + lo, hi - lo, s2);
   } else if (seg_pipelined(j)) {
@@ -375,7 +423,7 @@ static void seg_task(void* p, size_t t) {
     return;
   }
   for (size_t s = s0; s < s1e; ++s) {
-    double k = j->mode == NX_AFFINE_RMS ? 0.0 : (double)j->x[s * j->len];
+    double k = seg_shift(j, s);
     double a1 = 0.0, a2 = 0.0, rstd;
     float mh, ml;
     seg_stats(j, s, 0, j->len, k, &a1, &a2);
@@ -388,7 +436,7 @@ static void seg_phase1(void* p, size_t t) {
   const NxSegJob* j = (const NxSegJob*)p;
   size_t s = t / j->chunks_per_seg, c = t % j->chunks_per_seg;
   size_t lo = c * j->chunk, hi = lo + j->chunk > j->len ? j->len : lo + j->chunk;
-  double k = j->mode == NX_AFFINE_RMS ? 0.0 : (double)j->x[s * j->len];
+  double k = seg_shift(j, s);
   double* out = j->part + 2 * t;
   out[0] = out[1] = 0.0;
   seg_stats(j, s, lo, hi, k, &out[0], &out[1]);
@@ -421,7 +469,7 @@ static OrtStatus* run_segments(OrtKernelContext* ctx, NxSegJob* j) {
       size_t even = j->segs / (NX_TASKS_PER_CPU * g_ncpu);
       if (even > j->segs_per_task) j->segs_per_task = even;
     }
-    j->prefetch = j->len <= NX_PREFETCH_MAX_LEN && j->segs * j->len * sizeof(float) >= NX_PREFETCH_MIN_BYTES;
+    j->prefetch = !seg_ext(j) && j->len <= NX_PREFETCH_MAX_LEN && j->segs * j->len * sizeof(float) >= NX_PREFETCH_MIN_BYTES;
     run_parallel(ctx, seg_task, (j->segs + j->segs_per_task - 1) / j->segs_per_task, j);
     return NULL;
   }
@@ -438,7 +486,7 @@ static OrtStatus* run_segments(OrtKernelContext* ctx, NxSegJob* j) {
   run_parallel(ctx, seg_phase1, tasks, j);
   for (size_t s = 0; s < j->segs; ++s) {
     double a1 = 0.0, a2 = 0.0, rstd;
-    double k = j->mode == NX_AFFINE_RMS ? 0.0 : (double)j->x[s * j->len];
+    double k = seg_shift(j, s);
     for (size_t c = 0; c < j->chunks_per_seg; ++c) { /* fixed order: deterministic result */
       a1 += j->part[2 * (s * j->chunks_per_seg + c)];
       a2 += j->part[2 * (s * j->chunks_per_seg + c) + 1];
@@ -515,6 +563,61 @@ static void col_task(void* p, size_t t) {
     g_math->col_affine(x + c * j->s, y + c * j->s, np, mh, ml, r, j->w ? j->w[c] : 1.0f, j->b ? j->b[c] : 0.0f);
 }
 
+/* -- fused forms -------------------------------------------------------------------------------- */
+/* residual R of exactly X's shape; the sum goes to output 1 when the node has it */
+static OrtStatus* setup_residual(OrtKernelContext* ctx, const NxKernel* k, const NxTensor* X, const NxTensor* R,
+                                 NxSegJob* j) {
+  if (!R->data) return nx_error("normonnx.%s: has_residual=1 needs the residual input", k->op);
+  int same = R->rank == X->rank;
+  for (size_t i = 0; same && i < X->rank; ++i) same = R->dims[i] == X->dims[i];
+  if (!same)
+    return nx_error("normonnx.%s: the residual input must have X's shape (rank %zu, %zu elements), got rank %zu, "
+                    "%zu elements",
+                    k->op, X->rank, X->count, R->rank, R->count);
+  j->r = R->data;
+  size_t n_out = 0;
+  TRY(API(NxKernelContextGetOutputCount, NX_SLOT_KernelContext_GetOutputCount)(ctx, &n_out));
+  if (n_out > 1) {
+    OrtValue* out = NULL;
+    TRY(API(NxKernelContextGetOutput, NX_SLOT_KernelContext_GetOutput)(ctx, 1, X->dims, X->rank, &out));
+    if (out) {
+      void* data = NULL;
+      TRY(API(NxGetTensorMutableData, NX_SLOT_GetTensorMutableData)(out, &data));
+      j->sum = (float*)data;
+    }
+  }
+  return NULL;
+}
+
+/* scale and shift of shape [N or 1, 1, ..., 1, *normalized_shape] (right-aligned against X) */
+static OrtStatus* setup_modulation(const NxKernel* k, const NxTensor* X, const NxTensor* SC, const NxTensor* SH,
+                                   size_t len, NxSegJob* j) {
+  const NxTensor* t[2] = {SC, SH};
+  const char* what[2] = {"scale", "shift"};
+  size_t stride[2] = {0, 0};
+  for (int q = 0; q < 2; ++q) {
+    const NxTensor* p = t[q];
+    if (!p->data) return nx_error("normonnx.%s: modulation=1 needs the %s input", k->op, what[q]);
+    size_t r = X->rank, lead = r - k->ns_len, pad = r - p->rank;
+    int ok = p->rank <= r && lead >= 1;
+    for (size_t i = 0; ok && i < r; ++i) {
+      int64_t d = i < pad ? 1 : p->dims[i - pad];
+      if (i >= lead) ok = d == k->ns[i - lead];
+      else if (i == 0) ok = d == 1 || d == X->dims[0];
+      else ok = d == 1;
+    }
+    if (!ok)
+      return nx_error("normonnx.%s: %s must be [N or 1, 1, ..., 1, normalized_shape] against X, got rank %zu with "
+                      "%zu elements",
+                      k->op, what[q], p->rank, p->count);
+    stride[q] = p->count == len ? 0 : len; /* [1, ..., C] shared by the samples, else one row per sample */
+  }
+  j->msc = SC->data, j->msh = SH->data, j->msc_stride = stride[0], j->msh_stride = stride[1];
+  j->segs_per_sample = X->dims[0] > 0 ? j->segs / (size_t)X->dims[0] : 1;
+  if (j->segs_per_sample == 0) j->segs_per_sample = 1;
+  return NULL;
+}
+
 /* -- compute ------------------------------------------------------------------------------------ */
 static size_t prod(const int64_t* d, size_t from, size_t to) {
   size_t p = 1;
@@ -526,13 +629,22 @@ static OrtStatus* NX_CALL compute(void* kernel, OrtKernelContext* ctx) {
   const NxKernel* k = (const NxKernel*)kernel;
   size_t n_in = 0;
   TRY(API(NxKernelContextGetInputCount, NX_SLOT_KernelContext_GetInputCount)(ctx, &n_in));
-  NxTensor X, W, B, M, V;
+  NxTensor X, W, B, M, V, R, SC, SH;
+  memset(&B, 0, sizeof B), memset(&M, 0, sizeof M), memset(&V, 0, sizeof V);
+  memset(&R, 0, sizeof R), memset(&SC, 0, sizeof SC), memset(&SH, 0, sizeof SH);
   TRY(read_input(ctx, k, 0, n_in, &X));
   TRY(read_input(ctx, k, 1, n_in, &W));
   if (k->kind != NX_RMS) TRY(read_input(ctx, k, 2, n_in, &B));
-  else memset(&B, 0, sizeof B);
-  TRY(read_input(ctx, k, 3, n_in, &M));
-  TRY(read_input(ctx, k, 4, n_in, &V));
+  if (k->kind == NX_LAYER) { /* X, weight, bias, residual, scale, shift */
+    if (k->residual) TRY(read_input(ctx, k, 3, n_in, &R));
+    if (k->modulation) TRY(read_input(ctx, k, 4, n_in, &SC));
+    if (k->modulation) TRY(read_input(ctx, k, 5, n_in, &SH));
+  } else if (k->kind == NX_RMS) { /* X, weight, residual */
+    if (k->residual) TRY(read_input(ctx, k, 2, n_in, &R));
+  } else {
+    TRY(read_input(ctx, k, 3, n_in, &M));
+    TRY(read_input(ctx, k, 4, n_in, &V));
+  }
   if (!X.data) return nx_error("normonnx.%s: input X is required", k->op);
 
   OrtValue* out = NULL;
@@ -578,6 +690,8 @@ static OrtStatus* NX_CALL compute(void* kernel, OrtKernelContext* ctx) {
     j.len = len, j.segs = len ? X.count / len : 0;
     j.mode = k->kind == NX_RMS ? NX_AFFINE_RMS : NX_AFFINE_ELEMENT;
     j.eps = k->eps;
+    if (k->residual) TRY(setup_residual(ctx, k, &X, &R, &j));
+    if (k->modulation) TRY(setup_modulation(k, &X, &SC, &SH, len, &j));
     return run_segments(ctx, &j);
   }
 
@@ -626,17 +740,14 @@ static int NX_CALL op_type(const OrtCustomOp* op, size_t i) {
   return NX_TYPE_FLOAT;
 }
 static size_t NX_CALL op_in_count(const OrtCustomOp* op) { return ((const NxOp*)op)->n_inputs; }
-static size_t NX_CALL op_out_count(const OrtCustomOp* op) {
-  (void)op;
-  return 1;
-}
+static size_t NX_CALL op_out_count(const OrtCustomOp* op) { return ((const NxOp*)op)->n_outputs; }
 static int NX_CALL op_in_char(const OrtCustomOp* op, size_t i) {
   (void)op;
   return i == 0 ? NX_INPUT_OUTPUT_REQUIRED : NX_INPUT_OUTPUT_OPTIONAL;
 }
 static int NX_CALL op_out_char(const OrtCustomOp* op, size_t i) {
-  (void)op, (void)i;
-  return NX_INPUT_OUTPUT_REQUIRED;
+  (void)op;
+  return i == 0 ? NX_INPUT_OUTPUT_REQUIRED : NX_INPUT_OUTPUT_OPTIONAL;
 }
 static int NX_CALL op_mem(const OrtCustomOp* op, size_t i) {
   (void)op, (void)i;
@@ -651,19 +762,19 @@ static int NX_CALL op_zero(const OrtCustomOp* op) {
   return 0;
 }
 
-#define NX_OP(NAME, KIND, NIN)                                                                             \
+#define NX_OP(NAME, KIND, NIN, NOUT)                                                                             \
   {                                                                                                        \
     {                                                                                                      \
       NX_ORT_API_VERSION, NULL, op_name, op_ep, op_type, op_in_count, op_type, op_out_count, NULL,       \
           destroy_kernel, op_in_char, op_out_char, op_mem, op_one, op_zero, op_one, op_zero, create_kernel, \
           compute, NULL, op_one, op_one, NULL, NULL, NULL, NULL                                            \
     }                                                                                                      \
-    , NAME, KIND, NIN                                                                                      \
+    , NAME, KIND, NIN, NOUT                                                                                \
   }
 
 static const NxOp g_ops[] = {
-    NX_OP("GroupNorm", NX_GROUP, 3),       NX_OP("LayerNorm", NX_LAYER, 3), NX_OP("RMSNorm", NX_RMS, 2),
-    NX_OP("InstanceNorm", NX_INSTANCE, 5), NX_OP("BatchNorm", NX_BATCH, 5),
+    NX_OP("GroupNorm", NX_GROUP, 3, 1),       NX_OP("LayerNorm", NX_LAYER, 6, 2), NX_OP("RMSNorm", NX_RMS, 3, 2),
+    NX_OP("InstanceNorm", NX_INSTANCE, 5, 1), NX_OP("BatchNorm", NX_BATCH, 5, 1),
 };
 
 /* -- registration -------------------------------------------------------------------------------- */

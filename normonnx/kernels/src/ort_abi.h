@@ -117,6 +117,7 @@ typedef OrtStatus*(NX_CALL* NxKernelInfoGetAttributeInt64)(const OrtKernelInfo* 
 typedef OrtStatus*(NX_CALL* NxKernelInfoGetAttributeString)(const OrtKernelInfo* info, const char* name, char* out,
                                                             size_t* size);
 typedef OrtStatus*(NX_CALL* NxKernelContextGetInputCount)(const OrtKernelContext* ctx, size_t* out);
+typedef OrtStatus*(NX_CALL* NxKernelContextGetOutputCount)(const OrtKernelContext* ctx, size_t* out);
 typedef OrtStatus*(NX_CALL* NxKernelContextGetInput)(const OrtKernelContext* ctx, size_t index, const OrtValue** out);
 typedef OrtStatus*(NX_CALL* NxKernelContextGetOutput)(OrtKernelContext* ctx, size_t index, const int64_t* dims,
                                                       size_t n, OrtValue** out);
@@ -144,6 +145,7 @@ enum {
   NX_SLOT_KernelInfoGetAttribute_int64 = 86,
   NX_SLOT_KernelInfoGetAttribute_string = 87,
   NX_SLOT_KernelContext_GetInputCount = 88,
+  NX_SLOT_KernelContext_GetOutputCount = 89,
   NX_SLOT_KernelContext_GetInput = 90,
   NX_SLOT_KernelContext_GetOutput = 91,
   NX_SLOT_ReleaseStatus = 93,

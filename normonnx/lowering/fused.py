@@ -1,0 +1,36 @@
+"""The ops a norm's fused forms stand for, shared by every lowering that spells them out.
+
+- residual:   ``s = x + r`` (same shapes, no broadcasting), then the norm of ``s``; ``s`` is also the
+              node's optional second output (``b.named["sum"]``), which the residual stream reads.
+- modulation: ``y·(1 + scale) + shift`` after a norm without γ/β, scale/shift ``[N or 1, 1, …, C]``.
+
+Both are written in the norm's own dtype and in the order the exporters emit them (``1 + scale``
+first), so a lowering that spells them out computes bitwise what the unfused graph computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from onnx import helper
+
+from ..spec import NormSpec
+from .builder import Builder
+
+
+def residual_sum(b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+    """``x + residual`` (recorded as ``b.named["sum"]``), or ``x`` for a spec without residual."""
+    if not spec.residual:
+        return x
+    s = b.op("Add", [x, params["residual"]])
+    b.named["sum"] = s
+    return s
+
+
+def modulate(b: Builder, spec: NormSpec, y: str, params: Mapping[str, str]) -> str:
+    """``y·(1 + scale) + shift``, or ``y`` for a spec without modulation."""
+    if not spec.modulation:
+        return y
+    one = b.const(1.0, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype) or np.float32)
+    return b.op("Add", [b.op("Mul", [y, b.op("Add", [one, params["scale"]])]), params["shift"]])

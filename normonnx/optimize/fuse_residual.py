@@ -1,0 +1,110 @@
+"""Residual Add + norm: ``s = a + b; y = N(s)`` → one norm node with a residual input, ``y = N(a + b)``,
+whose optional second output is ``s`` (the residual stream of a pre-norm transformer reads it).
+
+- ``residual.layer`` / ``residual.rms``: ``N`` a normonnx LayerNorm over trailing axes / RMSNorm
+  whose input is a plain ``Add``.
+
+Proof (``check``): the fused node computes ``a + b`` in the norm's dtype, then the norm, so it is the
+same function exactly when
+- the Add does not broadcast: both operands have the Add's full static shape (equal ints or equal
+  symbolic dims; an unknown dim refuses) — a bias ``Add(x, β)`` is the norm's affine, not a residual;
+- both operands have the norm's dtype;
+- the graph stays in topological order: the fused node is placed at the norm when every other
+  reader of the sum comes after the norm, else at the Add when every other input of the norm
+  (γ, β, a modulation's scale/shift) is computed before the Add; otherwise it refuses.
+
+Every other reader of ``s`` (and a graph output ``s``) reads the node's second output, which keeps
+the name ``s``. What this saves: one write and one read of the activation per norm, and a node.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from . import Match, NoMatch, Rule
+from ._graph import OK, GraphView, Rewrite, Verdict, dtype_name, norm_node_params, norm_rewrite, spec_of_node
+
+DOMAIN = "normonnx"
+
+
+class ResidualNorm(Rule):
+    anchor_domain = DOMAIN
+    #: the Add's output stays produced (as the fused node's second output): not an interior value
+    check_interior = False
+
+    def __init__(self, name: str, op: str) -> None:
+        self.name = name  # type: ignore[misc]
+        self.anchor_ops = (op,)  # type: ignore[misc]
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+        add = g.op(node.input[0], "Add")
+        if add is None:
+            return NoMatch("input is not produced by an Add")
+        if len(add.input) != 2 or not all(add.input):
+            return NoMatch("the Add does not have two operands")
+        if any(p.key == "normonnx.strategy" for p in node.metadata_props):
+            return NoMatch("already lowered")
+        if any(a.name == "has_residual" and a.i for a in node.attribute):
+            return NoMatch("already has a residual input")
+        return Match(node, [add, node], node.output[0], {"add": add})
+
+    def check(self, g: GraphView, m: Match) -> Verdict:
+        node, add = m.anchor, m.facts["add"]
+        spec = spec_of_node(g, node)
+        if spec is None:
+            return Verdict.fail("the norm's input type is unknown", node.input[0])
+        if spec.channels_first:
+            return Verdict.fail("a channels-first LayerNorm has no fused residual form", node.input[0])
+        s = add.output[0]
+        out = g.shape(s)
+        for v in add.input:
+            if g.elem_type(v) != spec.onnx_dtype:
+                return Verdict.fail(f"operand {v!r} is {dtype_name(g.elem_type(v))}, the norm {spec.dtype}", v)
+            sv = g.shape(v)
+            if sv is None or out is None or None in sv or None in out:
+                return Verdict.fail(f"the static shape of {v!r} or of the sum is unknown", v)
+            if tuple(sv) != tuple(out):
+                if all(isinstance(d, int) for d in (*sv, *out)):
+                    return Verdict.fail(
+                        f"the Add broadcasts {list(sv)} to {list(out)}: a residual has the sum's shape", v
+                    )
+                return Verdict.fail(f"{list(sv)} and the sum's {list(out)} are not provably the same shape", v)
+        m.facts["spec"] = spec.replace(residual=True)
+        m.facts["at"] = self._placement(g, add, node)
+        if m.facts["at"] is None:
+            readers = [u for u in g.users(s) if u is not node and g.index[id(u)] < g.index[id(node)]]
+            late = [v for v in node.input[1:] if v and _produced_after(g, v, add)]
+            return Verdict.fail(
+                f"the sum is read by {readers[0].op_type} node {readers[0].name!r} before the norm, and the norm's "
+                f"input {late[0]!r} is computed after the Add: no position for the fused node keeps the order",
+                late[0],
+            )
+        return OK
+
+    @staticmethod
+    def _placement(g: GraphView, add: onnx.NodeProto, node: onnx.NodeProto) -> onnx.NodeProto | None:
+        """Where the fused node can go: the norm's place, the Add's, or None."""
+        s = add.output[0]
+        if all(g.index[id(u)] > g.index[id(node)] for u in g.users(s) if u is not node):
+            return node
+        if not any(v and _produced_after(g, v, add) for v in node.input[1:]):
+            return add
+        return None
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        node, add = m.anchor, m.facts["add"]
+        params = {**norm_node_params(node), "residual": add.input[1]}
+        rw = norm_rewrite(g, m.nodes, m.output, m.facts["spec"], add.input[0], params, node, "residual")  # type: ignore[arg-type]
+        s = add.output[0]
+        if s in g.graph_outputs or any(u is not node for u in g.users(s)):
+            rw.add[0].output.append(s)  # the residual stream reads the sum: the node's second output
+        rw.at = m.facts["at"]
+        return rw
+
+
+def _produced_after(g: GraphView, value: str, ref: onnx.NodeProto) -> bool:
+    p = g.op(value)
+    return p is not None and g.index[id(p)] > g.index[id(ref)]
+
+
+RULES: list[Rule] = [ResidualNorm("residual.layer", "LayerNorm"), ResidualNorm("residual.rms", "RMSNorm")]
