@@ -1,6 +1,6 @@
 """The one recognition-and-lowering pipeline that ``normonnx export`` and ``normonnx optimize`` share.
 
-    ONNX graph ─infer─▶ fold_batchnorm ─▶ fold_param_norms ─cleanup─▶ canonical ─cleanup─▶
+    ONNX graph ─shape facts─▶ fold_batchnorm ─▶ fold_param_norms ─cleanup─▶ canonical ─cleanup─▶
         fuse_group ─▶ fuse_layer ─▶ fuse_rms ─▶ modulated ─▶ residual ─▶ lower (selector) ─cleanup─▶ ONNX graph
 
 ``export`` feeds it torch's ONNX program (aten norms already became ``normonnx.<Op>`` nodes in the
