@@ -63,6 +63,31 @@ def test_exports_as_one_norm_node(cid, opset, tmp_path):
 
 
 @pytest.mark.parametrize("cid", IDS)
+def test_target_cuda_exports_one_norm_each_structurally(cid, tmp_path):
+    """``--target cuda``: the same one norm per layer, lowered for the CUDA provider (no CPU kernel
+    domain; contrib ops only where they are stable). No GPU here: structure, and the numbers where
+    the lowered ops also run on CPU."""
+    case = BY_ID[cid]
+    model, args = case.make(), inputs(case)
+    res = _export(case, model, args, tmp_path / "c.onnx", target="cuda")
+    m = onnx.load(tmp_path / "c.onnx")
+    assert res.target == "cuda"
+    assert not any(n.domain == "normonnx.kernels" for n in m.graph.node)  # CPU kernels are not for CUDA
+    if case.kind is None:
+        assert res.lowerings == [] and res.fired.get("param_norm.fold") == 1
+    else:
+        assert [r.kind for r in res.lowerings] == [case.kind], res.lowerings
+        assert len(_norm_groups(m)) == 1
+    if not any(n.domain == "com.microsoft" for n in m.graph.node):  # standard ops: CPU runs them too
+        with torch.no_grad():
+            want = model(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        got = session(str(tmp_path / "c.onnx")).run({n: a.numpy() for n, a in zip(_names(case), args)})
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cid", IDS)
 def test_file_runs_without_normonnx(cid, tmp_path):
     """A plain onnxruntime session (no custom-op library registered) runs the carried function
     bodies of the portable strategies and gives the same numbers."""
