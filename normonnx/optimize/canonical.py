@@ -36,9 +36,8 @@ from ._graph import (
     norm_axes,
     reduced_count,
     reduction_of,
-    scalar,
 )
-from ._shapes import dims_of, shape_value
+from ._shapes import dims_of, shape_value, static_scalar
 
 
 def _reduce_node(g: GraphView, red_node: onnx.NodeProto, op: str, keepdims: int, out: str) -> list[onnx.NodeProto]:
@@ -88,7 +87,7 @@ class SumToMean(Rule):
         if attr(red.node, "noop_with_empty_axes", 0):
             return Verdict.fail("ReduceSum with noop_with_empty_axes", red.node.output[0])
         n = reduced_count(g, red.input, axes)
-        c = scalar(g.const(m.facts["other"]))
+        c = static_scalar(g, m.facts["other"])  # a constant, or a count computed from static dims
         if n is None or c is None:
             return Verdict.fail("the count or the divisor is not static", m.facts["other"])
         want = float(n) if m.anchor.op_type == "Div" else 1.0 / n
