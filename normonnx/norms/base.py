@@ -166,6 +166,15 @@ class NormKind:
         self.validate(spec)
         return spec
 
+    @staticmethod
+    def _affine_params(module: Any) -> Params:
+        """A torch norm module's γ / β (those it has) as float64 arrays, by slot name."""
+        return {
+            k: t.detach().double().numpy()
+            for k, t in (("weight", module.weight), ("bias", module.bias))
+            if t is not None
+        }
+
     # -- shared math helpers ---------------------------------------------------------------------
     @staticmethod
     def _channel_view(a: np.ndarray, rank: int) -> np.ndarray:

@@ -66,10 +66,7 @@ class BatchNorm(NormKind):
             running_stats=bool(running),
             rank=rank,
         )
-        params: Params = {}
-        for k, t in (("weight", module.weight), ("bias", module.bias)):
-            if t is not None:
-                params[k] = t.detach().double().numpy()
+        params = self._affine_params(module)
         if running:
             params["mean"] = module.running_mean.detach().double().numpy()
             params["var"] = module.running_var.detach().double().numpy()

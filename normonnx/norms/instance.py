@@ -63,11 +63,7 @@ class InstanceNorm(NormKind):
             running_stats=running,
             rank=rank,
         )
-        params = {
-            k: t.detach().double().numpy()
-            for k, t in (("weight", module.weight), ("bias", module.bias))
-            if t is not None
-        }
+        params = self._affine_params(module)
         if running:
             params["mean"] = module.running_mean.detach().double().numpy()
             params["var"] = module.running_var.detach().double().numpy()

@@ -95,11 +95,7 @@ class LayerNorm(NormKind):
             has_bias=module.bias is not None,
             rank=rank,
         )
-        params = {
-            k: t.detach().double().numpy()
-            for k, t in (("weight", module.weight), ("bias", module.bias))
-            if t is not None
-        }
+        params = self._affine_params(module)
         return spec, params
 
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:

@@ -265,14 +265,7 @@ def _skip_layer_norm(
     if not verdict:
         report.refuse(rule, node, verdict)
         return None, {}
-    inits: list[onnx.TensorProto] = []
-    gamma = params.get("weight")
-    if not gamma:
-        t = tensor(
-            g, "cuda_skip_ln_gamma", np.ones(spec.normalized_shape, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype))
-        )
-        inits.append(t)
-        gamma = t.name
+    gamma, inits = _skip_gamma(g, spec, params)
     s = add.output[0]
     residual_read = s in g.graph_outputs or any(u is not node for u in g.users(s))
     outputs = [node.output[0], "", "", s] if residual_read else [node.output[0]]
@@ -306,6 +299,16 @@ def _skip_layer_norm(
     return Rewrite([add, node], [new], inits, at=add), record
 
 
+def _skip_gamma(g: GraphView, spec: NormSpec, params: dict[str, str]) -> tuple[str, list[onnx.TensorProto]]:
+    """SkipLayerNormalization's γ input: the norm's weight, or ones when it has none (γ is required)."""
+    if params.get("weight"):
+        return params["weight"], []
+    t = tensor(
+        g, "cuda_skip_ln_gamma", np.ones(spec.normalized_shape, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype))
+    )
+    return t.name, [t]
+
+
 def _fused_skip_layer_norm(
     g: GraphView, node: onnx.NodeProto, spec: NormSpec, report: Any
 ) -> tuple[Rewrite | None, dict[str, Any]]:
@@ -318,14 +321,7 @@ def _fused_skip_layer_norm(
     if not verdict:
         report.refuse(rule, node, verdict)
         return None, {}
-    inits: list[onnx.TensorProto] = []
-    gamma = params.get("weight")
-    if not gamma:
-        t = tensor(
-            g, "cuda_skip_ln_gamma", np.ones(spec.normalized_shape, helper.tensor_dtype_to_np_dtype(spec.onnx_dtype))
-        )
-        inits.append(t)
-        gamma = t.name
+    gamma, inits = _skip_gamma(g, spec, params)
     b = Builder(g.opset, prefix=g.fresh(node.name or "skip_layer_norm"))
     sum_out = node.output[1] if len(node.output) > 1 else ""
     y = node.output[0] if not spec.modulation else b.fresh("skip_ln")
