@@ -599,6 +599,14 @@ def _capture_lower_save(
 
 
 def _check(model: onnx.ModelProto | str) -> None:
+    from .lowering.contrib import DEFAULT_DOMAIN_OPS, for_checker
+
+    if isinstance(model, str):  # a staged file: its graph (weights stay in their data file)
+        graph_only = onnx.load(model, load_external_data=False)
+        if any(n.op_type in DEFAULT_DOMAIN_OPS for n in graph_only.graph.node):
+            model = for_checker(graph_only)
+    else:
+        model = for_checker(model)
     try:
         onnx.checker.check_model(model, full_check=False)
     except Exception as e:  # a bug of ours, not the user's: report it as such

@@ -101,20 +101,6 @@ def kernel_matrix(providers: list[str], opset: int) -> list[dict[str, Any]]:
     return rows
 
 
-def lower_cuda_info() -> dict[str, Any]:
-    """Whether the contrib-op lowering for --target cuda (normonnx.optimize.lower_cuda) is importable."""
-    try:
-        import importlib
-
-        mod = importlib.import_module("normonnx.optimize.lower_cuda")
-    except Exception as e:
-        return {"available": False, "reason": f"{type(e).__name__}: {e}"}
-    doc = (mod.__doc__ or "").strip().splitlines()
-    rules = getattr(mod, "RULES", None) or getattr(mod, "LOWERINGS", None) or ()
-    names = [getattr(r, "name", type(r).__name__) for r in rules] if isinstance(rules, (list, tuple)) else []
-    return {"available": True, "summary": doc[0] if doc else "", "rules": names}
-
-
 def collect() -> dict[str, Any]:
     """The whole report as data."""
     import onnx
@@ -167,7 +153,6 @@ def collect() -> dict[str, Any]:
         },
         "kernels": kernel_matrix(probed, best),
         "native_kernel_library": lib,
-        "lower_cuda": lower_cuda_info(),
         "capabilities": capability_table(("cpu", "cuda")),
         "choices": choices(),
         "warnings": warnings,
@@ -208,14 +193,6 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"  {lib['path']}" if lib["built"] else f"  {lib['reason']}")
     if lib.get("info"):
         lines.append("  " + ", ".join(f"{k}={val}" for k, val in lib["info"].items()))
-    lc = r["lower_cuda"]
-    lines += [
-        "",
-        "--target cuda contrib-op lowering (normonnx.optimize.lower_cuda): "
-        + (f"available — {lc['summary']}" if lc["available"] else f"not available ({lc['reason']})"),
-    ]
-    if lc.get("rules"):
-        lines.append(f"  rules: {', '.join(lc['rules'])}")
     lines += [
         "",
         "capability table:",

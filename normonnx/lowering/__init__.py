@@ -18,18 +18,27 @@ from onnx import helper, numpy_helper
 from ..errors import LoweringError
 from ..norms import KINDS, get_kind
 from ..spec import NormSpec
-from . import decomposed, function, native, native_kernel, via_instance
+from . import contrib, decomposed, function, native, native_kernel, via_instance
 from .base import MIN_OPSET, PROVIDERS, Capability, Strategy, Verdict
 from .builder import Builder
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
-    for s in (native.STRATEGY, decomposed.STRATEGY, function.STRATEGY, via_instance.STRATEGY, native_kernel.STRATEGY)
+    for s in (
+        native.STRATEGY,
+        decomposed.STRATEGY,
+        function.STRATEGY,
+        via_instance.STRATEGY,
+        native_kernel.STRATEGY,
+        contrib.STRATEGY,
+    )
 }
 #: default order of preference per provider: the first valid *and stable* strategy wins.
 PREFERENCE: dict[str, tuple[str, ...]] = {
     "cpu": ("native_kernel", "native", "decomposed", "function", "via_instance"),
-    "cuda": ("native", "decomposed", "function", "via_instance"),
+    # onnxruntime's contrib ops first where they are stable (its RMSNorm); the unstable ones
+    # (contrib GroupNorm, SkipLayerNormalization) are passed over unless allow_unstable
+    "cuda": ("contrib", "native", "decomposed", "function", "via_instance"),
 }
 #: per-(provider, kind) exceptions to ``PREFERENCE``
 KIND_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
@@ -40,6 +49,9 @@ KIND_PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     # tests/test_export.py::test_standalone_batchnorm_at_large_running_mean), and runs at 1.2-3.5x
     # the copy floor against the kernel's 0.5-1.6x.
     ("cpu", "batch"): ("native_kernel", "decomposed", "function", "native"),
+    # RMSNormalization-23 before onnxruntime's SimplifiedLayerNormalization, which is a standard
+    # op's stand-in below opset 23 (and a file onnx's checker does not know)
+    ("cuda", "rms"): ("native", "contrib", "decomposed", "function", "via_instance"),
 }
 #: highest default-domain opset normonnx targets (onnx may define newer ones; runtimes lag).
 MAX_OPSET = 23

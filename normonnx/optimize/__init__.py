@@ -17,7 +17,7 @@
                           ``Add`` fused into those nodes (``NormSpec.modulation`` / ``NormSpec.residual``);
 7. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
                           for the target (``--target cuda`` first tries onnxruntime's contrib ops,
-                          :mod:`normonnx.optimize.lower_cuda`);
+                          the ``contrib`` strategy, :mod:`normonnx.lowering.contrib`);
 8. cleanup again, then verification (:mod:`normonnx.optimize.verify`): original and optimized run in
    onnxruntime with its own graph optimizations disabled, on random and stress inputs.
 
@@ -458,7 +458,7 @@ def optimize_model(
     """Fold, fuse, lower and clean up a model for ``target``; verify it against the original.
 
     target:    "cpu" or "cuda" (cuda may use onnxruntime contrib ops; verified here on CPU through
-               their reference semantics, see :mod:`normonnx.optimize.lower_cuda`).
+               their reference semantics, see :mod:`normonnx.lowering.contrib`).
     opset:     convert the model to this default-domain opset first (None: keep its own).
     verify:    run original and optimized on ``n_samples`` random inputs plus two stress inputs
                (offset 1e3, scale 1e-3); ``result.passed`` is False on a mismatch.

@@ -109,16 +109,11 @@ def lower(
 ) -> tuple[onnx.ModelProto, list[Any]]:
     """Lower every ``normonnx`` norm node through the selector for ``target``, clean up, and record
     the run in the model's metadata. Returns the model and the lowering records (objects with
-    ``as_dict``; CUDA contrib lowerings as dicts)."""
+    ``as_dict``). onnxruntime's contrib ops are one strategy among the others (``contrib``)."""
     from ..lowering.graph import lower_model, norm_nodes
 
     records: list[Any] = []
     if norm_nodes(model):
-        if target == "cuda":
-            from . import lower_cuda
-
-            model, cuda_records = lower_cuda.lower_for_cuda(model, report, allow_unstable=allow_unstable)
-            records += cuda_records
         model, lowered = lower_model(model, provider=target, prefer=prefer, allow_unstable=allow_unstable)
         records += lowered
     model = cleanup(model)

@@ -17,7 +17,7 @@ optimized model is at least as close to float64 as the original (within 1.5×, o
 tolerance). Without a float64 reference a disagreement fails.
 
 For ``target="cuda"`` on a machine without CUDA, onnxruntime contrib ops are replaced by their
-reference semantics (:func:`normonnx.optimize.lower_cuda.cpu_equivalent`) and the check runs on CPU;
+reference semantics (:func:`normonnx.lowering.contrib.cpu_equivalent`) and the check runs on CPU;
 the result says so.
 """
 
@@ -268,9 +268,9 @@ def verify_models(
 
     note = ""
     if target == "cuda":
-        from . import lower_cuda
+        from ..lowering.contrib import cpu_equivalent
 
-        optimized = lower_cuda.cpu_equivalent(optimized)
+        optimized = cpu_equivalent(optimized)
         note = "target cuda verified on CPU: onnxruntime contrib ops replaced by their reference semantics"
     specs = input_specs(original, shapes)
     try:
