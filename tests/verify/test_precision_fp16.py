@@ -16,7 +16,7 @@ import torch.nn as nn
 from onnx import TensorProto
 
 from normonnx.exporter import export
-from normonnx.precision import check_precision, convert, export_half
+from normonnx.verify.precision import check_precision, convert, export_half
 
 
 class Hot(nn.Module):

@@ -16,8 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .compare import OutputComparison, Tolerance, compare_arrays
-from .compare.tolerances import check_usage
+from .compare import OutputComparison, compare_arrays
 from .localize import (
     _load,
     _np,
@@ -31,6 +30,7 @@ from .localize import (
     onnx_input_arrays,
     run_values,
 )
+from .tolerances import Tolerance, check_usage
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ class BisectReport:
         return f"{self.verdict()} — {self.a} vs {self.b}, {len(self.values)} shared values compared"
 
     def format_table(self) -> str:
-        from .reports import format_values
+        from ..reports import format_values
 
         return format_values(self)
 
@@ -135,7 +135,7 @@ def bisect(
     same model: ``"cuda"``, ``"cpu:opt"`` (onnxruntime's graph optimizations on; values we expose
     cannot be fused away, so this compares kernels more than fusions).
     """
-    from .verifier import _inputs_from_onnx
+    from .api import _inputs_from_onnx
 
     check_usage(check, atol, rtol)
     proto_a, label_a = _load(onnx_a)

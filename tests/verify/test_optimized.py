@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from optimize_helpers import RNG, model
 
 from normonnx.errors import InputError
 from normonnx.norms import KINDS
-from normonnx.optimize.verify import float64_reference, input_specs, verify_models
 from normonnx.spec import NormSpec
+from normonnx.verify.optimized import float64_reference, input_specs, verify_models
+from tests.optimize.optimize_helpers import RNG, model
 
 G = (1 + 0.2 * RNG.standard_normal(16)).astype(np.float32)
 B = (0.2 * RNG.standard_normal(16)).astype(np.float32)

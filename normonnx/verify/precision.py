@@ -26,7 +26,7 @@ a file unchanged (its inputs are already fp16).
   fp32 (from its saved session graph), so the report says what really ran in fp16.
 
 :func:`check_precision` runs torch fp32, the fp32 ONNX model and the converted model with every
-intermediate value exposed, compares module outputs with :func:`normonnx.localize.localize` under
+intermediate value exposed, compares module outputs with :func:`normonnx.verify.localize.localize` under
 the ``dtype`` rows of the tolerance table, and counts per layer: non-finite values (Inf/NaN where
 fp32 is finite), values saturated at the dtype's max, values whose fp32 magnitude exceeds the
 dtype's range, and underflow (non-zero in fp32, zero in ``dtype``).
@@ -45,10 +45,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import InputError, UnsupportedHere
 from .compare import OutputComparison
-from .compare.tolerances import check_usage as _check_usage
-from .errors import InputError, UnsupportedHere
 from .localize import LocalizeReport, infer_types, localize, node_meta, node_scopes, onnx_input_arrays, run_values
+from .tolerances import check_usage as _check_usage
 
 ELEM = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 #: (max finite, smallest normal) per dtype
@@ -235,7 +235,7 @@ def convert(
         elif vi.name in converted_inits and vi.type.HasField("tensor_type"):
             vi.type.tensor_type.elem_type = converted_inits[vi.name]
     info = Conversion(dtype, norms, kept, n_casts + len(tail), sorted(block), bool(keep_io_types))
-    m.metadata_props.add(key="normonnx.precision", value=f"{dtype} norms={norms}")
+    m.metadata_props.add(key="normonnx.verify.precision", value=f"{dtype} norms={norms}")
     return m, info
 
 
@@ -281,7 +281,7 @@ def ort_fp32_nodes(model: onnx.ModelProto, dtype: str = "float16", provider: str
     and merges neighbouring regions. Read from the session graph onnxruntime saves."""
     import onnxruntime as ort
 
-    from .runtime.session import PROVIDER_NAMES
+    from ..runtime.session import PROVIDER_NAMES
 
     D = ELEM[dtype]
     ours = infer_types(model)
@@ -328,7 +328,7 @@ _NO_KERNEL = re.compile(r"has no kernel for (\w+)")
 
 def _loadable(model: onnx.ModelProto, provider: str) -> str | None:
     """None if onnxruntime loads ``model``; else the op type it has no kernel for (or raises)."""
-    from .runtime.session import session
+    from ..runtime.session import session
 
     try:
         session(model, provider, optimize=False)
@@ -626,7 +626,7 @@ def export_half(model: Any, example_inputs: Sequence[Any], path: str | os.PathLi
 
     import torch
 
-    from .exporter import export
+    from ..exporter import export
 
     half = copy.deepcopy(model).half().eval()
     args = [t.half() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example_inputs]

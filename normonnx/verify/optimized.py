@@ -32,8 +32,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..compare import OutputComparison, Tolerance, compare_arrays, tolerance
 from ..errors import InputError, NormOnnxError, OptimizeError
+from .compare import OutputComparison, compare_arrays
+from .tolerances import Tolerance, tolerance
 
 STRESS = (("offset_1e3", 1.0, 1e3), ("scale_1e-3", 1e-3, 0.0))
 FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16}
@@ -268,7 +269,7 @@ def verify_models(
 
     note = ""
     if target == "cuda":
-        from . import lower_cuda
+        from ..optimize import lower_cuda
 
         optimized = lower_cuda.cpu_equivalent(optimized)
         note = "target cuda verified on CPU: onnxruntime contrib ops replaced by their reference semantics"

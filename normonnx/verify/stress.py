@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import io as nio
-from .compare import UNIT_ROUNDOFF, tolerance
+from .. import io as nio
+from .tolerances import UNIT_ROUNDOFF, tolerance
 
 #: ONNX may be this many times as far from float64 as torch fp32 itself (max over elements)
 RATIO = 4.0
@@ -239,8 +239,8 @@ def stress_model(
     """Run the stress ``cases`` through ``model`` and the ONNX file; see the module docstring."""
     import torch
 
-    from .errors import InputError
-    from .runtime.session import session
+    from ..errors import InputError
+    from ..runtime.session import session
 
     unknown = [c for c in cases if c not in CASES]
     if unknown:
@@ -303,14 +303,14 @@ def _eps_case(
     threads: int | None,
     run: Callable[..., list[StressOutput]],
 ) -> list[StressOutput] | None:
-    from .exporter import export
-    from .runtime.session import session
+    from ..exporter import export
+    from ..runtime.session import session
 
     m = copy.deepcopy(model)
     if not _set_eps(m, eps):
         return None
-    from .lowering import PREFERENCE
-    from .lowering.graph import recorded_lowerings
+    from ..lowering import PREFERENCE
+    from ..lowering.graph import recorded_lowerings
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     meta = {p.key: p.value for p in proto.metadata_props}

@@ -3,7 +3,7 @@
 ``verify`` runs the torch model (eval mode, no grad) and an onnxruntime session on the same
 inputs — the example inputs, ``n_samples`` random samples of the same shapes, and, when the ONNX
 model has symbolic (dynamic) dims, a sample at a second size — and compares every output with
-:func:`normonnx.compare.compare_arrays` under the tolerance table (or the caller's overrides).
+:func:`normonnx.verify.compare.compare_arrays` under the tolerance table (or the caller's overrides).
 It returns a :class:`VerifyReport`; it never just returns a bool.
 
 Usage errors (:class:`~normonnx.errors.InputError`, CLI exit 2) are raised before anything runs:
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import io as nio
-from .compare import OutputComparison, Tolerance, check_statistic, check_tolerance, compare_arrays, tolerance
-from .errors import ExportError, InputError, UnsupportedHere
+from .. import io as nio
+from ..errors import ExportError, InputError, UnsupportedHere
+from .compare import OutputComparison, compare_arrays
+from .tolerances import Tolerance, check_statistic, check_tolerance, tolerance
 
 _NP_OF_ONNX = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
@@ -210,7 +211,7 @@ def verify(
     """
     import torch
 
-    from .runtime.session import session
+    from ..runtime.session import session
 
     check_statistic(check)
     check_tolerance(atol, "atol")
@@ -296,8 +297,8 @@ def verify(
                     e = float(np.abs(a.astype(np.float64) - r).max()) if a.size else 0.0
                     f64_err[name] = max(f64_err.get(name, 0.0), e)
         samples.append(SampleResult(cname, {n: list(a.shape) for n, a in zip(sess.input_names, arrays)}, outs))
-    from .lowering.graph import recorded_lowerings
-    from .runtime.probe import ort_version
+    from ..lowering.graph import recorded_lowerings
+    from ..runtime.probe import ort_version
 
     t_ms = o_ms = None
     if latency_reps > 0:
@@ -361,7 +362,7 @@ def _refuse_bfloat16(proto: onnx.ModelProto, path: Any, example_inputs: Sequence
         raise UnsupportedHere(
             f"{what}: verify feeds onnxruntime through NumPy, which has no bfloat16",
             note="verify the float32 model and check its bfloat16 deployment with --bf16 "
-            "(Python: normonnx.precision.check_precision(..., dtype='bfloat16'))",
+            "(Python: normonnx.verify.precision.check_precision(..., dtype='bfloat16'))",
         )
 
 

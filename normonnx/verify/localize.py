@@ -25,8 +25,8 @@
      with the remaining values by a monotone dynamic program on equal shapes. With metadata a
      module whose scope has no node has no value of its own and stays ``unmapped``;
 4. every mapped call is compared twice under its tolerance (the table as floor, raised by the
-   error model of :mod:`normonnx.compare.derive`; a user's atol/rtol as given): *accumulated*
-   (the ONNX value after the whole run) and *isolated* (:mod:`normonnx.isolate`: the module's
+   error model of :mod:`normonnx.verify.derive`; a user's atol/rtol as given): *accumulated*
+   (the ONNX value after the whole run) and *isolated* (:mod:`normonnx.verify.isolate`: the module's
    own ONNX nodes fed with torch's values at their entries);
 5. the culprit is the first *leaf* call (execution order) whose isolated comparison fails. When
    the functional code feeding a leaf (ONNX values entering its scope, recomputed from torch's
@@ -34,7 +34,7 @@
    modules around it. Without isolated results the accumulated comparison decides, with the
    inputs-agree rule.
 
-``bisect(a, b, inputs)`` (:mod:`normonnx.bisect`, re-exported here) is the ONNX-only variant.
+``bisect(a, b, inputs)`` (:mod:`normonnx.verify.bisect`) is the ONNX-only variant.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import io as nio
-from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
-from .compare.tolerances import check_usage
-from .errors import InputError
+from .. import io as nio
+from ..errors import InputError
+from .compare import OutputComparison, compare_arrays
+from .tolerances import Tolerance, check_usage, tolerance
 
 FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
 _BF16_SUFFIX = "::as_float32"
@@ -89,7 +89,7 @@ class LayerResult:
     point: str = "output"
     #: a BatchNorm folded into the Conv/Linear before it: the pair's other module
     folded_with: str | None = None
-    #: the error model behind the derived tolerance (see normonnx.compare.derive)
+    #: the error model behind the derived tolerance (see normonnx.verify.derive)
     error_model: str = ""
 
     @property
@@ -180,7 +180,7 @@ class LocalizeReport:
         return ", ".join(f"{k}: {v}" for k, v in sorted(self.mapping.items()))
 
     def format_table(self, all_layers: bool = False) -> str:
-        from .reports import format_layers
+        from ..reports import format_layers
 
         return format_layers(self, all_layers=all_layers)
 
@@ -223,7 +223,7 @@ class _Call:
 
 
 def _norm_kind_of(module: Any) -> str | None:
-    from .norms import KINDS
+    from ..norms import KINDS
 
     for kind in KINDS.values():
         classes = kind.torch_modules()
@@ -237,7 +237,7 @@ def _norm_output(module: Any, kind: str, x: Any) -> Any:
     parameters), or None when the module cannot be described by its kind."""
     import torch
 
-    from .norms import KINDS
+    from ..norms import KINDS
 
     try:
         spec, params = KINDS[kind].from_module(module, x.ndim)
@@ -378,8 +378,8 @@ def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     normonnx-domain ops have schemas without inference functions; their outputs keep the types
     the exporter annotated.
     """
-    from .lowering.function import register_schemas
-    from .lowering.graph import value_types
+    from ..lowering.function import register_schemas
+    from ..lowering.graph import value_types
 
     register_schemas()
     types = value_types(model)
@@ -465,7 +465,7 @@ def run_values(
     types: Mapping[str, onnx.TypeProto] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name."""
-    from .runtime.session import session
+    from ..runtime.session import session
 
     exp, mapping = expose_values(model, names, types)
     sess = session(exp, provider, threads=threads, optimize=optimize)
@@ -551,7 +551,7 @@ def node_scopes(node: onnx.NodeProto) -> list[str] | None:
 
 def norm_records(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
     """normonnx lowering records by norm node name (from the model metadata)."""
-    from .lowering.graph import recorded_lowerings
+    from ..lowering.graph import recorded_lowerings
 
     return {str(r.get("node")): dict(r) for r in recorded_lowerings(model)}
 
@@ -846,7 +846,7 @@ def _as_torch_inputs(
 ) -> tuple[list[Any], list[np.ndarray]]:
     import torch
 
-    from .verifier import _inputs_from_onnx
+    from .api import _inputs_from_onnx
 
     if example_inputs is None:
         example_inputs = [torch.from_numpy(a) for a in _inputs_from_onnx(model_proto, seed)]
@@ -940,15 +940,15 @@ def localize(
     """Compare every torch module's output with its ONNX value; report the first divergence.
 
     rtol/atol override the table's per-layer tolerance (dtype × norm kind × provider);
-    ``check`` is :func:`~normonnx.compare.compare_arrays`' statistic. onnxruntime runs with its
+    ``check`` is :func:`~normonnx.verify.compare.compare_arrays`' statistic. onnxruntime runs with its
     graph optimizations off unless ``ort_optimize`` (exposed values then block some fusions).
     Tolerances are looked up for ``dtype`` (default: the model's input dtype, see
     :func:`model_dtype`), not for each value's own: an fp16 deployment keeps some values in fp32
     and they carry fp16 error all the same. Without a user atol/rtol each layer's tolerance is
-    derived from its error model (:mod:`normonnx.compare.derive`) with the table as the floor.
+    derived from its error model (:mod:`normonnx.verify.derive`) with the table as the floor.
 
     ``isolated`` (default): each mapped module's ONNX nodes also run on torch's own inputs
-    (:mod:`normonnx.isolate`); the culprit is the first module whose *isolated* error fails, so
+    (:mod:`normonnx.verify.isolate`); the culprit is the first module whose *isolated* error fails, so
     drift accumulated upstream never blames a healthy module. Both numbers are reported.
     """
     check_usage(check, atol, rtol)
@@ -1053,9 +1053,9 @@ def _layer_tolerance(
     """(tolerance applied, its source, the derived one, the error model) for one module call.
 
     The table's value for (dtype, norm kind or "*", provider) is the floor; the error model of
-    :mod:`normonnx.compare.derive` may raise atol above it (reported as "derived"). A user's
+    :mod:`normonnx.verify.derive` may raise atol above it (reported as "derived"). A user's
     atol/rtol is applied as given; the derived value is still reported."""
-    from .compare.derive import derived_atol
+    from .derive import derived_atol
 
     floor = tolerance(dtype, c.norm_kind or "*", provider)
     x = c.inputs[0] if c.inputs else None
@@ -1166,19 +1166,6 @@ def _culprit(
             return None, (last_ok, lr.name)
         return lr, None
     return None, None
-
-
-# bisect (ONNX only) lives in normonnx/bisect.py; the old import path keeps working (lazily: bisect
-# imports this module's helpers)
-_MOVED = {"BisectReport", "ValueResult", "bisect"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from . import bisect as _bisect
-
-        return getattr(_bisect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .spec import NormSpec
+from ..spec import NormSpec
 
 Generator = Callable[[tuple[int, ...], np.random.Generator], np.ndarray]
 
@@ -68,9 +68,9 @@ def measure(
     A non-finite output counts as an infinite error."""
     import torch
 
-    from .lowering import build_model
-    from .norms import KINDS
-    from .runtime import session
+    from ..lowering import build_model
+    from ..norms import KINDS
+    from ..runtime import session
 
     rng = np.random.default_rng(seed)
     kind = KINDS[spec.kind]
