@@ -37,7 +37,7 @@ from normonnx.lowering.function import DOMAIN as PORTABLE_DOMAIN
 from normonnx.norms import KINDS
 from normonnx.spec import NormSpec
 from normonnx.verify import tolerance
-from normonnx.verify.kernel_stress import large_shape, large_spec, measure
+from normonnx.verify.stress import large_shape, large_spec, measure
 
 OPSET = 18
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

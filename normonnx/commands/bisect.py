@@ -37,10 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..modelspec import parse_input_specs, random_inputs
+    from ..modelspec import parse_input_specs
     from ..reports import write_html, write_junit
     from ..verify import check_statistic, check_tolerance
     from ..verify.bisect import bisect
+    from ..verify.inputs import random_inputs
 
     check_statistic(args.check, "--check")
     check_tolerance(args.atol, "--atol")

@@ -17,7 +17,8 @@ bool, and never prints: ``normonnx/commands/`` formats the reports.
 ``bisect``         ONNX vs ONNX: value by value (:func:`bisect`), and optimize's original vs
                    optimized check (:func:`verify_models`)
 ``float64``        a float64 twin of an ONNX graph, the referee of a disagreement
-``precision``      fp16 / bf16 deployments: conversion and per-layer check
+``half``           fp16 / bf16 conversion of an fp32 ONNX model (norm statistics kept in fp32)
+``precision``      fp16 / bf16 deployments checked per layer (overflow, saturation, underflow)
 ``stress``         stress inputs through one norm kernel and through a whole model
 =================  ==============================================================================
 
@@ -51,8 +52,8 @@ _EXPORTS = {
     "LocalizeReport": "localize",
     "BisectReport": "bisect",
     "ValueResult": "bisect",
-    "Verification": "optimized",
-    "verify_models": "optimized",
+    "Verification": "bisect",
+    "verify_models": "bisect",
     "PrecisionReport": "precision",
     "check_precision": "precision",
     "StressReport": "stress",

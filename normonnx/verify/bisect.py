@@ -1,36 +1,56 @@
-"""ONNX-only bisection: run model A (the reference) and B, compare every value they share by name.
+"""ONNX vs ONNX: bisection value by value, and optimize's original-vs-optimized check.
 
+:func:`bisect` runs model A (the reference) and B and compares every value they share by name.
 B is a second file (e.g. the optimized one) or a provider spec for the same file (``cuda``,
 ``cpu:opt``). The first diverging value whose producer's inputs agree is reported with its node,
 op type, module scope and norm lowering; constants shared by name are compared exactly, and the
 producing nodes of the first divergence are diffed (attributes, inputs).
+
+:func:`verify_models` proves that an optimized model computes what the original computes, output
+by output. Both run in onnxruntime with *its* graph optimizations disabled (so onnxruntime cannot
+hide a bug in our rewrites, nor fuse the original into something else) on:
+
+- ``n_samples`` random inputs (:func:`.inputs.feeds`), compared element-wise with the table's
+  tolerance for whole models (``tolerance(dtype, "model", target)``);
+- two stress inputs (:data:`.inputs.STRESS`): ``offset_1e3`` (catastrophic cancellation in
+  E[x²] − E[x]², fp32 accumulation) and ``scale_1e-3`` (variance below ε), compared
+  scale-relatively (max error ≤ atol + rtol·max|reference|), since outputs there can be large.
+
+A disagreement is not always the optimized model's fault: at offset 1e3 onnxruntime's
+GroupNormalization-18 function body (and InstanceNormalization) is the inaccurate one. So when a
+sample disagrees, both are compared with a float64 run of the *original* graph
+(:mod:`.float64`): the sample passes only if the optimized model is at least as close to float64
+as the original (within 1.5×, or inside the tolerance). Without a float64 reference a
+disagreement fails.
+
+For ``target="cuda"`` on a machine without CUDA, onnxruntime contrib ops are replaced by their
+reference semantics (:func:`normonnx.optimize.lower_cuda.cpu_equivalent`) and the check runs on CPU;
+the result says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
+from ..errors import NormOnnxError, OptimizeError
 from .compare import OutputComparison, compare_arrays
-from .localize import (
-    _load,
-    _np,
-    _tol,
-    constants,
-    infer_types,
-    model_dtype,
-    node_meta,
-    node_scopes,
-    norm_records,
-    onnx_input_arrays,
-    run_values,
-)
-from .tolerances import Tolerance, check_usage
+from .expose import constants, infer_types, load_model, model_dtype, onnx_input_arrays, run_values
+from .float64 import float64_reference
+from .inputs import feeds, input_specs, inputs_from_onnx
+from .mapping import node_meta, node_scopes, norm_records
+from .tolerances import Tolerance, check_usage, tolerance, tolerance_for
+from .trace import to_numpy
+
+#: optimize's stress samples: (sample name, :data:`.inputs.STRESS` entry)
+OPTIMIZE_STRESS = (("offset_1e3", "offset"), ("scale_1e-3", "tiny_scale"))
 
 
 @dataclasses.dataclass
@@ -135,22 +155,20 @@ def bisect(
     same model: ``"cuda"``, ``"cpu:opt"`` (onnxruntime's graph optimizations on; values we expose
     cannot be fused away, so this compares kernels more than fusions).
     """
-    from .api import _inputs_from_onnx
-
     check_usage(check, atol, rtol)
-    proto_a, label_a = _load(onnx_a)
+    proto_a, label_a = load_model(onnx_a)
     prov_b, opt_b = _parse_side(other)
     if prov_b is not None:
         proto_b, label_b = proto_a, f"{label_a} on {other}"
     else:
-        proto_b, label_b = _load(other)
+        proto_b, label_b = load_model(other)
         prov_b, opt_b = provider, False
     if inputs is None:
-        arrays = _inputs_from_onnx(proto_a, seed)
+        arrays = inputs_from_onnx(proto_a, seed)
     else:
         if not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        arrays = [_np(t) if hasattr(t, "detach") else np.asarray(t) for t in inputs]
+        arrays = [to_numpy(t) if hasattr(t, "detach") else np.asarray(t) for t in inputs]
     types_a = infer_types(proto_a)
     types_b = types_a if proto_b is proto_a else infer_types(proto_b)
     va = run_values(
@@ -222,7 +240,7 @@ def bisect(
             if v not in va or v not in vb or va[v].shape != vb[v].shape:
                 continue
             a, b = vb[v], va[v]
-            cmp = compare_arrays(v, a, b, _tol(tdt, "*", provider, atol, rtol), check)
+            cmp = compare_arrays(v, a, b, tolerance_for(tdt, "*", provider, atol, rtol), check)
             ins = [status[x] for x in node.input if x in status]  # int shape tensors are not tracked
             agree = False if not all(ins) else (True if ins else None)
             scope, norm = describe(node)
@@ -234,7 +252,9 @@ def bisect(
     for o in g.output:
         if o.name in va and o.name in vb:
             b = va[o.name]
-            outputs.append(compare_arrays(o.name, vb[o.name], b, _tol(tdt, "model", provider, atol, rtol), check))
+            outputs.append(
+                compare_arrays(o.name, vb[o.name], b, tolerance_for(tdt, "model", provider, atol, rtol), check)
+            )
     notes = []
     shared = {r.name for r in results}
     only_a = len([v for v in va if v not in shared])
@@ -269,4 +289,185 @@ def _attribute_diff(a: onnx.ModelProto, b: onnx.ModelProto, value: str) -> list[
     return notes
 
 
-__all__ = ["BisectReport", "ValueResult", "bisect"]
+# -- optimize's check: original vs optimized, output by output -----------------------------------
+
+
+@dataclasses.dataclass
+class SampleCheck:
+    """One input sample: per-output comparison of optimized vs original."""
+
+    name: str
+    kind: str  # "random" | "stress"
+    outputs: list[OutputComparison]
+    passed: bool
+    note: str = ""
+    float64: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "passed": self.passed,
+            "note": self.note,
+            "outputs": [o.as_dict() for o in self.outputs],
+            "float64": self.float64,
+        }
+
+
+@dataclasses.dataclass
+class Verification:
+    """All samples; ``passed`` only if every sample passed."""
+
+    provider: str
+    samples: list[SampleCheck]
+    note: str = ""
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(s.passed for s in self.samples)
+
+    @property
+    def max_abs(self) -> float:
+        vals = [o.max_abs for s in self.samples for o in s.outputs]
+        return max(vals) if vals else 0.0
+
+    def max_abs_of(self, kind: str) -> float:
+        vals = [o.max_abs for s in self.samples if s.kind == kind for o in s.outputs]
+        return max(vals) if vals else 0.0
+
+    def summary(self) -> str:
+        if self.error:
+            return f"verification failed: {self.error}"
+        bad = [s for s in self.samples if not s.passed]
+        if bad:
+            s = bad[0]
+            o = max(s.outputs, key=lambda o: o.max_abs if math.isfinite(o.max_abs) else math.inf)
+            return (
+                f"MISMATCH on {s.name}: output {o.name!r} max |optimized − original| {o.max_abs:.3g} "
+                f"(tolerance {o.tolerance}){'; ' + s.note if s.note else ''}"
+            )
+        n_r = sum(s.kind == "random" for s in self.samples)
+        n_s = len(self.samples) - n_r
+        text = (
+            f"equivalent on {n_r} random + {n_s} stress inputs: max |optimized − original| "
+            f"{self.max_abs_of('random'):.3g} (random), {self.max_abs_of('stress'):.3g} (stress)"
+        )
+        decided = [s for s in self.samples if s.float64]
+        if decided:
+            errs = ", ".join(
+                f"{s.name}: original {max(v['original'] for v in s.float64.values()):.3g} vs optimized "
+                f"{max(v['optimized'] for v in s.float64.values()):.3g}"
+                for s in decided
+            )
+            text += f"; where they differ the original is the less accurate one (max error vs float64 — {errs})"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "ort_graph_optimizations": False,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "note": self.note,
+            "error": self.error,
+            "samples": [s.as_dict() for s in self.samples],
+        }
+
+
+def _err(a: np.ndarray, r: np.ndarray) -> float:
+    d = np.abs(a.astype(np.float64) - r.astype(np.float64))
+    return float(np.where(np.isnan(d), np.inf, d).max()) if d.size else 0.0
+
+
+def verify_models(
+    original: onnx.ModelProto,
+    optimized: onnx.ModelProto,
+    *,
+    n_samples: int = 3,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    target: str = "cpu",
+    threads: int | None = None,
+) -> Verification:
+    """Run both models on random and stress inputs and compare every output (see module doc)."""
+    from ..runtime.session import session
+
+    note = ""
+    if target == "cuda":
+        from ..optimize import lower_cuda
+
+        optimized = lower_cuda.cpu_equivalent(optimized)
+        note = "target cuda verified on CPU: onnxruntime contrib ops replaced by their reference semantics"
+    specs = input_specs(original, shapes)
+    try:
+        s_orig = session(original, "cpu", threads=threads, optimize=False)
+    except NormOnnxError as e:
+        raise OptimizeError(
+            f"the original model does not run in onnxruntime here, so the result cannot be verified: {e.message}",
+            note="pass --no-verify to optimize without verification",
+        ) from None
+    try:
+        s_opt = session(optimized, "cpu", threads=threads, optimize=False)
+    except NormOnnxError as e:
+        return Verification("cpu", [], note, error=f"the optimized model does not load in onnxruntime: {e.message}")
+    names = [o.name for o in original.graph.output]
+    if [o.name for o in optimized.graph.output] != names:
+        return Verification("cpu", [], note, error="the optimized model's outputs differ from the original's")
+    rng = np.random.default_rng(seed)
+    cases: list[tuple[str, str, dict[str, np.ndarray]]] = [
+        (f"random{k}", "random", feeds(specs, rng)) for k in range(n_samples)
+    ]
+    for name, stress in OPTIMIZE_STRESS:
+        cases.append((name, "stress", feeds(specs, rng, stress)))
+    samples = []
+    for name, kind, feed in cases:
+        ref = s_orig.run(feed)
+        try:
+            got = s_opt.run(feed)
+        except NormOnnxError as e:
+            return Verification("cpu", samples, note, error=f"the optimized model fails on {name}: {e.message}")
+        outs = []
+        for oname, a, r in zip(names, got, ref):
+            tol: Tolerance = tolerance(str(r.dtype), "model", target)
+            outs.append(compare_arrays(oname, a, r, tol, "elementwise" if kind == "random" else "max"))
+        check = SampleCheck(name, kind, outs, all(o.passed for o in outs))
+        if not check.passed:
+            _adjudicate(original, feed, check, got, ref)
+        samples.append(check)
+    return Verification("cpu", samples, note)
+
+
+def _adjudicate(
+    original: onnx.ModelProto,
+    feed: Mapping[str, np.ndarray],
+    check: SampleCheck,
+    got: list[np.ndarray],
+    ref: list[np.ndarray],
+) -> None:
+    """Decide a disagreement with a float64 run of the original graph."""
+    r64 = float64_reference(original, feed)
+    if r64 is None:
+        check.note = "no float64 reference could be computed to decide which model is right"
+        return
+    ok = True
+    for o, a, r, f in zip(check.outputs, got, ref, r64):
+        if o.passed or a.dtype.kind != "f":
+            ok &= o.passed
+            continue
+        e_orig, e_opt = _err(r, f), _err(a, f)
+        scale = float(np.abs(f).max()) if f.size else 0.0
+        check.float64[o.name] = {"original": e_orig, "optimized": e_opt}
+        ok &= math.isfinite(e_opt) and e_opt <= max(1.5 * e_orig, o.tolerance.atol + o.tolerance.rtol * scale)
+    check.passed = ok
+    errs = "; ".join(
+        f"{k}: original {v['original']:.3g}, optimized {v['optimized']:.3g}" for k, v in check.float64.items()
+    )
+    check.note = (
+        f"the original is less accurate here (max error vs float64 — {errs})"
+        if ok
+        else f"the optimized model is further from float64 than the original ({errs})"
+    )
+
+
+__all__ = ["OPTIMIZE_STRESS", "BisectReport", "SampleCheck", "ValueResult", "Verification", "bisect", "verify_models"]

@@ -3,27 +3,14 @@
 ``localize(model, onnx, inputs)`` runs both sides once on the same inputs and returns a
 :class:`LocalizeReport` (data, not a verdict only):
 
-1. torch: forward pre/post hooks on every module record each call's inputs (snapshot before the
-   call, so in-place ops cannot rewrite them) and its first floating output, in execution order.
-   A norm module whose output is not its norm's output (an activation inside its own forward, as
-   timm's ``BatchNormAct2d``) also gets a *norm point*, ``name[norm]``: its kind's functional
-   call recomputed from the module's input, placed before the module's children;
-2. ONNX: every intermediate value becomes an extra graph output (types from the exporter's
-   annotations and ``onnx.shape_inference``; bfloat16 values through a Cast to float32, numpy
-   has no bfloat16), and onnxruntime runs with its own graph optimizations disabled so it cannot
-   fuse away the values we look at (or hide a bug);
-3. mapping ONNX values → module calls, most reliable first:
-   - ``metadata``: the exporter's ``pkg.torch.onnx.name_scopes`` / ``namespace`` node metadata. A
-     module's output is a value produced inside its scope and consumed outside it (or a graph
-     output; the same elements in another shape count);
-   - ``folded``: a BatchNorm folded into the Conv/Linear before it has no node; the folded node's
-     value is the pair's output and goes to the BatchNorm's row (``folded_with`` names the conv);
-   - ``norm``: nodes of a norm lowered by normonnx carry ``normonnx.norm``; the norm subgraphs (in
-     graph order) are paired with the torch norm calls / norm points (in execution order) of the
-     same kind; a fused activation (GroupNorm + SiLU) is applied to the torch side;
-   - ``aligned``: only when most nodes lack scope metadata, the remaining leaf calls are aligned
-     with the remaining values by a monotone dynamic program on equal shapes. With metadata a
-     module whose scope has no node has no value of its own and stays ``unmapped``;
+1. torch (:mod:`.trace`): every module call's inputs and output, and the *norm point*
+   ``name[norm]`` of a norm module that does more than its norm (an activation inside its forward);
+2. ONNX (:mod:`.expose`): every intermediate value, onnxruntime's graph optimizations off so it
+   cannot fuse away the values we look at (or hide a bug);
+3. mapping (:mod:`.mapping`): each ONNX value to the module call (and the point in its forward)
+   it is the output of — scope metadata, folded pairs, norm records, alignment; a module without
+   a value of its own stays ``unmapped``, never compared with another value; a fused activation
+   (GroupNorm + SiLU) is applied to the torch side;
 4. every mapped call is compared twice under its tolerance (the table as floor, raised by the
    error model of :mod:`normonnx.verify.derive`; a user's atol/rtol as given): *accumulated*
    (the ONNX value after the whole run) and *isolated* (:mod:`normonnx.verify.isolate`: the module's
@@ -39,29 +26,22 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
-from .. import io as nio
-from ..errors import InputError
 from .compare import OutputComparison, compare_arrays
-from .tolerances import Tolerance, check_usage, tolerance
-
-FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
-_BF16_SUFFIX = "::as_float32"
-#: cost of leaving a leaf call unmatched in the alignment (a match costs min(relative error, 10))
-_SKIP_COST = 11.0
-_MATCH_CAP = 10.0
-
+from .expose import infer_types, load_model, model_dtype, onnx_input_arrays, run_values
+from .inputs import torch_inputs
+from .mapping import map_calls, node_meta, norm_records
+from .tolerances import Tolerance, check_usage, tolerance, tolerance_for
+from .trace import ModuleCall, trace_torch
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -200,670 +180,7 @@ class LocalizeReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# torch side
-
-
-@dataclasses.dataclass
-class _Call:
-    name: str
-    module: str
-    type: str
-    index: int
-    leaf: bool
-    output: np.ndarray | None
-    inputs: list[np.ndarray]
-    sources: list[str | None]  # per float input: "input:i", a call name, or None (functional)
-    identity: bool
-    norm_kind: str | None
-    eps: float | None
-    obj: Any = dataclasses.field(default=None, repr=False)  # the torch module (error models read its weights)
-    #: "output" (the module's output) or "norm" (the norm's own output inside a module that does
-    #: more, e.g. ``act(batch_norm(x))`` in a BatchNorm2d subclass; recomputed from its input)
-    point: str = "output"
-
-
-def _norm_kind_of(module: Any) -> str | None:
-    from ..norms import KINDS
-
-    for kind in KINDS.values():
-        classes = kind.torch_modules()
-        if classes and isinstance(module, classes):
-            return kind.name
-    return None
-
-
-def _norm_output(module: Any, kind: str, x: Any) -> Any:
-    """The norm's own functional output on ``x`` (its kind's torch call with the module's
-    parameters), or None when the module cannot be described by its kind."""
-    import torch
-
-    from ..norms import KINDS
-
-    try:
-        spec, params = KINDS[kind].from_module(module, x.ndim)
-        tp = {k: torch.from_numpy(v).to(x.dtype) for k, v in params.items()}
-        return KINDS[kind].torch_forward(spec, x, tp)
-    except Exception:
-        return None
-
-
-def _flat_tensors(obj: Any) -> list[Any]:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in _flat_tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _flat_tensors(v)]
-    return []
-
-
-def _np(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def trace_torch(model: Any, inputs: Sequence[Any]) -> tuple[list[_Call], list[np.ndarray]]:
-    """Run ``model`` once with hooks on every submodule; return (calls in execution order, outputs).
-
-    A call's position is its exit, except the ``norm`` point of a norm module that does more than
-    its norm (an activation inside its forward): that point is recomputed from the module's input
-    and placed where the module was entered, before its children."""
-    import torch
-
-    if isinstance(model, torch.export.ExportedProgram):
-        model = model.module()
-    calls: list[_Call] = []
-    keep: list[Any] = list(inputs)  # keeps tensors alive so id() stays unique during the run
-    producers: dict[int, str] = {id(t): f"input:{i}" for i, t in enumerate(inputs) if isinstance(t, torch.Tensor)}
-    counts: dict[str, int] = {}
-    snapshots: dict[int, list[tuple[list[Any], int]]] = {}
-    handles = []
-
-    def pre_hook(mod: Any, args: Any, kwargs: Any) -> None:
-        flat = [t for t in _flat_tensors((args, kwargs)) if t.is_floating_point()]
-        snapshots.setdefault(id(mod), []).append(([(t, t.detach().clone()) for t in flat], len(calls)))
-
-    def make_hook(path: str, leaf: bool) -> Any:
-        def hook(mod: Any, args: Any, kwargs: Any, out: Any) -> None:
-            pairs, entered = snapshots[id(mod)].pop()
-            k = counts.get(path, 0) + 1
-            counts[path] = k
-            name = path if k == 1 else f"{path}#{k}"
-            outs = [t for t in _flat_tensors(out) if t.is_floating_point()]
-            primary = outs[0] if outs else None
-            identity = primary is not None and any(primary is t and torch.equal(primary, snap) for t, snap in pairs)
-            kind = _norm_kind_of(mod)
-            eps = getattr(mod, "eps", None)
-            eps = float(eps) if isinstance(eps, (int, float)) else None
-            ins = [_np(snap) for _, snap in pairs]
-            srcs = [producers.get(id(t)) for t, _ in pairs]
-            is_leaf = leaf
-            if kind is not None and primary is not None and pairs:
-                y = _norm_output(mod, kind, pairs[0][1])
-                if y is not None and y.shape == primary.shape and not torch.equal(y, primary):
-                    # the module does more than its norm: its norm point is a row of its own
-                    calls.insert(
-                        entered,
-                        _Call(
-                            f"{name}[norm]",
-                            path,
-                            type(mod).__name__,
-                            0,
-                            True,
-                            _np(y),
-                            ins,
-                            srcs,
-                            False,
-                            kind,
-                            eps,
-                            mod,
-                            "norm",
-                        ),
-                    )
-                    kind, is_leaf = None, False
-            calls.append(
-                _Call(
-                    name,
-                    path,
-                    type(mod).__name__,
-                    0,
-                    is_leaf,
-                    _np(primary.detach().clone()) if primary is not None else None,
-                    ins,
-                    srcs,
-                    identity,
-                    kind,
-                    eps,
-                    mod,
-                )
-            )
-            keep.extend(outs)
-            if identity:
-                return
-            for t in outs:
-                if is_leaf:
-                    producers[id(t)] = name
-                else:
-                    producers.setdefault(id(t), name)
-
-        return hook
-
-    for path, mod in model.named_modules():
-        if path == "":
-            continue
-        leaf = not any(True for _ in mod.children()) or _norm_kind_of(mod) is not None
-        handles.append(mod.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        handles.append(mod.register_forward_hook(make_hook(path, leaf), with_kwargs=True))
-    try:
-        with torch.no_grad():
-            out = model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    for i, c in enumerate(calls):
-        c.index = i
-    outputs = [_np(t) for t in _flat_tensors(out)]
-    keep.clear()
-    return calls, outputs
-
-
-# ---------------------------------------------------------------------------------------------
-# ONNX side
-
-
-def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Types of every value we can know: exporter annotations, then ``onnx.shape_inference``.
-
-    normonnx-domain ops have schemas without inference functions; their outputs keep the types
-    the exporter annotated.
-    """
-    from ..lowering.function import register_schemas
-    from ..lowering.graph import value_types
-
-    register_schemas()
-    types = value_types(model)
-    if model.ByteSize() < 1_800_000_000:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-            for k, v in value_types(inferred).items():
-                types.setdefault(k, v)
-        except Exception:  # inference is a help, never a requirement
-            pass
-    return types
-
-
-def elem_type(types: Mapping[str, onnx.TypeProto], name: str) -> int:
-    t = types.get(name)
-    if t is None or not t.HasField("tensor_type"):
-        return 0
-    return int(t.tensor_type.elem_type)
-
-
-def expose_values(
-    model: onnx.ModelProto, names: Iterable[str] | None = None, types: Mapping[str, onnx.TypeProto] | None = None
-) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """A copy of ``model`` whose graph outputs include its intermediate float values.
-
-    Returns ``(model, {graph output name: value name})`` covering the original outputs too.
-    bfloat16 values are exposed through a ``Cast`` to float32 (named ``value::as_float32``);
-    values of unknown type are exposed untyped (onnxruntime infers them) unless the model holds
-    bfloat16 values anywhere.
-    """
-    types = dict(types) if types is not None else infer_types(model)
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    wanted = set(names) if names is not None else None
-    exposed = {o.name: o.name for o in g.output}
-    inits = {t.name for t in g.initializer}
-    has_bf16 = any(elem_type(types, k) == TensorProto.BFLOAT16 for k in types)
-    extra_nodes = []
-    for node in list(g.node):
-        if node.op_type == "Constant":
-            continue
-        for v in node.output:
-            if not v or v in exposed or v in inits or (wanted is not None and v not in wanted):
-                continue
-            et = elem_type(types, v)
-            if et == TensorProto.BFLOAT16:
-                out = v + _BF16_SUFFIX
-                extra_nodes.append(helper.make_node("Cast", [v], [out], to=TensorProto.FLOAT, name=f"{v}/expose"))
-                g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
-                exposed[out] = v
-            elif et in FLOAT_ELEMS:
-                g.output.append(helper.make_tensor_value_info(v, et, None))
-                exposed[v] = v
-            elif et == 0 and not has_bf16:
-                g.output.append(onnx.ValueInfoProto(name=v))
-                exposed[v] = v
-    g.node.extend(extra_nodes)
-    return m, exposed
-
-
-def onnx_input_arrays(model: onnx.ModelProto, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """``arrays`` cast to the element types of the ONNX graph inputs (fp16 models take fp16)."""
-    init_names = {t.name for t in model.graph.initializer}
-    ins = [vi for vi in model.graph.input if vi.name not in init_names]
-    out = []
-    for vi, a in zip(ins, arrays):
-        et = vi.type.tensor_type.elem_type
-        if et in FLOAT_ELEMS and a.dtype.kind == "f":
-            a = a.astype(FLOAT_ELEMS[et])
-        out.append(a)
-    return out
-
-
-def run_values(
-    model: onnx.ModelProto,
-    arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray],
-    *,
-    provider: str = "cpu",
-    optimize: bool = False,
-    threads: int | None = None,
-    names: Iterable[str] | None = None,
-    types: Mapping[str, onnx.TypeProto] | None = None,
-) -> dict[str, np.ndarray]:
-    """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name."""
-    from ..runtime.session import session
-
-    exp, mapping = expose_values(model, names, types)
-    sess = session(exp, provider, threads=threads, optimize=optimize)
-    if not isinstance(arrays, Mapping):
-        arrays = list(arrays)
-        if len(arrays) != len(sess.input_names):
-            raise InputError(
-                f"{len(arrays)} inputs given but the ONNX model takes {len(sess.input_names)} "
-                f"({', '.join(sess.input_names)})"
-            )
-    feed = _feed(sess, arrays)
-    try:
-        got = sess.inner.run(None, feed)
-    except Exception as e:  # onnxruntime's InvalidArgument & co. for a feed that does not fit
-        shapes = ", ".join(f"{k}:{list(v.shape)}:{v.dtype}" for k, v in feed.items())
-        expected = ", ".join(f"{i.name}:{i.shape}:{i.type}" for i in sess.inner.get_inputs())
-        msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()[:40])) or type(e).__name__
-        raise InputError(
-            f"onnxruntime rejected the inputs ({shapes}): {msg}",
-            note=f"the model expects {expected} (CLI: --input name:SHAPE[:DTYPE])",
-        ) from None
-    return {mapping[n]: np.asarray(a) for n, a in zip(sess.output_names, got) if n in mapping}
-
-
-def _feed(sess: Any, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if isinstance(arrays, Mapping):
-        return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    return {n: np.ascontiguousarray(a) for n, a in zip(sess.input_names, arrays)}
-
-
-def model_dtype(model: onnx.ModelProto) -> str:
-    """The float dtype of the model's (first float) graph input: the precision its values carry.
-
-    A float64 statistic computed from float32 data is only as exact as the float32 data, so
-    tolerances are looked up for this dtype, not for each value's own."""
-    init_names = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        et = vi.type.tensor_type.elem_type
-        if vi.name not in init_names and et in FLOAT_ELEMS:
-            return FLOAT_ELEMS[et]
-        if vi.name not in init_names and et == TensorProto.BFLOAT16:
-            return "bfloat16"
-    return "float32"
-
-
-def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers and ``Constant`` node values by name (float ones only)."""
-    from onnx import numpy_helper
-
-    out: dict[str, np.ndarray] = {}
-    for t in model.graph.initializer:
-        if t.data_type in FLOAT_ELEMS and not t.data_location:
-            out[t.name] = numpy_helper.to_array(t)
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            t = n.attribute[0].t
-            if t.data_type in FLOAT_ELEMS:
-                out[n.output[0]] = numpy_helper.to_array(t)
-    return out
-
-
-def node_meta(node: onnx.NodeProto) -> dict[str, str]:
-    return {p.key: p.value for p in node.metadata_props}
-
-
-def node_scopes(node: onnx.NodeProto) -> list[str] | None:
-    """Module paths enclosing ``node`` (outermost first, root ``""`` included), from exporter metadata."""
-    md = node_meta(node)
-    raw = md.get("pkg.torch.onnx.name_scopes")
-    if raw:
-        try:
-            scopes = ast.literal_eval(raw)
-            if isinstance(scopes, list) and scopes:
-                return [str(s) for s in scopes[:-1]]
-        except (ValueError, SyntaxError):
-            pass
-    ns = md.get("namespace")
-    if ns:
-        parts = [p.split(": ", 1)[0] for p in ns.split("/")]
-        return parts[:-1]
-    return None
-
-
-def norm_records(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
-    """normonnx lowering records by norm node name (from the model metadata)."""
-    from ..lowering.graph import recorded_lowerings
-
-    return {str(r.get("node")): dict(r) for r in recorded_lowerings(model)}
-
-
-def _consumers(model: onnx.ModelProto) -> dict[str, list[int]]:
-    cons: dict[str, list[int]] = {}
-    for i, n in enumerate(model.graph.node):
-        for v in n.input:
-            if v:
-                cons.setdefault(v, []).append(i)
-    return cons
-
-
-def _exits(model: onnx.ModelProto, members: set[int], consumers: Mapping[str, list[int]], outs: set[str]) -> list[str]:
-    """Values produced by ``members`` and used outside them (or graph outputs), in node order."""
-    result = []
-    for i in sorted(members):
-        for v in model.graph.node[i].output:
-            if v and (v in outs or any(c not in members for c in consumers.get(v, ()))):
-                result.append(v)
-    return result
-
-
-def _entries(model: onnx.ModelProto, members: set[int], producer: Mapping[str, int], skip: set[str]) -> list[str]:
-    """Values consumed by ``members`` and produced outside them (graph inputs included)."""
-    result: list[str] = []
-    for i in sorted(members):
-        for v in model.graph.node[i].input:
-            if v and v not in skip and producer.get(v, -1) not in members and v not in result:
-                result.append(v)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# mapping
-
-
-def _rel_err(a: np.ndarray, r: np.ndarray) -> float:
-    a64 = a.astype(np.float64)
-    r64 = r.astype(np.float64)
-    d = np.abs(a64 - r64)
-    d = np.where(np.isnan(d), np.inf, d)
-    scale = float(np.abs(r64[np.isfinite(r64)]).max()) if np.isfinite(r64).any() else 0.0
-    e = float(d.max()) if d.size else 0.0
-    return min(_MATCH_CAP, e / scale if scale > 0 else e)
-
-
-def _align(items: Sequence[_Call], values: Sequence[tuple[str, np.ndarray]]) -> dict[int, int]:
-    """Monotone alignment of calls to values on equal shapes (index in items → index in values)."""
-    m, n = len(items), len(values)
-    if not m or not n:
-        return {}
-    inf = math.inf
-    cost: dict[tuple[int, int], float] = {}
-    for i, c in enumerate(items):
-        assert c.output is not None
-        for j, (_, v) in enumerate(values):
-            if v.shape == c.output.shape:
-                cost[(i, j)] = _rel_err(v, c.output)
-    # f[i][j]: best cost for items[:i] using values[:j]
-    f = [[0.0] * (n + 1) for _ in range(m + 1)]
-    for i in range(1, m + 1):
-        f[i][0] = i * _SKIP_COST
-    back: dict[tuple[int, int], str] = {}
-    for i in range(1, m + 1):
-        for j in range(1, n + 1):
-            best, how = f[i][j - 1], "left"
-            s = f[i - 1][j] + _SKIP_COST
-            if s < best:
-                best, how = s, "skip"
-            c = cost.get((i - 1, j - 1), inf)
-            if c < inf and f[i - 1][j - 1] + c <= best:
-                best, how = f[i - 1][j - 1] + c, "match"
-            f[i][j] = best
-            back[(i, j)] = how
-    out: dict[int, int] = {}
-    i, j = m, n
-    while i > 0 and j > 0:
-        how = back[(i, j)]
-        if how == "match":
-            out[i - 1] = j - 1
-            i, j = i - 1, j - 1
-        elif how == "left":
-            j -= 1
-        else:
-            i -= 1
-    return out
-
-
-def _map_calls(
-    model: onnx.ModelProto, calls: Sequence[_Call], values: Mapping[str, np.ndarray]
-) -> tuple[dict[str, tuple[str, str]], dict[str, list[str]], dict[str, str], list[str], dict[str, str]]:
-    """(call name → (value, how), call name → ONNX entry values, value → norm node name, notes,
-    folded pairs: call name → the other call of a Conv/Linear + BatchNorm pair folded into one node).
-
-    A module gets a value of its own or none: with the exporter's scope metadata on most nodes, a
-    module whose scope has no node (a constant-folded ``pos(arange(T))``, a fused activation) stays
-    unmapped rather than being aligned with a neighbour's value."""
-    g = model.graph
-    consumers = _consumers(model)
-    outs = {o.name for o in g.output}
-    producer = {v: i for i, n in enumerate(g.node) for v in n.output if v}
-    const_like = {t.name for t in g.initializer} | {v for n in g.node if n.op_type == "Constant" for v in n.output}
-    order = {v: producer.get(v, -1) for v in values}
-    mapped: dict[str, tuple[str, str]] = {}
-    entries: dict[str, list[str]] = {}
-    notes: list[str] = []
-    used: set[str] = set()
-
-    def fits(c: _Call, v: str, reshaped: bool = False) -> bool:
-        # a container's output is its last child's value: containers may share, leaves may not;
-        # ``reshaped``: a value of the module's own nodes holding the same elements in another shape
-        # (a decomposition that leaves [N, C, H·W] where torch returns [N, C, H, W]) is its output too
-        free = v not in used or not c.leaf
-        if c.output is None or v not in values or not free:
-            return False
-        a = values[v]
-        return a.shape == c.output.shape or (reshaped and a.size == c.output.size and a.ndim >= 1)
-
-    # 1. exporter scope metadata
-    scopes = [node_scopes(n) for n in g.node]
-    with_meta = sum(1 for s in scopes if s is not None)
-    members: dict[str, set[int]] = {}
-    for i, s in enumerate(scopes):
-        for path in s or ():
-            if path:
-                members.setdefault(path, set()).add(i)
-    by_module: dict[str, list[_Call]] = {}
-    for c in calls:
-        by_module.setdefault(c.module, []).append(c)
-    for path, cs in by_module.items():
-        if path not in members:
-            continue
-        cs = [c for c in cs if c.point == "output"]  # norm points: by the norm's own nodes below
-        ex = _exits(model, members[path], consumers, outs)
-        entries_p = [v for v in _entries(model, members[path], producer, const_like) if v in values]
-        for c in cs:
-            entries[c.name] = entries_p
-        live = [c for c in cs if not c.identity and c.output is not None]
-        for k, c in enumerate(live):
-            cands = [v for v in ex if fits(c, v)] or ([v for v in ex if fits(c, v, True)][-1:] if c.leaf else [])
-            if not cands:
-                continue
-            pick = cands[0] if len(cands) == len(live) - k else min(cands, key=lambda v: _rel_err(values[v], c.output))
-            mapped[c.name] = (pick, "metadata")
-            if c.leaf:
-                used.add(pick)
-    folded = _fold_pairs(model, calls, mapped, members, producer, entries)
-    for c_name, b_name in folded.items():
-        if c_name in mapped and b_name not in mapped:
-            mapped[b_name] = (mapped.pop(c_name)[0], "folded")
-    folded.update({b: c for c, b in list(folded.items())})
-    dense_meta = bool(g.node) and with_meta >= len(g.node) // 2
-    if g.node and not dense_meta:
-        notes.append(
-            f"only {with_meta}/{len(g.node)} ONNX nodes carry module-scope metadata "
-            "(torch.onnx drops it when converting to opset 17); mapped by norm metadata and alignment"
-        )
-
-    # 2. normonnx norm subgraphs, in graph order, paired with torch norm calls of the same kind
-    groups: dict[str, set[int]] = {}
-    for i, n in enumerate(g.node):
-        name = node_meta(n).get("normonnx.norm")
-        if name:
-            groups.setdefault(name, set()).add(i)
-    records = norm_records(model)
-    value_norm: dict[str, str] = {}
-    group_out: list[tuple[str, str]] = []  # (norm name, output value)
-    for name, idx in sorted(groups.items(), key=lambda kv: min(kv[1])):
-        ex = [v for v in _exits(model, idx, consumers, outs) if v in values]
-        for v in ex:
-            value_norm[v] = name
-        if ex:
-            group_out.append((name, ex[-1]))
-    norm_calls = [c for c in calls if c.norm_kind and not c.identity and c.output is not None]
-    pending = [c for c in norm_calls if c.name not in mapped]
-    free_groups = [(n, v) for n, v in group_out if v not in used]
-    if pending and free_groups:
-        kinds_t = [c.norm_kind for c in pending]
-        kinds_o = [records.get(n, {}).get("kind") for n, _ in free_groups]
-        if len(pending) == len(free_groups) and all(a == b or b is None for a, b in zip(kinds_t, kinds_o)):
-            pairs = list(zip(pending, free_groups))
-        else:  # pair each call with the next group of its kind and shape, in order
-            pairs, j = [], 0
-            for c in pending:  # a call with no group of its kind (a folded BatchNorm) consumes none
-                k = j
-                while k < len(free_groups) and not (
-                    records.get(free_groups[k][0], {}).get("kind") in (c.norm_kind, None)
-                    and fits(c, free_groups[k][1], True)
-                ):
-                    k += 1
-                if k < len(free_groups):
-                    pairs.append((c, free_groups[k]))
-                    j = k + 1
-        for c, (name, v) in pairs:
-            if fits(c, v, True):
-                mapped[c.name] = (v, "norm")
-                used.add(v)
-                if c.name not in entries and name in groups:
-                    entries[c.name] = [e for e in _entries(model, groups[name], producer, const_like) if e in values]
-
-    # 3. alignment of the remaining leaf calls between the anchors (only without scope metadata:
-    # with it, a leaf whose scope has no node has no value of its own)
-    leaves = [c for c in calls if c.leaf and not c.identity and c.output is not None]
-    if dense_meta:
-        leaves = [c for c in leaves if c.name in mapped]
-    cand = sorted((v for v in values if v not in used and order.get(v, -1) >= 0), key=lambda v: order[v])
-    segment: list[_Call] = []
-    lo = -1
-
-    def flush(hi: float) -> None:
-        vals = [(v, values[v]) for v in cand if lo < order.get(v, -1) < hi and v not in used]
-        for i, j in _align(segment, vals).items():
-            mapped[segment[i].name] = (vals[j][0], "aligned")
-            used.add(vals[j][0])
-
-    for c in leaves:
-        if c.name in mapped:
-            flush(order.get(mapped[c.name][0], -1))
-            segment = []
-            lo = order.get(mapped[c.name][0], -1)
-        else:
-            segment.append(c)
-    flush(math.inf)
-    late = _fold_pairs(model, calls, mapped, members, producer, entries)  # pairs found by alignment
-    for c_name, b_name in late.items():
-        if c_name in mapped and b_name not in mapped:
-            mapped[b_name] = (mapped.pop(c_name)[0], "folded")
-            folded.update({c_name: b_name, b_name: c_name})
-    by_name = {c.name: c for c in calls}
-    for b in calls:  # alignment gave the folded node's value to the BatchNorm itself: name the pair
-        src = by_name.get(b.sources[0] or "") if b.norm_kind == "batch" and b.sources else None
-        if src is None or b.name not in mapped or src.name in mapped or b.name in folded:
-            continue
-        i = producer.get(mapped[b.name][0])
-        if i is not None and _is_folded_node(g.node[i]):
-            mapped[b.name] = (mapped[b.name][0], "folded")
-            folded.update({src.name: b.name, b.name: src.name})
-    return mapped, entries, value_norm, notes, folded
-
-
-def _is_folded_node(node: onnx.NodeProto) -> bool:
-    """A Conv/Gemm/MatMul that normonnx's pipeline folded a BatchNorm into: its ``normonnx.folded``
-    metadata names the BatchNorm (files from before that metadata: the ``…/bn_folded`` naming)."""
-    if any(p.key == "normonnx.folded" for p in node.metadata_props):
-        return True
-    return node.name.endswith("/bn_folded") or any(v.endswith("/bn_folded_bias") for v in node.input)
-
-
-def _fold_pairs(
-    model: onnx.ModelProto,
-    calls: Sequence[_Call],
-    mapped: Mapping[str, tuple[str, str]],
-    members: Mapping[str, set[int]],
-    producer: Mapping[str, int],
-    entries: dict[str, list[str]],
-) -> dict[str, str]:
-    """{linear call: batchnorm call} for BatchNorms folded into the op before them: the BatchNorm's
-    scope has no node, its input comes from the linear call, and the value mapped to the linear
-    call is produced by a folded node (so it is the pair's output, not the linear op's)."""
-    out: dict[str, str] = {}
-    by_name = {c.name: c for c in calls}
-    for b in calls:
-        if b.norm_kind != "batch" or b.name in mapped or not b.sources:
-            continue
-        if b.point == "output" and members.get(b.module):
-            continue  # the BatchNorm has nodes of its own
-        c = by_name.get(b.sources[0] or "")
-        if c is None or c.name not in mapped or c.name in out:
-            continue
-        i = producer.get(mapped[c.name][0])
-        if i is None or not _is_folded_node(model.graph.node[i]):
-            continue
-        out[c.name] = b.name
-        entries[b.name] = list(entries.get(c.name, []))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # localize
-
-
-def _tol(dtype: str, kind: str, provider: str, atol: float | None, rtol: float | None) -> Tolerance:
-    t = tolerance(dtype, kind, provider)
-    if atol is not None or rtol is not None:
-        t = Tolerance(atol if atol is not None else t.atol, rtol if rtol is not None else t.rtol)
-    return t
-
-
-def _as_torch_inputs(
-    model_proto: onnx.ModelProto, example_inputs: Any, seed: int
-) -> tuple[list[Any], list[np.ndarray]]:
-    import torch
-
-    from .api import _inputs_from_onnx
-
-    if example_inputs is None:
-        example_inputs = [torch.from_numpy(a) for a in _inputs_from_onnx(model_proto, seed)]
-    if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
-        example_inputs = (example_inputs,)
-    tin = [t if isinstance(t, torch.Tensor) else torch.from_numpy(np.asarray(t)) for t in example_inputs]
-    arrays = [_np(t) for t in tin]
-    for i, a in enumerate(arrays):
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise InputError(f"input {i} contains NaN or Inf", note="localization needs finite inputs")
-    return tin, arrays
-
-
-def _load(onnx_model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    if isinstance(onnx_model, onnx.ModelProto):
-        return onnx_model, "<in-memory model>"
-    return nio.load(onnx_model), os.fspath(onnx_model)
 
 
 def _error_sample(a: np.ndarray, r: np.ndarray, limit: int = 20000) -> tuple[np.ndarray, np.ndarray]:
@@ -879,7 +196,7 @@ def _error_sample(a: np.ndarray, r: np.ndarray, limit: int = 20000) -> tuple[np.
 
 
 def _norm_info(
-    model: onnx.ModelProto, value: str | None, norm_name: str | None, call: _Call, records: Mapping[str, Any]
+    model: onnx.ModelProto, value: str | None, norm_name: str | None, call: ModuleCall, records: Mapping[str, Any]
 ) -> dict[str, Any] | None:
     if norm_name is None and call.norm_kind is None:
         return None
@@ -952,9 +269,9 @@ def localize(
     drift accumulated upstream never blames a healthy module. Both numbers are reported.
     """
     check_usage(check, atol, rtol)
-    proto, label = _load(onnx_path)
+    proto, label = load_model(onnx_path)
     dtype = dtype or model_dtype(proto)
-    tin, arrays = _as_torch_inputs(proto, inputs, seed)
+    tin, arrays = torch_inputs(proto, inputs, seed)
     calls, t_outputs = trace_torch(model, tin)
     types = infer_types(proto)
     values = run_values(
@@ -968,10 +285,12 @@ def localize(
         a = values.get(name)
         if a is None:
             continue
-        outputs.append(compare_arrays(name, a, r, _tol(dtype or str(a.dtype), "model", provider, atol, rtol), check))
+        outputs.append(
+            compare_arrays(name, a, r, tolerance_for(dtype or str(a.dtype), "model", provider, atol, rtol), check)
+        )
         if a.shape == r.shape:
             errors[f"output:{name}"], rel_errors[f"output:{name}"] = _error_sample(a, r)
-    mapped, entries, value_norm, notes, folded = _map_calls(proto, calls, values)
+    mapped, entries, value_norm, notes, folded = map_calls(proto, calls, values)
     records = norm_records(proto)
     by_name = {c.name: c for c in calls}
     refs: dict[str, np.ndarray] = {}
@@ -1048,7 +367,13 @@ def localize(
 
 
 def _layer_tolerance(
-    c: _Call, pair: _Call | None, ref: np.ndarray, dtype: str, provider: str, atol: float | None, rtol: float | None
+    c: ModuleCall,
+    pair: ModuleCall | None,
+    ref: np.ndarray,
+    dtype: str,
+    provider: str,
+    atol: float | None,
+    rtol: float | None,
 ) -> tuple[Tolerance, str, Tolerance | None, str]:
     """(tolerance applied, its source, the derived one, the error model) for one module call.
 
@@ -1073,7 +398,7 @@ def _layer_tolerance(
         d, model_name = 0.0, f"none ({type(e).__name__})"
     derived = Tolerance(max(floor.atol, d), floor.rtol)
     if atol is not None or rtol is not None:
-        return _tol(dtype, c.norm_kind or "*", provider, atol, rtol), "user", derived, model_name
+        return tolerance_for(dtype, c.norm_kind or "*", provider, atol, rtol), "user", derived, model_name
     return derived, ("derived" if d > floor.atol else "table"), derived, model_name
 
 
@@ -1083,7 +408,7 @@ def _with_tolerance_facts(cmp: OutputComparison, source: str, derived: Tolerance
     return cmp
 
 
-def _with_fused_activation(call: _Call, record: Mapping[str, Any]) -> np.ndarray:
+def _with_fused_activation(call: ModuleCall, record: Mapping[str, Any]) -> np.ndarray:
     """The torch norm module's output, followed by the activation its ONNX node fused (GroupNorm +
     SiLU is one node after export/optimize: its value is silu(norm(x)), not the module's output)."""
     out = call.output
@@ -1095,7 +420,7 @@ def _with_fused_activation(call: _Call, record: Mapping[str, Any]) -> np.ndarray
 
 
 def _inputs_agree(
-    c: _Call,
+    c: ModuleCall,
     result_of: Mapping[str, LayerResult],
     entry_values: Sequence[str],
     values: Mapping[str, np.ndarray],
@@ -1123,7 +448,7 @@ def _inputs_agree(
         if match is not None:
             free_entries.remove(match)
             a = values[match]
-            ok = compare_arrays("input", a, x, _tol(dtype or str(a.dtype), "*", provider, atol, rtol)).passed
+            ok = compare_arrays("input", a, x, tolerance_for(dtype or str(a.dtype), "*", provider, atol, rtol)).passed
             verdicts.append(ok)
             if not ok:
                 notes.append(f"ONNX input {match!r} diverges")
@@ -1168,12 +493,4 @@ def _culprit(
     return None, None
 
 
-__all__ = [
-    "LayerResult",
-    "LocalizeReport",
-    "expose_values",
-    "infer_types",
-    "localize",
-    "run_values",
-    "trace_torch",
-]
+__all__ = ["LayerResult", "LocalizeReport", "localize"]

@@ -9,7 +9,9 @@ import pytest
 from normonnx.errors import InputError
 from normonnx.norms import KINDS
 from normonnx.spec import NormSpec
-from normonnx.verify.optimized import float64_reference, input_specs, verify_models
+from normonnx.verify.bisect import verify_models
+from normonnx.verify.float64 import float64_reference
+from normonnx.verify.inputs import input_specs
 from tests.optimize.optimize_helpers import RNG, model
 
 G = (1 + 0.2 * RNG.standard_normal(16)).astype(np.float32)
