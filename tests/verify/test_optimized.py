@@ -1,4 +1,4 @@
-"""The proof step (normonnx/optimize/verify.py): mismatches are caught, disagreements are decided by a
+"""The proof step (normonnx.verify.bisect.verify_models): mismatches are caught, disagreements are decided by a
 float64 run of the original, inputs are generated or asked for, broken outputs are reported."""
 
 from __future__ import annotations
