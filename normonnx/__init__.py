@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "export": ("normonnx.exporter", "export"),
     "session": ("normonnx.runtime.session", "session"),
-    "verify": ("normonnx.verifier", "verify"),
+    "verify": ("normonnx.verify", None),  # the package, callable: normonnx.verify.api.verify
     "optimize_model": ("normonnx.optimize", "optimize_model"),
     "select": ("normonnx.lowering", "select"),
     "capability_table": ("normonnx.lowering", "capability_table"),
@@ -46,7 +46,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'normonnx' has no attribute {name!r}")
 
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from .errors import EXIT_INTERNAL, EXIT_MISMATCH, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE, NormOnnxError, from_os_error
 
 #: subcommand modules, in --help order; one file each under normonnx/commands/
-COMMANDS = ("export", "verify", "compare", "inspect", "optimize", "zoo", "bench", "doctor", "capabilities")
+COMMANDS = ("export", "verify", "bisect", "inspect", "optimize", "zoo", "bench", "doctor", "capabilities")
 
 EXIT_CODES = {
     EXIT_OK: "ok / equivalent",
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name and e.name.endswith(f"commands.{name}"):
                 continue  # command not built yet
             raise
-        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        aliases = getattr(mod, "ALIASES", ())  # a command's former names, listed in its help line
+        p = sub.add_parser(name, aliases=aliases, help=mod.HELP, description=mod.__doc__)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -166,36 +166,6 @@ def parse_input_specs(items: list[str] | None) -> list[tuple[str | None, tuple[i
     return out
 
 
-def random_inputs(specs: list[tuple[str | None, tuple[int, ...], str]], seed: int = 0) -> tuple[Any, ...]:
-    """Seeded random tensors for ``specs`` (standard normal floats, integers in 0..7); an input
-    too large to allocate is an :class:`InputError` saying how many bytes it asked for."""
-    import math
-
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for name, shape, dtype in specs:
-        dt = getattr(torch, dtype, None)
-        if not isinstance(dt, torch.dtype):
-            raise InputError(f"unknown dtype {dtype!r} in --input", note="e.g. float32, float16, int64")
-        try:
-            if dt.is_floating_point:
-                out.append(torch.randn(shape, generator=g).to(dt))
-            else:
-                out.append(torch.randint(0, 8, shape, generator=g).to(dt))
-        except (MemoryError, RuntimeError) as e:
-            if not isinstance(e, MemoryError) and "alloc" not in str(e):
-                raise
-            size = math.prod(shape) * max(dt.itemsize, 4)
-            shown = "x".join(map(str, shape))
-            raise InputError(
-                f"--input {name + ':' if name else ''}{shown} needs {size / 2**30:.3g} GiB, more than this machine can allocate",
-                note="use a smaller example input; the exported model keeps dynamic axes with --dynamic",
-            ) from None
-    return tuple(out)
-
-
 def check_example_inputs(inputs: Any) -> None:
     """Refuse example inputs with a zero-size dimension before export: torch specializes such a
     dim and the exported model would then reject every real input."""

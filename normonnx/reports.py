@@ -45,7 +45,7 @@ def _g(x: float) -> str:
 
 
 def format_layers(rep: Any, all_layers: bool = False) -> str:
-    """The per-module table of a :class:`~normonnx.localize.LocalizeReport`.
+    """The per-module table of a :class:`~normonnx.verify.localize.LocalizeReport`.
 
     ``acc max_abs``: the ONNX value after the whole run vs torch (upstream drift included);
     ``own max_abs``: the module's ONNX nodes fed with torch's inputs (its own error), judged under
@@ -91,7 +91,7 @@ def format_layers(rep: Any, all_layers: bool = False) -> str:
 
 
 def format_values(rep: Any, limit: int = 40) -> str:
-    """The per-value table of a :class:`~normonnx.localize.BisectReport` (failing values first 40)."""
+    """The per-value table of a :class:`~normonnx.verify.bisect.BisectReport` (failing values first 40)."""
     head = ("#", "value", "op", "scope", "max_abs", "rel_scale", "inputs", "ok")
     rows = []
     first = rep.first.name if rep.first else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .verifier import VerifyReport, verify
+from .verify.api import VerifyReport, verify
 
 
 def assert_onnx_equivalent(
@@ -28,14 +28,14 @@ def assert_onnx_equivalent(
     localize_on_failure: bool = True,
     **kw: Any,
 ) -> VerifyReport:
-    """Verify ``path`` against ``model`` (keywords as :func:`normonnx.verifier.verify`); return the
+    """Verify ``path`` against ``model`` (keywords as :func:`normonnx.verify.api.verify`); return the
     report, or raise AssertionError with the evidence and the first diverging module."""
     rep = verify(model, path, example_inputs, **kw)
     if rep.passed:
         return rep
     lines = [rep.summary(), "", rep.format_table()]
     if localize_on_failure:
-        from .localize import localize
+        from .verify.localize import localize
 
         loc_kw = {k: kw[k] for k in ("provider", "rtol", "atol", "check", "threads", "seed") if k in kw}
         try:

@@ -67,7 +67,7 @@ def run_model(
 
     from .exporter import export
     from .runtime.session import session
-    from .verifier import verify
+    from .verify.api import verify
 
     model = entry.factory()
     inputs = tuple(entry.example_inputs())

@@ -10,7 +10,7 @@ import math
 
 from normonnx.lowering import STRATEGIES, check, select
 from normonnx.spec import NormSpec
-from normonnx.stress import large_shape, large_spec, measure
+from normonnx.verify.stress import large_shape, large_spec, measure
 
 CASES = {
     "batch(stats)": (NormSpec("batch", channels=8, running_stats=False, rank=4), (4, 8, 32, 32)),

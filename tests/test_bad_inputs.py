@@ -209,7 +209,7 @@ def test_verify_api_check_median_is_an_input_error(ln_onnx):
     import torch
 
     from normonnx.errors import InputError
-    from normonnx.verifier import verify
+    from normonnx.verify.api import verify
 
     sys.path.insert(0, os.path.dirname(TINY))
     import tiny_models

@@ -19,10 +19,10 @@ from normonnx.bench import report
 from normonnx.bench.models import norm_node_names, norm_replaced, profile
 from normonnx.bench.timing import measure, measure_isolated, paired_ratio
 from normonnx.cli import main
-from normonnx.compare import tolerance
 from normonnx.lowering import STRATEGIES, check, select
 from normonnx.lowering.graph import lower_model, make_norm_node
 from normonnx.spec import NormSpec
+from normonnx.verify import tolerance
 
 OP_ROW_KEYS = {
     "kind",

@@ -168,6 +168,7 @@ def test_help_lists_commands():
     assert p.returncode == 0
     for c in ("export", "verify", "inspect", "zoo", "capabilities"):
         assert c in p.stdout
+    assert "bisect (compare)" in p.stdout  # ONNX-vs-ONNX bisection, under its former name too
 
 
 def _strict_json(text: str):
@@ -178,13 +179,16 @@ def _strict_json(text: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["verify", "optimize", "compare", "doctor", "inspect", "export", "capabilities"])
+@pytest.mark.parametrize(
+    "command", ["verify", "optimize", "bisect", "compare", "doctor", "inspect", "export", "capabilities"]
+)
 def test_json_dash_writes_only_json_to_stdout(exported, tmp_path, command):
     """`normonnx CMD … --json - | python -c "import json,sys; json.load(sys.stdin)"` works."""
     argv = {
         "verify": ["verify", f"{TINY}:all_norms", str(exported), "--input", "x:2x3x8x8"],
         "optimize": ["optimize", str(exported), "-o", str(tmp_path / "o.onnx"), "--input", "x:2x3x8x8"],
-        "compare": ["compare", str(exported), "cpu:opt", "--input", "x:2x3x8x8"],
+        "bisect": ["bisect", str(exported), "cpu:opt", "--input", "x:2x3x8x8"],
+        "compare": ["compare", str(exported), "cpu:opt", "--input", "x:2x3x8x8"],  # bisect's alias
         "doctor": ["doctor"],
         "inspect": ["inspect", str(exported)],
         "export": ["export", f"{TINY}:all_norms", "-o", str(tmp_path / "e.onnx"), "--input", "x:2x3x8x8"],

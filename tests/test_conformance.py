@@ -11,9 +11,9 @@ import pytest
 from norm_cases import ALL_CASES
 from onnx.reference import ReferenceEvaluator
 
-from normonnx.compare import compare_arrays, tolerance
 from normonnx.lowering import STRATEGIES, build_model, check
 from normonnx.norms import KINDS
+from normonnx.verify import compare_arrays, tolerance
 
 OPSETS = (13, 17, 18, 21, 23)
 # strategies that have no lowering at all for a kind are left out (not "skipped"): a skip in

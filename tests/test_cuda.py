@@ -13,7 +13,6 @@ import pytest
 from onnx import TensorProto, helper
 
 from normonnx.cli import main
-from normonnx.compare import tolerance
 from normonnx.errors import InputError, UnsupportedHere
 from normonnx.lowering import build_model
 from normonnx.lowering.graph import lower_model, make_norm_node
@@ -21,6 +20,7 @@ from normonnx.norms import KINDS
 from normonnx.runtime import cuda as ncuda
 from normonnx.runtime import session
 from normonnx.spec import NormSpec
+from normonnx.verify import tolerance
 
 HAS_CUDA, CUDA_REASON = ncuda.cuda_status()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason=CUDA_REASON)

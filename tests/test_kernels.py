@@ -30,14 +30,14 @@ from onnx import TensorProto, helper
 
 import normonnx
 from normonnx import kernels
-from normonnx.compare import tolerance
 from normonnx.errors import InputError, LoweringError, ModelLoadError, UnsupportedHere
 from normonnx.io import save
 from normonnx.lowering import STRATEGIES, build_model, check, select
 from normonnx.lowering.function import DOMAIN as PORTABLE_DOMAIN
 from normonnx.norms import KINDS
 from normonnx.spec import NormSpec
-from normonnx.stress import large_shape, large_spec, measure
+from normonnx.verify import tolerance
+from normonnx.verify.stress import large_shape, large_spec, measure
 
 OPSET = 18
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

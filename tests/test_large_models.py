@@ -78,7 +78,7 @@ def test_forced_external_export_is_one_data_file_of_references_and_matches_torch
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
     np.testing.assert_allclose(run(tmp_path / "m.onnx", x), reference(m, x), rtol=1e-4, atol=1e-4)
 
-    from normonnx.verifier import verify
+    from normonnx.verify.api import verify
 
     report = verify(m, tmp_path / "m.onnx", (x,), n_samples=1)
     assert report.passed and report.max_abs < 1e-4

@@ -12,7 +12,7 @@ import torch
 
 import models
 from normonnx.exporter import export
-from normonnx.verifier import verify
+from normonnx.verify.api import verify
 
 CASES = [(name, opset) for name in models.names() for opset in (17, 18, 21)]
 CASES += [(name, 23) for name in models.names() if "rms" in models.get(name).norm_kinds]

@@ -8,7 +8,7 @@ Every selected case is mapped to a NormSpec; then
    in onnxruntime CPU with its graph optimizations disabled *and* in ``onnx.reference`` (after
    inlining local functions, which the ReferenceEvaluator does not resolve by overload).
 
-Tolerances are the table's (``normonnx.compare.tolerance``) for the case dtype and kind. Measured
+Tolerances are the table's (``normonnx.verify.tolerance``) for the case dtype and kind. Measured
 (onnx 1.23.2, onnxruntime 1.31.1): max |error| 1.1e-6 for the reference, 1.9e-6 for ORT-native,
 ≤ 1e-6 for the other strategies, against an fp32 tolerance of 1e-4 + 1e-4·|y|.
 """
@@ -24,10 +24,10 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from normonnx import kernels
-from normonnx.compare import compare_arrays, tolerance
 from normonnx.lowering import STRATEGIES, build_model, check
 from normonnx.norms import KINDS
 from normonnx.runtime.session import session
+from normonnx.verify import compare_arrays, tolerance
 from tests import onnx_cases
 
 OPSET = 23

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from normonnx.compare import compare_arrays, tolerance
 from normonnx.lowering import STRATEGIES, build_model, check
 from normonnx.norms import KINDS, get_kind
+from normonnx.verify import compare_arrays, tolerance
 
 
 def _randomize(m: nn.Module, seed: int) -> nn.Module:

@@ -47,7 +47,8 @@ def add_model_inputs(p: argparse.ArgumentParser) -> None:
 
 def model_and_inputs(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...], Any]:
     """(resolved model, example inputs, resolved info) from MODEL and --input."""
-    from ..modelspec import check_example_inputs, parse_input_specs, random_inputs, resolve
+    from ..modelspec import check_example_inputs, parse_input_specs, resolve
+    from ..verify.inputs import random_inputs
 
     resolved = resolve(args.model)
     specs = parse_input_specs(args.input)

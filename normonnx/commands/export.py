@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..exporter import export
-    from ..verifier import verify
+    from ..verify.api import verify
 
     check_strategies(args.strategy)
     model, inputs, resolved = model_and_inputs(args)

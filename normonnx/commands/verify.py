@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("stress and precision")
     g.add_argument("--stress", action="store_true", help="run the stress inputs against a float64 torch run")
-    from ..model_stress import CASES
+    from ..verify.stress import CASES
 
     g.add_argument(
         "--stress-case",
@@ -87,9 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import Tolerance, check_statistic, check_tolerance, tolerance
     from ..errors import InputError
-    from ..verifier import verify
+    from ..verify import Tolerance, check_statistic, check_tolerance, tolerance
+    from ..verify.api import verify
 
     check_statistic(args.check, "--check")
     atol, atol_per = parse_tolerances(args.atol, "--atol")
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         require_html()  # fail before any work if matplotlib is missing
     if args.stress_case:
-        from ..model_stress import CASES
+        from ..verify.stress import CASES
 
         bad = [c for c in args.stress_case if c not in CASES]
         if bad:
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     loc = None
     # --html plots error vs depth and histograms on every run, passing too: they need the layers
     if args.localize or (args.html and not args.no_localize) or (not rep.passed and not args.no_localize):
-        from ..localize import localize
+        from ..verify.localize import localize
 
         loc = localize(
             model,
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         for n in loc.notes:
             print(f"note: {n}")
     if args.stress or args.stress_case:
-        from ..model_stress import CASES, stress_model
+        from ..verify.stress import CASES, stress_model
 
         st = stress_model(
             model, args.onnx, inputs, provider=args.provider, cases=args.stress_case or CASES, seed=args.seed
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         print(st.format_table())
     for flag, dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
         if getattr(args, flag):
-            from ..precision import check_precision
+            from ..verify.precision import check_precision
 
             pr = check_precision(
                 model, args.onnx, inputs, dtype=dtype, norms=args.fp16_norms, provider=args.provider, seed=args.seed
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             for n in pr.notes:
                 print(f"note: {n}")
     if args.bisect:
-        from ..bisect import bisect
+        from ..verify.bisect import bisect
 
         bi = bisect(
             args.onnx,

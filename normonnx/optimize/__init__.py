@@ -18,7 +18,7 @@
 7. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
                           for the target (``--target cuda`` first tries onnxruntime's contrib ops,
                           the ``contrib`` strategy, :mod:`normonnx.lowering.contrib`);
-8. cleanup again, then verification (:mod:`normonnx.optimize.verify`): original and optimized run in
+8. cleanup again, then verification (:func:`normonnx.verify.bisect.verify_models`): original and optimized run in
    onnxruntime with its own graph optimizations disabled, on random and stress inputs.
 
 Every rule is a :class:`Rule` with three separate parts: ``match`` (the pattern: structure only),
@@ -540,7 +540,7 @@ def _optimize(
     lowerings = [r if isinstance(r, dict) else r.as_dict() for r in records]
     verification = None
     if verify:
-        from .verify import verify_models
+        from ..verify.bisect import verify_models
 
         verification = verify_models(original, model, n_samples=n_samples, seed=seed, shapes=inputs, target=target)
     return OptimizeResult(

@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from normonnx.compare import compare_arrays, tolerance
 from normonnx.norms import KINDS
 from normonnx.optimize import OptimizeResult, optimize_model
 from normonnx.runtime import session
 from normonnx.spec import NormSpec
+from normonnx.verify import compare_arrays, tolerance
 
 RNG = np.random.default_rng(1234)
 

@@ -7,7 +7,7 @@ import pytest
 from _faults import plant_bn_fold_sign
 
 from normonnx.testing import assert_onnx_equivalent
-from normonnx.verifier import VerifyReport
+from normonnx.verify.api import VerifyReport
 
 
 def test_equivalent_export_returns_the_report(net, x, exported):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _faults import plant_layernorm_axis, plant_wrong_eps
 
-from normonnx.bisect import bisect
+from normonnx.verify.bisect import bisect
 
 
 def test_edited_epsilon_constant_is_the_first_divergence(exported, x):

@@ -21,7 +21,7 @@ from _faults import (
 )
 from onnx import helper, numpy_helper
 
-from normonnx.localize import localize
+from normonnx.verify.localize import localize
 
 # conv is folded with bn (normonnx's export folds every eval BatchNorm into the conv before it):
 # the pair's value is compared on the bn row

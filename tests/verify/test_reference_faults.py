@@ -31,7 +31,7 @@ from conftest import one_torch_thread
 
 from normonnx.cli import main
 from normonnx.exporter import export
-from normonnx.localize import localize
+from normonnx.verify.localize import localize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STANDARD_OPS = ("native", "decomposed")

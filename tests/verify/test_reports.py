@@ -13,9 +13,10 @@ import pytest
 from _faults import plant_wrong_eps
 
 from normonnx.errors import UnsupportedHere
-from normonnx.localize import bisect, localize
 from normonnx.reports import report_dict, write_html, write_junit
-from normonnx.verifier import verify
+from normonnx.verify.api import verify
+from normonnx.verify.bisect import bisect
+from normonnx.verify.localize import localize
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -100,8 +101,8 @@ def test_html_without_matplotlib_names_the_extra(sections, tmp_path, monkeypatch
 
 
 def test_stress_and_precision_sections_are_strict_json_and_junit(net, x, exported, tmp_path):
-    from normonnx.model_stress import stress_model
-    from normonnx.precision import check_precision
+    from normonnx.verify.precision import check_precision
+    from normonnx.verify.stress import stress_model
 
     path = exported[18][0]
     sections = {

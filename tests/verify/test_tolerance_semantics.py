@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normonnx.compare import Tolerance, compare_arrays
 from normonnx.errors import InputError
+from normonnx.verify import Tolerance, compare_arrays
 
 TOL = Tolerance(atol=1e-3, rtol=1e-2)
 

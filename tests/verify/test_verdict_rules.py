@@ -15,9 +15,10 @@ from onnx import helper, numpy_helper
 
 from normonnx.cli import main
 from normonnx.errors import InputError
-from normonnx.localize import bisect, localize
-from normonnx.precision import check_precision
-from normonnx.verifier import verify
+from normonnx.verify.api import verify
+from normonnx.verify.bisect import bisect
+from normonnx.verify.localize import localize
+from normonnx.verify.precision import check_precision
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(HERE, "_faults.py") + ":net_and_inputs"

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from normonnx import kernels
 from normonnx.exporter import export
-from normonnx.model_stress import CASES, RATIO, stress_model
+from normonnx.verify.stress import CASES, RATIO, stress_model
 
 
 @pytest.fixture(scope="module")

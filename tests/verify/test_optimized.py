@@ -1,16 +1,18 @@
-"""The proof step (normonnx/optimize/verify.py): mismatches are caught, disagreements are decided by a
+"""The proof step (normonnx.verify.bisect.verify_models): mismatches are caught, disagreements are decided by a
 float64 run of the original, inputs are generated or asked for, broken outputs are reported."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from optimize_helpers import RNG, model
 
 from normonnx.errors import InputError
 from normonnx.norms import KINDS
-from normonnx.optimize.verify import float64_reference, input_specs, verify_models
 from normonnx.spec import NormSpec
+from normonnx.verify.bisect import verify_models
+from normonnx.verify.float64 import float64_reference
+from normonnx.verify.inputs import input_specs
+from tests.optimize.optimize_helpers import RNG, model
 
 G = (1 + 0.2 * RNG.standard_normal(16)).astype(np.float32)
 B = (0.2 * RNG.standard_normal(16)).astype(np.float32)

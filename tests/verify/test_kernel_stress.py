@@ -13,7 +13,7 @@ import pytest
 from normonnx.lowering import STRATEGIES, check, select
 from normonnx.norms import KINDS
 from normonnx.spec import NormSpec
-from normonnx.stress import large_shape, large_spec, measure
+from normonnx.verify.stress import large_shape, large_spec, measure
 
 OPSET = 23
 SMALL = {

@@ -1,10 +1,11 @@
-"""Compare two ONNX runs value by value and name the first value that diverges (no torch needed).
+"""Bisect two ONNX runs: compare them value by value, name the first value that diverges (no torch).
 
 A is the reference. B is another ONNX file (e.g. the optimized model) or a provider spec for A
 itself: "cuda" or "cpu:opt" (onnxruntime's graph optimizations on). Every intermediate value the
 two share by name is compared in A's topological order; the first one that fails while the values
 its node reads agree is reported with its node, op type, module scope and norm lowering.
 An element fails only if |b − a| > atol + rtol·|a| (or by --check max|mean|quantile:Q).
+`normonnx compare` (the former name) runs the same command.
 Exit 0 equivalent, 1 mismatch, 2 usage error, 3 unsupported here."""
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from . import final_line, write_json
 from ._common import count
 
 HELP = "bisect two ONNX models (or one model on two providers) to the first diverging value"
+#: ``normonnx compare`` is this command's former name and still runs it
+ALIASES = ("compare",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,10 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bisect import bisect
-    from ..compare import check_statistic, check_tolerance
-    from ..modelspec import parse_input_specs, random_inputs
+    from ..modelspec import parse_input_specs
     from ..reports import write_html, write_junit
+    from ..verify import check_statistic, check_tolerance
+    from ..verify.bisect import bisect
+    from ..verify.inputs import random_inputs
 
     check_statistic(args.check, "--check")
     check_tolerance(args.atol, "--atol")

@@ -3,7 +3,7 @@
 ``verify`` runs the torch model (eval mode, no grad) and an onnxruntime session on the same
 inputs — the example inputs, ``n_samples`` random samples of the same shapes, and, when the ONNX
 model has symbolic (dynamic) dims, a sample at a second size — and compares every output with
-:func:`normonnx.compare.compare_arrays` under the tolerance table (or the caller's overrides).
+:func:`normonnx.verify.compare.compare_arrays` under the tolerance table (or the caller's overrides).
 It returns a :class:`VerifyReport`; it never just returns a bool.
 
 Usage errors (:class:`~normonnx.errors.InputError`, CLI exit 2) are raised before anything runs:
@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import io as nio
-from .compare import OutputComparison, Tolerance, check_statistic, check_tolerance, compare_arrays, tolerance
-from .errors import ExportError, InputError, UnsupportedHere
-
-_NP_OF_ONNX = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+from .. import io as nio
+from ..errors import ExportError, InputError, UnsupportedHere
+from .compare import OutputComparison, compare_arrays
+from .inputs import inputs_from_onnx, random_like
+from .inputs import second_size as second_size_of  # ``second_size`` is verify's argument
+from .tolerances import Tolerance, check_statistic, check_tolerance, tolerance
+from .trace import flat_tensors
 
 
 @dataclasses.dataclass
@@ -144,42 +146,6 @@ class VerifyReport:
         }
 
 
-def _flatten(out: Any) -> list[Any]:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _flatten(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _flatten(v)]
-    return []
-
-
-def _second_size(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | None:
-    """Inputs at another size along the ONNX model's symbolic dims (batch+1, others ×2)."""
-    sizes: dict[str, int] = {}
-    changed = False
-    shapes = []
-    for vi, x in zip(model.graph.input, inputs):
-        dims = vi.type.tensor_type.shape.dim
-        shape = list(x.shape)
-        for i, d in enumerate(dims):
-            if d.dim_param and i < len(shape):
-                if d.dim_param not in sizes:
-                    sizes[d.dim_param] = shape[i] + 1 if i == 0 else shape[i] * 2
-                shape[i] = sizes[d.dim_param]
-                changed = True
-        shapes.append(shape)
-    if not changed:
-        return None
-    rng = np.random.default_rng(1234)
-    return [
-        rng.standard_normal(s).astype(x.dtype) if x.dtype.kind == "f" else np.zeros(s, x.dtype)
-        for s, x in zip(shapes, inputs)
-    ]
-
-
 def verify(
     model: Any,
     onnx_path: str | os.PathLike[str],
@@ -210,7 +176,7 @@ def verify(
     """
     import torch
 
-    from .runtime.session import session
+    from ..runtime.session import session
 
     check_statistic(check)
     check_tolerance(atol, "atol")
@@ -229,7 +195,7 @@ def verify(
     elif isinstance(model, torch.export.ExportedProgram):
         model = model.module()
     if example_inputs is None:
-        example_inputs = _inputs_from_onnx(proto, seed)
+        example_inputs = inputs_from_onnx(proto, seed)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     _refuse_bfloat16(proto, onnx_path, example_inputs)
@@ -245,13 +211,11 @@ def verify(
     rng = np.random.default_rng(seed)
     cases: list[tuple[str, list[np.ndarray]]] = [("example", ex)]
     for k in range(n_samples):
-        cases.append(
-            (f"random{k}", [rng.standard_normal(a.shape).astype(a.dtype) if a.dtype.kind == "f" else a for a in ex])
-        )
+        cases.append((f"random{k}", random_like(ex, rng)))
     second = (
         [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in second_size]
         if second_size is not None
-        else _second_size(proto, ex)
+        else second_size_of(proto, ex)
     )
     if second is not None:
         cases.append(("second_size", second))
@@ -267,7 +231,7 @@ def verify(
         tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         with torch.no_grad():
             try:
-                ref = [t.detach().cpu().numpy() for t in _flatten(model(*tin))]
+                ref = [t.detach().cpu().numpy() for t in flat_tensors(model(*tin))]
             except Exception as e:
                 raise InputError(f"the torch model rejected the {cname} inputs: {str(e).splitlines()[0]}") from None
         got = sess.run(arrays)
@@ -290,14 +254,14 @@ def verify(
             outs.append(cmp)
         if m64 is not None:
             with torch.no_grad():
-                r64 = [t.numpy() for t in _flatten(m64(*[t.double() if t.is_floating_point() else t for t in tin]))]
+                r64 = [t.numpy() for t in flat_tensors(m64(*[t.double() if t.is_floating_point() else t for t in tin]))]
             for name, a, r in zip(names, got, r64):
                 if a.dtype.kind == "f":
                     e = float(np.abs(a.astype(np.float64) - r).max()) if a.size else 0.0
                     f64_err[name] = max(f64_err.get(name, 0.0), e)
         samples.append(SampleResult(cname, {n: list(a.shape) for n, a in zip(sess.input_names, arrays)}, outs))
-    from .lowering.graph import recorded_lowerings
-    from .runtime.probe import ort_version
+    from ..lowering.graph import recorded_lowerings
+    from ..runtime.probe import ort_version
 
     t_ms = o_ms = None
     if latency_reps > 0:
@@ -361,21 +325,5 @@ def _refuse_bfloat16(proto: onnx.ModelProto, path: Any, example_inputs: Sequence
         raise UnsupportedHere(
             f"{what}: verify feeds onnxruntime through NumPy, which has no bfloat16",
             note="verify the float32 model and check its bfloat16 deployment with --bf16 "
-            "(Python: normonnx.precision.check_precision(..., dtype='bfloat16'))",
+            "(Python: normonnx.verify.precision.check_precision(..., dtype='bfloat16'))",
         )
-
-
-def _inputs_from_onnx(model: onnx.ModelProto, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for vi in model.graph.input:
-        dims = vi.type.tensor_type.shape.dim
-        if any(not d.HasField("dim_value") for d in dims):
-            raise InputError(
-                f"input {vi.name!r} has dynamic dims; example inputs are needed to pick sizes",
-                note="pass example_inputs (CLI: --input name:1x3x224x224)",
-            )
-        dt = _NP_OF_ONNX.get(vi.type.tensor_type.elem_type, "float32")
-        shape = [d.dim_value for d in dims]
-        out.append(rng.standard_normal(shape).astype(dt) if dt.startswith("float") else np.zeros(shape, dt))
-    return out

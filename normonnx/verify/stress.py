@@ -1,6 +1,12 @@
-"""Whole-model stress runs: the inputs where a norm lowering breaks, through the entire model.
+"""Stress: the inputs where a norm lowering breaks (:data:`.inputs.STRESS`), through one norm
+kernel and through a whole model.
 
-Each case builds inputs of the model's example shapes (float inputs only; integer inputs such
+Kernel level — :func:`measure`: one norm built with one strategy, in onnxruntime CPU, against the
+kind's float64 reference and torch fp32 on the same input (``normal``, ``offset``,
+``tiny_scale``, ``constant``); :func:`large_shape` gives ≥ 1M elements per set of statistics,
+where fp32 sequential accumulation drifts.
+
+Whole model — :func:`stress_model`: each case builds inputs of the model's example shapes (float inputs only; integer inputs such
 as token ids are kept), computes them in float64, rounds them once to the model's dtype, and
 compares three runs on the same rounded inputs:
 
@@ -38,22 +44,19 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import io as nio
-from .compare import UNIT_ROUNDOFF, tolerance
+from .. import io as nio
+from ..spec import NormSpec
+from .inputs import STRESS, large_shapes, random_like
+from .tolerances import UNIT_ROUNDOFF, tolerance
+from .trace import flat_tensors, norm_kind_of
 
 #: ONNX may be this many times as far from float64 as torch fp32 itself (max over elements)
 RATIO = 4.0
 #: torch's own error is floored at this many float32 roundings of the output scale in the ratio
 NOISE_ULPS = 16.0
+#: the whole-model cases, in :data:`.inputs.STRESS`
 CASES = ("offset", "tiny_scale", "constant_channels", "large_spatial", "eps_small", "eps_large")
-DESCRIPTIONS = {
-    "offset": "N(1000, 1) inputs",
-    "tiny_scale": "N(0, 1e-3²) inputs",
-    "constant_channels": "every channel constant (zero variance)",
-    "large_spatial": "4x the example size along dynamic non-batch axes",
-    "eps_small": "every norm's eps = 1e-12 (tiny-scale inputs), model exported again",
-    "eps_large": "every norm's eps = 1 (normal inputs), model exported again",
-}
+DESCRIPTIONS = {c: STRESS[c].description for c in CASES}
 
 
 @dataclasses.dataclass
@@ -167,49 +170,13 @@ class StressReport:
         }
 
 
-def _gen(name: str) -> Callable[[tuple[int, ...], np.random.Generator], np.ndarray]:
-    if name == "offset":
-        return lambda s, rng: rng.standard_normal(s) + 1000.0
-    if name in ("tiny_scale", "eps_small"):
-        return lambda s, rng: rng.standard_normal(s) * 1e-3
-    if name == "constant_channels":
-
-        def const(s: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-            x = np.empty(s)
-            if len(s) < 2:
-                x[...] = 3.25
-                return x
-            for c in range(s[1]):
-                x[:, c] = 3.25 + 0.5 * c
-            return x
-
-        return const
-    return lambda s, rng: rng.standard_normal(s)
-
-
 def _set_eps(model: Any, eps: float) -> int:
-    from .localize import _norm_kind_of
-
     n = 0
     for m in model.modules():
-        if _norm_kind_of(m) is not None and hasattr(m, "eps"):
+        if norm_kind_of(m) is not None and hasattr(m, "eps"):
             m.eps = eps
             n += 1
     return n
-
-
-def _large_shapes(model: onnx.ModelProto, arrays: Sequence[np.ndarray]) -> list[tuple[int, ...]] | None:
-    inits = {t.name for t in model.graph.initializer}
-    ins = [vi for vi in model.graph.input if vi.name not in inits]
-    shapes, changed = [], False
-    for vi, a in zip(ins, arrays):
-        s = list(a.shape)
-        for i, d in enumerate(vi.type.tensor_type.shape.dim):
-            if i > 0 and i < len(s) and d.dim_param and a.dtype.kind == "f":
-                s[i] *= 4
-                changed = True
-        shapes.append(tuple(s))
-    return shapes if changed else None
 
 
 def _compare(name: str, got: np.ndarray, t32: np.ndarray, ref: np.ndarray, provider: str) -> StressOutput:
@@ -239,8 +206,8 @@ def stress_model(
     """Run the stress ``cases`` through ``model`` and the ONNX file; see the module docstring."""
     import torch
 
-    from .errors import InputError
-    from .runtime.session import session
+    from ..errors import InputError
+    from ..runtime.session import session
 
     unknown = [c for c in cases if c not in CASES]
     if unknown:
@@ -256,25 +223,25 @@ def stress_model(
     def run(m: Any, m_64: Any, s: Any, arrays: list[np.ndarray]) -> list[StressOutput]:
         tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         with torch.no_grad():
-            t32 = [t.numpy() for t in _flat(m(*tin))]
-            r64 = [t.numpy() for t in _flat(m_64(*[t.double() if t.is_floating_point() else t for t in tin]))]
+            t32 = [t.numpy() for t in flat_tensors(m(*tin))]
+            r64 = [t.numpy() for t in flat_tensors(m_64(*[t.double() if t.is_floating_point() else t for t in tin]))]
         got = s.run(arrays)
         return [_compare(n, a, t, r, provider) for n, a, t, r in zip(names, got, t32, r64)]
 
     for case in cases:
         rng = np.random.default_rng(seed)
-        desc = DESCRIPTIONS[case]
+        stress = STRESS[case]
+        desc = stress.description
         shapes = [a.shape for a in base]
-        if case == "large_spatial":
-            big = _large_shapes(proto, base)
+        if stress.spatial != 1:
+            big = large_shapes(proto, base, stress.spatial)
             if big is None:
                 results.append(StressCase(case, desc, [list(s) for s in shapes], [], "the ONNX file has static shapes"))
                 continue
             shapes = big
-        gen = _gen(case)
-        arrays = [gen(tuple(s), rng).astype(a.dtype) if a.dtype.kind == "f" else a for s, a in zip(shapes, base)]
-        if case in ("eps_small", "eps_large"):
-            eps = 1e-12 if case == "eps_small" else 1.0
+        arrays = random_like(base, rng, case, shapes)
+        if stress.eps is not None:
+            eps = stress.eps
             try:
                 outs = _eps_case(model, proto, path, eps, arrays, provider, threads, run)
             except Exception as e:  # the re-export is part of the test; report, do not crash
@@ -303,14 +270,14 @@ def _eps_case(
     threads: int | None,
     run: Callable[..., list[StressOutput]],
 ) -> list[StressOutput] | None:
-    from .exporter import export
-    from .runtime.session import session
+    from ..exporter import export
+    from ..runtime.session import session
 
     m = copy.deepcopy(model)
     if not _set_eps(m, eps):
         return None
-    from .lowering import PREFERENCE
-    from .lowering.graph import recorded_lowerings
+    from ..lowering import PREFERENCE
+    from ..lowering.graph import recorded_lowerings
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -335,10 +302,79 @@ def _eps_case(
         return run(m, copy.deepcopy(m).double().eval(), s, arrays)
 
 
-def _flat(out: Any) -> list[Any]:
-    from .localize import _flat_tensors
-
-    return _flat_tensors(out)
+# -- kernel level ----------------------------------------------------------------------------------
 
 
-__all__ = ["CASES", "RATIO", "StressCase", "StressOutput", "StressReport", "stress_model"]
+def large_shape(spec: NormSpec, elements: int = 1 << 20) -> tuple[int, ...]:
+    """An input shape with at least ``elements`` per set of statistics, for ``spec``'s kind."""
+    side = 1024
+    if spec.kind in ("layer", "rms") and not spec.channels_first:
+        return (2, elements)
+    if spec.kind == "layer":  # channels-first: statistics over C at each position
+        return (1, elements, 1, 1)
+    if spec.kind == "group":
+        c = spec.channels or 2
+        g = spec.groups or 1
+        hw = max(1, elements * g // c)
+        return (1, c, side, -(-hw // side))
+    if spec.kind == "batch" and not spec.running_stats:
+        return (1, spec.channels or 2, side, -(-elements // side))
+    return (1, spec.channels or 2, side, -(-elements // side))
+
+
+def large_spec(kind: str) -> NormSpec:
+    """A representative spec of ``kind`` with few channels so :func:`large_shape` stays ~8 MB."""
+    return {
+        "batch": NormSpec("batch", channels=2, running_stats=False, rank=4),
+        "layer": NormSpec("layer", normalized_shape=(1 << 20,), rank=2),
+        "instance": NormSpec("instance", channels=2, rank=4),
+        "group": NormSpec("group", channels=4, groups=2, rank=4),
+        "rms": NormSpec("rms", normalized_shape=(1 << 20,), has_bias=False, rank=2),
+        "grn": NormSpec("grn", channels=2, channels_first=True, rank=4),
+    }[kind]
+
+
+def measure(
+    spec: NormSpec,
+    shape: tuple[int, ...],
+    stress: str,
+    strategy: str,
+    *,
+    opset: int = 23,
+    seed: int = 0,
+    threads: int = 2,
+) -> tuple[float, float, np.ndarray, dict[str, np.ndarray]]:
+    """Max |error| vs the float64 reference of ``strategy`` in onnxruntime CPU (its optimizations
+    off) and of torch fp32 on the same fp32 input: ``(ours, torch, our output, params)``.
+    A non-finite output counts as an infinite error."""
+    import torch
+
+    from ..lowering import build_model
+    from ..norms import KINDS
+    from ..runtime import session
+
+    rng = np.random.default_rng(seed)
+    kind = KINDS[spec.kind]
+    params = kind.random_params(spec, rng)
+    x = STRESS[stress].values(shape, rng).astype(np.float32)
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    ref = kind.reference(spec, x, p32)
+    with torch.no_grad():
+        t = kind.torch_forward(spec, torch.from_numpy(x), {k: torch.from_numpy(v) for k, v in p32.items()}).numpy()
+    model = build_model(spec, params, opset, strategy, allow_unstable=True)
+    (y,) = session(model, optimize=False, threads=threads).run({"X": x})
+    err = float(np.abs(y.astype(np.float64) - ref).max()) if np.isfinite(y).all() else float("inf")
+    return err, float(np.abs(t.astype(np.float64) - ref).max()), y, params
+
+
+__all__ = [
+    "CASES",
+    "RATIO",
+    "StressCase",
+    "StressOutput",
+    "StressReport",
+    "large_shape",
+    "large_spec",
+    "measure",
+    "stress_model",
+]

@@ -92,7 +92,7 @@ def run_isolated(
     threads: int | None = None,
 ) -> tuple[dict[str, Isolated], list[str]]:
     """Recompute every target from torch's ``known`` values; returns ({key: Isolated}, notes)."""
-    from .runtime.session import session
+    from ..runtime.session import session
 
     g = model.graph
     consts = {t.name for t in g.initializer} | {v for n in g.node if n.op_type == "Constant" for v in n.output}
@@ -190,9 +190,9 @@ def isolated_comparisons(
     Returns ({call name: OutputComparison}, {call name: [(entry value, OutputComparison)]}, notes).
     torch's known values: the graph inputs, every mapped call's output, and the ONNX values entering
     a leaf's scope matched (by shape, in order) to the inputs torch recorded for that call."""
-    from .compare import Tolerance, compare_arrays, tolerance
-    from .compare.derive import C
-    from .compare.tolerances import UNIT_ROUNDOFF
+    from .compare import compare_arrays
+    from .derive import C
+    from .tolerances import UNIT_ROUNDOFF, Tolerance, tolerance
 
     init = {t.name for t in model.graph.initializer}
     known: dict[str, np.ndarray] = {}

@@ -102,3 +102,11 @@ def tolerance(dtype: str, kind: str = "*", provider: str = "*") -> Tolerance:
         if key in TABLE:
             return TABLE[key]
     return TABLE[("float32", "*", "*")]
+
+
+def tolerance_for(dtype: str, kind: str, provider: str, atol: float | None, rtol: float | None) -> Tolerance:
+    """The table's tolerance with a caller's ``atol`` / ``rtol`` (each optional) put in its place."""
+    t = tolerance(dtype, kind, provider)
+    if atol is not None or rtol is not None:
+        t = Tolerance(atol if atol is not None else t.atol, rtol if rtol is not None else t.rtol)
+    return t

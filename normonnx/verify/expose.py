@@ -1,0 +1,201 @@
+"""The ONNX side of verification: every intermediate value exposed as a graph output, and run.
+
+:func:`expose_values` copies a model with its intermediate float values added to the graph
+outputs (types from the exporter's annotations and ``onnx.shape_inference``; bfloat16 values
+through a Cast to float32, numpy has no bfloat16); :func:`run_values` runs such a copy in
+onnxruntime (its graph optimizations off by default, so it cannot fuse away the values we look
+at) and returns every value by name. Also: the inputs cast to the graph's dtypes, the model's
+working dtype, its constants, and loading a model from a path or a proto.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .. import io as nio
+from ..errors import InputError
+
+FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
+_BF16_SUFFIX = "::as_float32"
+
+
+def load_model(onnx_model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """(model, label for reports): a proto as given, or the file at a path (external data loaded)."""
+    if isinstance(onnx_model, onnx.ModelProto):
+        return onnx_model, "<in-memory model>"
+    return nio.load(onnx_model), os.fspath(onnx_model)
+
+
+def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Types of every value we can know: exporter annotations, then ``onnx.shape_inference``.
+
+    normonnx-domain ops have schemas without inference functions; their outputs keep the types
+    the exporter annotated.
+    """
+    from ..lowering.function import register_schemas
+    from ..lowering.graph import value_types
+
+    register_schemas()
+    types = value_types(model)
+    if model.ByteSize() < 1_800_000_000:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            for k, v in value_types(inferred).items():
+                types.setdefault(k, v)
+        except Exception:  # inference is a help, never a requirement
+            pass
+    return types
+
+
+def elem_type(types: Mapping[str, onnx.TypeProto], name: str) -> int:
+    t = types.get(name)
+    if t is None or not t.HasField("tensor_type"):
+        return 0
+    return int(t.tensor_type.elem_type)
+
+
+def expose_values(
+    model: onnx.ModelProto, names: Iterable[str] | None = None, types: Mapping[str, onnx.TypeProto] | None = None
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``model`` whose graph outputs include its intermediate float values.
+
+    Returns ``(model, {graph output name: value name})`` covering the original outputs too.
+    bfloat16 values are exposed through a ``Cast`` to float32 (named ``value::as_float32``);
+    values of unknown type are exposed untyped (onnxruntime infers them) unless the model holds
+    bfloat16 values anywhere.
+    """
+    types = dict(types) if types is not None else infer_types(model)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    wanted = set(names) if names is not None else None
+    exposed = {o.name: o.name for o in g.output}
+    inits = {t.name for t in g.initializer}
+    has_bf16 = any(elem_type(types, k) == TensorProto.BFLOAT16 for k in types)
+    extra_nodes = []
+    for node in list(g.node):
+        if node.op_type == "Constant":
+            continue
+        for v in node.output:
+            if not v or v in exposed or v in inits or (wanted is not None and v not in wanted):
+                continue
+            et = elem_type(types, v)
+            if et == TensorProto.BFLOAT16:
+                out = v + _BF16_SUFFIX
+                extra_nodes.append(helper.make_node("Cast", [v], [out], to=TensorProto.FLOAT, name=f"{v}/expose"))
+                g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+                exposed[out] = v
+            elif et in FLOAT_ELEMS:
+                g.output.append(helper.make_tensor_value_info(v, et, None))
+                exposed[v] = v
+            elif et == 0 and not has_bf16:
+                g.output.append(onnx.ValueInfoProto(name=v))
+                exposed[v] = v
+    g.node.extend(extra_nodes)
+    return m, exposed
+
+
+def onnx_input_arrays(model: onnx.ModelProto, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` cast to the element types of the ONNX graph inputs (fp16 models take fp16)."""
+    init_names = {t.name for t in model.graph.initializer}
+    ins = [vi for vi in model.graph.input if vi.name not in init_names]
+    out = []
+    for vi, a in zip(ins, arrays):
+        et = vi.type.tensor_type.elem_type
+        if et in FLOAT_ELEMS and a.dtype.kind == "f":
+            a = a.astype(FLOAT_ELEMS[et])
+        out.append(a)
+    return out
+
+
+def run_values(
+    model: onnx.ModelProto,
+    arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+    *,
+    provider: str = "cpu",
+    optimize: bool = False,
+    threads: int | None = None,
+    names: Iterable[str] | None = None,
+    types: Mapping[str, onnx.TypeProto] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name."""
+    from ..runtime.session import session
+
+    exp, mapping = expose_values(model, names, types)
+    sess = session(exp, provider, threads=threads, optimize=optimize)
+    if not isinstance(arrays, Mapping):
+        arrays = list(arrays)
+        if len(arrays) != len(sess.input_names):
+            raise InputError(
+                f"{len(arrays)} inputs given but the ONNX model takes {len(sess.input_names)} "
+                f"({', '.join(sess.input_names)})"
+            )
+    feed = _feed(sess, arrays)
+    try:
+        got = sess.inner.run(None, feed)
+    except Exception as e:  # onnxruntime's InvalidArgument & co. for a feed that does not fit
+        shapes = ", ".join(f"{k}:{list(v.shape)}:{v.dtype}" for k, v in feed.items())
+        expected = ", ".join(f"{i.name}:{i.shape}:{i.type}" for i in sess.inner.get_inputs())
+        msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", " ".join(str(e).split()[:40])) or type(e).__name__
+        raise InputError(
+            f"onnxruntime rejected the inputs ({shapes}): {msg}",
+            note=f"the model expects {expected} (CLI: --input name:SHAPE[:DTYPE])",
+        ) from None
+    return {mapping[n]: np.asarray(a) for n, a in zip(sess.output_names, got) if n in mapping}
+
+
+def _feed(sess: Any, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if isinstance(arrays, Mapping):
+        return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return {n: np.ascontiguousarray(a) for n, a in zip(sess.input_names, arrays)}
+
+
+def model_dtype(model: onnx.ModelProto) -> str:
+    """The float dtype of the model's (first float) graph input: the precision its values carry.
+
+    A float64 statistic computed from float32 data is only as exact as the float32 data, so
+    tolerances are looked up for this dtype, not for each value's own."""
+    init_names = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        et = vi.type.tensor_type.elem_type
+        if vi.name not in init_names and et in FLOAT_ELEMS:
+            return FLOAT_ELEMS[et]
+        if vi.name not in init_names and et == TensorProto.BFLOAT16:
+            return "bfloat16"
+    return "float32"
+
+
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node values by name (float ones only)."""
+    from onnx import numpy_helper
+
+    out: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if t.data_type in FLOAT_ELEMS and not t.data_location:
+            out[t.name] = numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            t = n.attribute[0].t
+            if t.data_type in FLOAT_ELEMS:
+                out[n.output[0]] = numpy_helper.to_array(t)
+    return out
+
+
+__all__ = [
+    "FLOAT_ELEMS",
+    "constants",
+    "elem_type",
+    "expose_values",
+    "infer_types",
+    "load_model",
+    "model_dtype",
+    "onnx_input_arrays",
+    "run_values",
+]
