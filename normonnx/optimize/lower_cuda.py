@@ -47,8 +47,10 @@ from onnx import TensorProto, helper
 
 from ..lowering.builder import Builder
 from ..lowering.decomposed import build_decomposed
+from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
-from ._graph import OK, GraphView, Rewrite, Verdict, apply_rewrites, attr, norm_node_params, spec_of_node, tensor
+from .graph import GraphView, attr, norm_node_params, spec_of_node
+from .rewriter import Rewrite, apply_rewrites, tensor
 
 MS_DOMAIN = "com.microsoft"
 MAX_CHANNELS_PER_GROUP = 512
@@ -56,25 +58,25 @@ RMS_MAX_ELEMENTS = 4096
 NOTE_GROUP = "com.microsoft.GroupNorm: σ² = E[x²] − E[x]² accumulated in float32 (weaker than float64 at large offsets)"
 
 
-def check_group(g: GraphView, spec: NormSpec) -> Verdict:
+def check_group(g: GraphView, spec: NormSpec) -> CheckResult:
     if spec.rank != 4:
-        return Verdict.fail(f"com.microsoft.GroupNorm takes rank-4 inputs, this one is rank {spec.rank}")
+        return Rejection(f"com.microsoft.GroupNorm takes rank-4 inputs, this one is rank {spec.rank}")
     if spec.dtype not in ("float32", "float16"):
-        return Verdict.fail(f"com.microsoft.GroupNorm has float32/float16 kernels, not {spec.dtype}")
+        return Rejection(f"com.microsoft.GroupNorm has float32/float16 kernels, not {spec.dtype}")
     cpg = (spec.channels or 0) // (spec.groups or 1)
     if cpg % 2:
-        return Verdict.fail(f"{cpg} channels per group is odd; the kernel reads channels in pairs")
+        return Rejection(f"{cpg} channels per group is odd; the kernel reads channels in pairs")
     if cpg > MAX_CHANNELS_PER_GROUP:
-        return Verdict.fail(f"{cpg} channels per group exceeds the kernel's block of {MAX_CHANNELS_PER_GROUP}")
+        return Rejection(f"{cpg} channels per group exceeds the kernel's block of {MAX_CHANNELS_PER_GROUP}")
     return OK
 
 
-def check_rms(g: GraphView, spec: NormSpec) -> Verdict:
+def check_rms(g: GraphView, spec: NormSpec) -> CheckResult:
     if g.opset >= 23:
-        return Verdict.fail("opset >= 23: the native RMSNormalization is the better lowering")
+        return Rejection("opset >= 23: the native RMSNormalization is the better lowering")
     n = spec.reduction_size
     if n is None or n > RMS_MAX_ELEMENTS:
-        return Verdict.fail(
+        return Rejection(
             f"{n} normalised elements: onnxruntime's float32 accumulation is accurate up to {RMS_MAX_ELEMENTS}"
         )
     return OK
@@ -82,36 +84,36 @@ def check_rms(g: GraphView, spec: NormSpec) -> Verdict:
 
 def check_skip(
     g: GraphView, spec: NormSpec, operands: tuple[str, str], at: onnx.NodeProto, params: dict[str, str]
-) -> Verdict:
+) -> CheckResult:
     """Can ``SkipLayerNormalization(*operands, γ, β)`` placed at node ``at`` (the residual Add, or
     a LayerNorm with a fused residual input) replace the residual Add and the LayerNorm?"""
     if spec.channels_first:
-        return Verdict.fail("channels-first LayerNorm: SkipLayerNormalization normalises the last axis")
+        return Rejection("channels-first LayerNorm: SkipLayerNormalization normalises the last axis")
     if len(spec.normalized_shape or ()) != 1:
-        return Verdict.fail(
+        return Rejection(
             f"normalises {len(spec.normalized_shape or ())} trailing axes; SkipLayerNormalization normalises one"
         )
     if spec.dtype not in ("float32", "float16"):
-        return Verdict.fail(f"SkipLayerNormalization has float32/float16 kernels, not {spec.dtype}")
+        return Rejection(f"SkipLayerNormalization has float32/float16 kernels, not {spec.dtype}")
     sa, sb = g.shape(operands[0]), g.shape(operands[1])
     if sa is None or sb is None or None in sa or None in sb:
-        return Verdict.fail("the residual Add's operand shapes are unknown", operands[0])
+        return Rejection("the residual Add's operand shapes are unknown", operands[0])
     if tuple(sa) != tuple(sb):
-        return Verdict.fail(
+        return Rejection(
             f"the residual Add broadcasts {list(sa)} with {list(sb)}; SkipLayerNormalization needs equal shapes",
             operands[0],
         )
     if len(sa) not in (2, 3):
-        return Verdict.fail(f"rank-{len(sa)} input; SkipLayerNormalization takes rank 2 or 3", operands[0])
+        return Rejection(f"rank-{len(sa)} input; SkipLayerNormalization takes rank 2 or 3", operands[0])
     for slot in ("weight", "bias"):
         v = params.get(slot)
         if not v:
             continue
         if g.const(v) is None:
-            return Verdict.fail(f"the LayerNorm's {slot} is computed at run time, not a constant", v)
+            return Rejection(f"the LayerNorm's {slot} is computed at run time, not a constant", v)
         producer = g.op(v)
         if producer is not None and g.index[id(producer)] > g.index[id(at)]:
-            return Verdict.fail(f"the LayerNorm's {slot} is produced after the residual Add", v)
+            return Rejection(f"the LayerNorm's {slot} is produced after the residual Add", v)
     return OK
 
 
@@ -166,12 +168,12 @@ def lower_for_cuda(
             report.refuse(
                 rule,
                 node,
-                Verdict.fail(f"numerically unstable ({UNSTABLE[rule]}); pass allow_unstable to use it", node.output[0]),
+                Rejection(f"numerically unstable ({UNSTABLE[rule]}); pass allow_unstable to use it", node.output[0]),
             )
             continue
         verdict = check_group(g, spec) if spec.kind == "group" else check_rms(g, spec)
         if not verdict:
-            report.refuse(rule, node, Verdict.fail(verdict.reason, node.output[0]))
+            report.refuse(rule, node, Rejection(verdict.reason, node.output[0]))
             continue
         b = Builder(g.opset, prefix=g.fresh(node.name or node.output[0]))
         params = norm_node_params(node)
@@ -256,9 +258,7 @@ def _skip_layer_norm(
     if add is None or add.domain not in ("", "ai.onnx"):  # not a residual LayerNorm: the core lowers it
         return None, {}
     if id(add) in claimed:
-        report.refuse(
-            rule, node, Verdict.fail("its residual Add is already fused into another LayerNorm", add.output[0])
-        )
+        report.refuse(rule, node, Rejection("its residual Add is already fused into another LayerNorm", add.output[0]))
         return None, {}
     params = norm_node_params(node)
     verdict = check_skip(g, spec, (add.input[0], add.input[1]), add, params)
