@@ -85,10 +85,15 @@ class RulePass(Pass):
     def run(self, model: onnx.ModelProto, report: Report | None = None) -> tuple[onnx.ModelProto, bool]:
         report = report if report is not None else Report()
         modified = False
+        view: GraphView | None = None
         for _ in range(self.max_rounds):
             fired = False
             for rule in self.rules:
-                model, n = apply_rule(rule, model, report)
+                # a scan that rewrote nothing returns the same model: its view (and the constants it
+                # has read) serves the next scan; only a rewrite makes a new graph to index
+                if view is None or view.model is not model:
+                    view = GraphView(model)
+                model, n = apply_rule(rule, model, report, view)
                 fired |= n > 0
             modified |= fired
             if not fired:
@@ -96,9 +101,12 @@ class RulePass(Pass):
         return model, modified
 
 
-def apply_rule(rule: Rule, model: onnx.ModelProto, report: Report) -> tuple[onnx.ModelProto, int]:
-    """One scan of ``rule`` over the graph; every accepted match is rewritten. Returns (model, count)."""
-    g = GraphView(model)
+def apply_rule(
+    rule: Rule, model: onnx.ModelProto, report: Report, view: GraphView | None = None
+) -> tuple[onnx.ModelProto, int]:
+    """One scan of ``rule`` over the graph; every accepted match is rewritten. Returns (model, count):
+    ``model`` itself when nothing fired. ``view`` is a :class:`GraphView` of ``model`` to reuse."""
+    g = view if view is not None and view.model is model else GraphView(model)
     claimed: set[int] = set()
     rewrites: list[Rewrite] = []
     for node in rule.candidates(g):
