@@ -17,9 +17,10 @@ from onnx import helper, numpy_helper
 
 from ..errors import LoweringError
 from ..norms import KINDS, get_kind
+from ..rejection import CheckResult
 from ..spec import NormSpec
 from . import contrib, decomposed, function, native, native_kernel, via_instance
-from .base import MIN_OPSET, PROVIDERS, Capability, Strategy, Verdict
+from .base import MIN_OPSET, PROVIDERS, Capability, Strategy
 from .builder import Builder
 
 STRATEGIES: dict[str, Strategy] = {
@@ -114,10 +115,10 @@ def select(
     order = tuple(prefer) if prefer is not None else preference(provider, spec.kind)
     rejected: list[tuple[str, str]] = []
     for name in order:
-        verdict = get_strategy(name).check(spec, opset, provider, allow_unstable=allow_unstable)
-        if verdict:
+        answer = get_strategy(name).check(spec, opset, provider, allow_unstable=allow_unstable)
+        if answer:
             return Selection(spec, opset, provider, name, tuple(rejected))
-        rejected.append((name, verdict.reason))
+        rejected.append((name, str(answer)))
     reasons = "\n  ".join(f"{n}: {r}" for n, r in rejected)
     valid = [n for n in STRATEGIES if STRATEGIES[n].check(spec, opset, provider, allow_unstable=True)]
     raise LoweringError(
@@ -132,8 +133,11 @@ def preference(provider: str, kind: str) -> tuple[str, ...]:
     return KIND_PREFERENCE.get((provider, kind), PREFERENCE[provider])
 
 
-def check(spec: NormSpec, strategy: str, opset: int, provider: str = "cpu", *, allow_unstable: bool = True) -> Verdict:
-    """Verdict of one named strategy for ``spec`` (unstable ones allowed unless told otherwise)."""
+def check(
+    spec: NormSpec, strategy: str, opset: int, provider: str = "cpu", *, allow_unstable: bool = True
+) -> CheckResult:
+    """What one named strategy answers for ``spec``: OK or the Rejection saying why not (unstable
+    strategies allowed unless told otherwise)."""
     return get_strategy(strategy).check(spec, opset, provider, allow_unstable=allow_unstable)
 
 
@@ -215,9 +219,9 @@ def build_model(
     s = get_strategy(strategy)
     get_kind(spec.kind).validate(spec)
     check_opset(opset)
-    verdict = s.check(spec, opset, provider, allow_unstable=True)
-    if not verdict:
-        raise LoweringError(f"strategy {strategy!r} cannot lower this {spec.kind} norm: {verdict.reason}")
+    answer = s.check(spec, opset, provider, allow_unstable=True)
+    if not answer:
+        raise LoweringError(f"strategy {strategy!r} cannot lower this {spec.kind} norm: {answer}")
     np_dt = helper.tensor_dtype_to_np_dtype(spec.onnx_dtype)
     b = Builder(opset, prefix=spec.kind)
     names = {k: f"p_{k}" for k in get_kind(spec.kind).param_names(spec)}

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import onnx
 
+from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
 from .builder import Builder
 
@@ -19,20 +20,6 @@ PROVIDERS = ("cpu", "cuda")
 ALL_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
 #: lowest opset normonnx emits: ReduceMean/Slice/Reshape forms used by the decompositions.
 MIN_OPSET = 13
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    """Whether a strategy can lower a spec; ``reason`` says why not (or a caveat if ok)."""
-
-    ok: bool
-    reason: str = ""
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-OK = Verdict(True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,35 +56,34 @@ class Strategy:
     #: :meth:`lower` builds the plain norm between the ops those forms stand for
     builds_fused_forms: bool = False
 
-    def check(self, spec: NormSpec, opset: int, provider: str = "cpu", *, allow_unstable: bool = False) -> Verdict:
+    def check(self, spec: NormSpec, opset: int, provider: str = "cpu", *, allow_unstable: bool = False) -> CheckResult:
         """Can this strategy lower ``spec`` at ``opset`` for ``provider``? Never raises."""
         cap = self.capability(spec)
         if cap is None:
-            return Verdict(False, f"{self.name} has no lowering for {spec.kind} norm")
+            return Rejection(f"{self.name} has no lowering for {spec.kind} norm")
         if opset < cap.min_opset:
-            return Verdict(False, f"needs opset >= {cap.min_opset} ({cap.note or self.name}), got {opset}")
+            return Rejection(f"needs opset >= {cap.min_opset} ({cap.note or self.name}), got {opset}")
         allowed = cap.dtypes.get(provider, frozenset())
         if spec.dtype not in allowed:
-            return Verdict(
-                False, f"{spec.dtype} not supported on {provider} (supported: {', '.join(sorted(allowed)) or 'none'})"
+            return Rejection(
+                f"{spec.dtype} not supported on {provider} (supported: {', '.join(sorted(allowed)) or 'none'})"
             )
         why = self.check_spec(spec, opset, provider)
         if not why:
             return why
         if not allow_unstable:
             if not cap.stable:
-                return Verdict(False, f"numerically unstable: {cap.note}")
+                return Rejection(f"numerically unstable: {cap.note}")
             if cap.stable_up_to is not None:
                 n = spec.reduction_size
                 if n is None or n > cap.stable_up_to:
                     size = "unknown" if n is None else str(n)
-                    return Verdict(
-                        False,
+                    return Rejection(
                         f"accurate only up to {cap.stable_up_to} elements per normalised group, this one has {size} ({cap.note})",
                     )
         return OK
 
-    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         """Spec-specific restrictions beyond the capability table (override)."""
         return OK
 

@@ -44,7 +44,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..spec import NormSpec
-from .base import OK, Capability, Strategy, Verdict
+from ..rejection import OK, CheckResult, Rejection
+from .base import Capability, Strategy
 from .builder import Builder
 from .decomposed import build_decomposed
 from .fused import modulate
@@ -67,12 +68,12 @@ class Contrib(Strategy):
         "rms": Capability(13, {"cpu": frozenset(), "cuda": _F32_16}, True, NOTE_RMS, RMS_MAX_ELEMENTS),
     }
 
-    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         if spec.kind == "group":
             return _check_group(spec)
         if spec.kind == "rms":
             if opset >= 23:
-                return Verdict(False, "opset >= 23: the native RMSNormalization is the better lowering")
+                return Rejection("opset >= 23: the native RMSNormalization is the better lowering")
             return OK
         return _check_skip(spec)
 
@@ -93,27 +94,27 @@ class Contrib(Strategy):
         return {MS_DOMAIN: 1}
 
 
-def _check_group(spec: NormSpec) -> Verdict:
+def _check_group(spec: NormSpec) -> CheckResult:
     if spec.rank != 4:
-        return Verdict(False, f"com.microsoft.GroupNorm takes rank-4 inputs, this one is rank {spec.rank}")
+        return Rejection(f"com.microsoft.GroupNorm takes rank-4 inputs, this one is rank {spec.rank}")
     cpg = (spec.channels or 0) // (spec.groups or 1)
     if cpg % 2:
-        return Verdict(False, f"{cpg} channels per group is odd; the kernel reads channels in pairs")
+        return Rejection(f"{cpg} channels per group is odd; the kernel reads channels in pairs")
     if cpg > MAX_CHANNELS_PER_GROUP:
-        return Verdict(False, f"{cpg} channels per group exceeds the kernel's block of {MAX_CHANNELS_PER_GROUP}")
+        return Rejection(f"{cpg} channels per group exceeds the kernel's block of {MAX_CHANNELS_PER_GROUP}")
     return OK
 
 
-def _check_skip(spec: NormSpec) -> Verdict:
+def _check_skip(spec: NormSpec) -> CheckResult:
     if not spec.residual:
-        return Verdict(False, "SkipLayerNormalization needs a residual input; a plain LayerNorm is the native op's")
+        return Rejection("SkipLayerNormalization needs a residual input; a plain LayerNorm is the native op's")
     if spec.channels_first:
-        return Verdict(False, "channels-first LayerNorm: SkipLayerNormalization normalises the last axis")
+        return Rejection("channels-first LayerNorm: SkipLayerNormalization normalises the last axis")
     n_axes = len(spec.normalized_shape or ())
     if n_axes != 1:
-        return Verdict(False, f"normalises {n_axes} trailing axes; SkipLayerNormalization normalises one")
+        return Rejection(f"normalises {n_axes} trailing axes; SkipLayerNormalization normalises one")
     if spec.rank not in (2, 3):
-        return Verdict(False, f"rank-{spec.rank} input; SkipLayerNormalization takes rank 2 or 3")
+        return Rejection(f"rank-{spec.rank} input; SkipLayerNormalization takes rank 2 or 3")
     return OK
 
 

@@ -20,8 +20,9 @@ from onnx import helper
 from onnx.defs import OpSchema
 
 from ..norms import KINDS
+from ..rejection import CheckResult
 from ..spec import NormSpec
-from .base import ALL_DTYPES, MIN_OPSET, Capability, Strategy, Verdict, same_dtypes
+from .base import ALL_DTYPES, MIN_OPSET, Capability, Strategy, same_dtypes
 from .builder import Builder
 from .decomposed import STRATEGY as DECOMPOSED
 from .decomposed import build_decomposed
@@ -161,7 +162,7 @@ class Function(Strategy):
     capabilities = {k: _CAP for k in KINDS}  # the body is the decomposition, which every kind has
     builds_fused_forms = True
 
-    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         return DECOMPOSED.check_spec(spec, opset, provider)  # the body is the decomposition
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:

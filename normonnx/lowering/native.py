@@ -19,8 +19,9 @@ from collections.abc import Mapping
 import numpy as np
 from onnx import helper
 
+from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
-from .base import OK, Capability, Strategy, Verdict, same_dtypes
+from .base import Capability, Strategy, same_dtypes
 from .builder import Builder
 
 _F = {"float32", "float16", "float64"}
@@ -71,22 +72,21 @@ class Native(Strategy):
             return self.capabilities["batch"]
         return super().capability(spec)
 
-    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         if spec.kind == "batch" and not spec.running_stats:
-            return Verdict(
-                False,
+            return Rejection(
                 "BatchNormalization in inference uses running statistics; batch statistics need the decomposition",
             )
         if spec.kind == "layer" and spec.channels_first:
-            return Verdict(False, "LayerNormalization normalises trailing axes; channels-first needs the decomposition")
+            return Rejection("LayerNormalization normalises trailing axes; channels-first needs the decomposition")
         if (
             spec.kind == "instance"
             and spec.running_stats
             and spec.dtype not in self.capabilities["batch"].dtypes[provider]
         ):
-            return Verdict(False, f"{spec.dtype} BatchNormalization not available on {provider}")
+            return Rejection(f"{spec.dtype} BatchNormalization not available on {provider}")
         if spec.stash_fp32 and spec.kind in ("batch", "instance", "group") and opset < 15:
-            return Verdict(False, "fp16 native lowering of this kind needs opset >= 15")
+            return Rejection("fp16 native lowering of this kind needs opset >= 15")
         return OK
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:

@@ -26,8 +26,9 @@ import onnx
 
 from .. import kernels
 from ..norms import KINDS
+from ..rejection import CheckResult, Rejection
 from ..spec import NormSpec
-from .base import MIN_OPSET, Capability, Strategy, Verdict
+from .base import MIN_OPSET, Capability, Strategy
 from .builder import Builder
 from .decomposed import STRATEGY as DECOMPOSED
 from .function import build_node, make_function
@@ -48,9 +49,9 @@ class NativeKernel(Strategy):
     capabilities = {k: _CAP for k, kind in KINDS.items() if kind.in_kernel_library}
     builds_fused_forms = True  # the kernels take the residual input / modulation (ABI 2)
 
-    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         if not kernels.available():
-            return Verdict(False, f"the native kernel library is not available: {kernels.unavailable_reason()}")
+            return Rejection(f"the native kernel library is not available: {kernels.unavailable_reason()}")
         return DECOMPOSED.check_spec(spec, opset, provider)  # the carried body is the decomposition
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:

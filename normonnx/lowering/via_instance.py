@@ -14,8 +14,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..rejection import OK, CheckResult
 from ..spec import NormSpec
-from .base import OK, Capability, Strategy, Verdict
+from .base import Capability, Strategy
 from .builder import Builder
 from .native import _np_dtype
 
@@ -32,7 +33,7 @@ class ViaInstance(Strategy):
     description = "Reshape→InstanceNormalization→Reshape→Mul→Add (group only)"
     capabilities = {"group": _CAP}
 
-    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> Verdict:
+    def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         return OK
 
     def build(self, b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:

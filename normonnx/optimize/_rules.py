@@ -12,22 +12,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
-from . import Match, NoMatch, Rule
-from ._graph import (
-    FLOAT_TYPES,
-    LOW_PRECISION,
-    OK,
-    GraphView,
-    Rewrite,
-    Verdict,
-    affine_param,
-    attr,
-    dtype_name,
-    norm_node_params,
-    norm_rewrite,
-    spec_of_node,
-)
+from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name, norm_node_params, spec_of_node
+from .patterns import affine_param
+from .rewriter import Rewrite, norm_rewrite
+from .rule import Match, Rule
 
 DOMAIN = "normonnx"
 
@@ -46,28 +36,28 @@ class NormAffine(Rule):
     op = ""
     allow_bias = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         if node.op_type != self.op:
-            return NoMatch(f"not a {self.op}")
+            return Rejection(f"not a {self.op}")
         if attr(node, "activation", ""):
-            return NoMatch("an activation follows the affine")
+            return Rejection("an activation follows the affine")
         if attr(node, "modulation", 0):
-            return NoMatch("a modulation follows the norm: an affine after it is not the norm's own")
+            return Rejection("a modulation follows the norm: an affine after it is not the norm's own")
         u = g.single_user(node.output[0])
         if u is None or u.domain not in ("", "ai.onnx"):
-            return NoMatch("output has several users or none")
+            return Rejection("output has several users or none")
         if len(u.input) == 2 and u.input[0] == u.input[1]:
-            return NoMatch(f"{u.op_type} of the output with itself")
+            return Rejection(f"{u.op_type} of the output with itself")
         if u.op_type == "Mul":
             slot = "weight"
         elif u.op_type == "Add" and self.allow_bias:
             slot = "bias"
         else:
-            return NoMatch(f"followed by {u.op_type}, not an absorbable Mul/Add")
+            return Rejection(f"followed by {u.op_type}, not an absorbable Mul/Add")
         operand = u.input[1] if u.input[0] == node.output[0] else u.input[0]
         if g.const(operand) is None and not g.is_graph_input(operand):
             # a residual sum or a data-dependent modulation, not a parameter (see fuse_modulated)
-            return NoMatch(f"followed by {u.op_type} with a run-time value, not a parameter")
+            return Rejection(f"followed by {u.op_type} with a run-time value, not a parameter")
         return Match(node, [node, u], u.output[0], {"slot": slot, "operand": operand})
 
     def layout(self, g: GraphView, spec: NormSpec, x: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -78,19 +68,19 @@ class NormAffine(Rule):
             return tuple(range(r - len(ns), r)), ns
         return (1,), (spec.channels if spec.channels is not None else (spec.normalized_shape or (0,))[0],)
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         node = m.anchor
         spec = spec_of_node(g, node)
         if spec is None:
-            return Verdict.fail("the norm's input type is unknown", node.input[0])
+            return Rejection("the norm's input type is unknown", node.input[0])
         x = node.input[0]
         r = g.rank(x)
         if r is None:
-            return Verdict.fail(f"rank of {x!r} is unknown", x)
+            return Rejection(f"rank of {x!r} is unknown", x)
         slot, operand = m.facts["slot"], m.facts["operand"]
         what = "γ" if slot == "weight" else "β"
         if g.elem_type(operand) != spec.onnx_dtype:
-            return Verdict.fail(f"{what} is {dtype_name(g.elem_type(operand))}, the norm {spec.dtype}", operand)
+            return Rejection(f"{what} is {dtype_name(g.elem_type(operand))}, the norm {spec.dtype}", operand)
         axes, target = self.layout(g, spec, x)
         arr, v = affine_param(g, operand, rank=r, axes=axes, target=target, what=what)
         if not v:
@@ -104,7 +94,7 @@ class NormAffine(Rule):
                 continue
             c = g.const(present[s])
             if c is None:
-                return Verdict.fail(
+                return Rejection(
                     f"the norm's {s} {present[s]!r} is not a constant, so {what} cannot be combined with it", present[s]
                 )
             c64 = c.astype(np.float64).reshape(target)
@@ -131,25 +121,25 @@ class CastWrapper(Rule):
         self.op = op
         self.anchor_ops = (op,)  # type: ignore[misc]
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         cin = g.op(node.input[0], "Cast")
         if cin is None:
-            return NoMatch("input is not a Cast")
+            return Rejection("input is not a Cast")
         cout = g.single_user(node.output[0])
         if cout is None or cout.op_type != "Cast" or cout.domain not in ("", "ai.onnx"):
-            return NoMatch("output is not read by a single Cast")
+            return Rejection("output is not read by a single Cast")
         return Match(node, [cin, node, cout], cout.output[0], {"cin": cin, "cout": cout})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         cin, node, cout = m.facts["cin"], m.anchor, m.facts["cout"]
         low = g.elem_type(cin.input[0])
         if low not in LOW_PRECISION:
-            return Verdict.fail(f"the Cast is from {dtype_name(low)}, not float16/bfloat16", cin.input[0])
+            return Rejection(f"the Cast is from {dtype_name(low)}, not float16/bfloat16", cin.input[0])
         spec = spec_of_node(g, node)
         if spec is None or spec.dtype != "float32" or int(attr(cin, "to")) != onnx.TensorProto.FLOAT:
-            return Verdict.fail("the norm between the Casts does not compute in float32", node.output[0])
+            return Rejection("the norm between the Casts does not compute in float32", node.output[0])
         if int(attr(cout, "to")) != low:
-            return Verdict.fail(
+            return Rejection(
                 f"casts back to {dtype_name(int(attr(cout, 'to')))}, not {dtype_name(low)}", cout.output[0]
             )
         np_low = helper.tensor_dtype_to_np_dtype(low)
@@ -157,11 +147,11 @@ class CastWrapper(Rule):
         for slot, value in norm_node_params(node).items():
             c = g.const(value)
             if c is None:
-                return Verdict.fail(
+                return Rejection(
                     f"{slot} {value!r} is not a constant, so it cannot be converted to {dtype_name(low)}", value
                 )
             if not np.array_equal(c.astype(np_low).astype(c.dtype), c):
-                return Verdict.fail(
+                return Rejection(
                     f"{slot} (float32) is not exactly representable in {dtype_name(low)}: absorbing the casts would round it",
                     c,
                 )

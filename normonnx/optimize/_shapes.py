@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ._graph import GraphView
+    from .graph import GraphView
 
 Sym = int | str
 _PLAIN = ("", "ai.onnx")
@@ -27,7 +27,7 @@ def dims_of(g: GraphView, v: str, depth: int = 4) -> list[Sym] | None:
 
     Dims shape inference left unnamed are derived, where it can be proven, from the Reshape that
     produced ``v`` (its target evaluated symbolically, a −1 solved from the element count)."""
-    from ._graph import norm_axes, reduction_of
+    from .graph import norm_axes, reduction_of
 
     shape = g.shape(v)
     n = g.producer.get(v)
@@ -58,7 +58,7 @@ def dims_of(g: GraphView, v: str, depth: int = 4) -> list[Sym] | None:
 
 
 def _reshaped_dims(g: GraphView, n: Any, depth: int) -> list[Sym] | None:
-    from ._graph import attr
+    from .graph import attr
 
     src = dims_of(g, n.input[0], depth)
     target = shape_value(g, n.input[1])
@@ -108,7 +108,7 @@ def _product(dims: list[Sym]) -> tuple[int, list[str]]:
 
 def shape_value(g: GraphView, v: str, depth: int = 16) -> list[Sym] | None:
     """The elements of a 0-D/1-D integer (or integral float) tensor ``v``, symbolically; None if unknown."""
-    from ._graph import attr
+    from .graph import attr
 
     c = g.const(v)
     if c is not None:
@@ -181,7 +181,7 @@ def shape_value(g: GraphView, v: str, depth: int = 16) -> list[Sym] | None:
 
 def static_scalar(g: GraphView, v: str) -> float | None:
     """A single number that is a constant or a shape computation of static dims; else None."""
-    from ._graph import scalar
+    from .graph import scalar
 
     c = g.const(v)
     if c is not None:

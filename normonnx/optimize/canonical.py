@@ -22,22 +22,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import Match, NoMatch, Rule
-from ._graph import (
-    _AXES_AS_INPUT as AXES_AS_INPUT,
-)
-from ._graph import (
-    OK,
-    GraphView,
-    Rewrite,
-    Verdict,
-    attr,
-    check_restore,
-    norm_axes,
-    reduced_count,
-    reduction_of,
-)
+from ..rejection import OK, CheckResult, Rejection
 from ._shapes import dims_of, shape_value, static_scalar
+from .graph import _AXES_AS_INPUT as AXES_AS_INPUT
+from .graph import GraphView, attr, norm_axes, reduced_count, reduction_of
+from .patterns import check_restore
+from .rewriter import Rewrite
+from .rule import Match, Rule
 
 
 def _reduce_node(g: GraphView, red_node: onnx.NodeProto, op: str, keepdims: int, out: str) -> list[onnx.NodeProto]:
@@ -70,31 +61,31 @@ class SumToMean(Rule):
     anchor_ops = ("Div", "Mul")
     check_interior = False  # the ReduceSum stays for its other readers; dead-node removal drops it
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         for data, other in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
             p = g.op(data, "ReduceSum")
             if p is not None and (node.op_type == "Mul" or data == node.input[0]):
                 return Match(node, [node], node.output[0], {"sum": p, "other": other})
-        return NoMatch("no ReduceSum operand")
+        return Rejection("no ReduceSum operand")
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         red = reduction_of(g, m.facts["sum"])
         assert red is not None
         rank = g.rank(red.input)
         axes = norm_axes(red.axes, rank) if red.dynamic_axes is None else None
         if axes is None or not axes:
-            return Verdict.fail("the ReduceSum's axes or its input's rank are not known", red.node.output[0])
+            return Rejection("the ReduceSum's axes or its input's rank are not known", red.node.output[0])
         if attr(red.node, "noop_with_empty_axes", 0):
-            return Verdict.fail("ReduceSum with noop_with_empty_axes", red.node.output[0])
+            return Rejection("ReduceSum with noop_with_empty_axes", red.node.output[0])
         n = reduced_count(g, red.input, axes)
         c = static_scalar(g, m.facts["other"])  # a constant, or a count computed from static dims
         if n is None or c is None:
-            return Verdict.fail("the count or the divisor is not static", m.facts["other"])
+            return Rejection("the count or the divisor is not static", m.facts["other"])
         want = float(n) if m.anchor.op_type == "Div" else 1.0 / n
         if not np.isclose(c, want, rtol=1e-6, atol=0.0):
-            return Verdict.fail(f"divides the sum by {c:.7g}, not by its count {n}", m.facts["other"])
+            return Rejection(f"divides the sum by {c:.7g}, not by its count {n}", m.facts["other"])
         if g.elem_type(red.input) != g.elem_type(m.output):
-            return Verdict.fail("the division changes the element type", m.output)
+            return Rejection("the division changes the element type", m.output)
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
@@ -107,7 +98,7 @@ class UnsqueezeKeepdims(Rule):
     anchor_ops = ("Unsqueeze",)
     check_interior = False
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         chain = [node]  # Unsqueeze(Unsqueeze(R, U1), U2): torch's [:, None, None, None] in steps
         p = g.producer.get(node.input[0])
         while p is not None and p.op_type == "Unsqueeze" and p.domain in ("", "ai.onnx") and len(chain) < 8:
@@ -115,39 +106,39 @@ class UnsqueezeKeepdims(Rule):
             p = g.producer.get(p.input[0])
         red = reduction_of(g, p) if p is not None else None
         if red is None:
-            return NoMatch("input is not a reduction")
+            return Rejection("input is not a reduction")
         if red.keepdims:
-            return NoMatch("the reduction keeps its dims")
+            return Rejection("the reduction keeps its dims")
         nxt = g.single_user(node.output[0])
         if nxt is not None and nxt.op_type == "Unsqueeze" and nxt.domain in ("", "ai.onnx"):
-            return NoMatch("part of a longer Unsqueeze chain (matched at its end)")
+            return Rejection("part of a longer Unsqueeze chain (matched at its end)")
         return Match(node, [node], node.output[0], {"red": red, "chain": chain[::-1]})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         red = m.facts["red"]
         rank = g.rank(red.input)
         axes = norm_axes(red.axes, rank) if red.dynamic_axes is None else None
         if axes is None or not axes or rank is None:
-            return Verdict.fail("the reduction's axes or its input's rank are not known", red.node.output[0])
+            return Rejection("the reduction's axes or its input's rank are not known", red.node.output[0])
         # replay the inserts: the kept axes keep their order, so only where the new 1s land matters
         dims: list[bool] = [False] * (rank - len(axes))  # True = an inserted 1
         for u in m.facts["chain"]:
             if len(u.input) > 1:
                 c = g.const(u.input[1])
                 if c is None:
-                    return Verdict.fail("Unsqueeze axes computed at run time", u.input[1])
+                    return Rejection("Unsqueeze axes computed at run time", u.input[1])
                 u_axes = [int(a) for a in c.reshape(-1)]
             else:
                 u_axes = [int(a) for a in attr(u, "axes", [])]
             out_rank = len(dims) + len(u_axes)
             pos = norm_axes(u_axes, out_rank)
             if pos is None or len(pos) != len(u_axes):
-                return Verdict.fail(f"Unsqueeze axes {u_axes} are invalid", u.output[0])
+                return Rejection(f"Unsqueeze axes {u_axes} are invalid", u.output[0])
             kept = iter(dims)
             dims = [True if i in pos else next(kept) for i in range(out_rank)]
         back = tuple(i for i, new in enumerate(dims) if new)
         if back != axes:
-            return Verdict.fail(
+            return Rejection(
                 f"the Unsqueezes put back axes {list(back)}, the reduction removed {list(axes)}", m.anchor.output[0]
             )
         return OK
@@ -165,9 +156,9 @@ class NoOpReshape(Rule):
     anchor_ops = ("Expand", "Reshape")
     check_interior = False
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         if node.output[0] in g.graph_outputs:
-            return NoMatch("the result is a graph output")
+            return Rejection("the result is a graph output")
         dims = dims_of(g, node.input[0])
         target = shape_value(g, node.input[1])
         out = dims_of(g, node.output[0])
@@ -175,13 +166,13 @@ class NoOpReshape(Rule):
             # the exporter's own symbolic shapes (torch proved them for every size) say nothing changes
             return Match(node, [node], node.output[0])
         if dims is None or target is None:
-            return NoMatch("shape or target not known symbolically")
+            return Rejection("shape or target not known symbolically")
         if node.op_type == "Expand":
             same = len(target) <= len(dims) and all(t in (1, d) for t, d in zip(target[::-1], dims[::-1]))
         else:
             same = target == dims and not any(str(d).startswith("?") for d in dims)
         if not same:
-            return NoMatch(f"target {target} changes the shape {dims}")
+            return Rejection(f"target {target} changes the shape {dims}")
         return Match(node, [node], node.output[0])
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
@@ -196,19 +187,19 @@ class ReshapeKeepdims(Rule):
     anchor_ops = ("Reshape",)
     check_interior = False
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         p = g.producer.get(node.input[0])
         red = reduction_of(g, p) if p is not None else None
         if red is None or red.keepdims:
-            return NoMatch("input is not a keepdims=0 reduction")
+            return Rejection("input is not a keepdims=0 reduction")
         return Match(node, [node], node.output[0], {"red": red})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         red = m.facts["red"]
         rank = g.rank(red.input)
         axes = norm_axes(red.axes, rank) if red.dynamic_axes is None else None
         if axes is None or not axes:
-            return Verdict.fail("the reduction's axes or its input's rank are not known", red.node.output[0])
+            return Rejection("the reduction's axes or its input's rank are not known", red.node.output[0])
         red.restore = m.anchor
         return check_restore(g, red, red.input, axes)
 

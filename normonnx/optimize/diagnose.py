@@ -30,7 +30,7 @@ _BN_NOTE = "onnxruntime evaluates x·s + t in float32: 2.8x torch's error vs flo
 def hazards(model: onnx.ModelProto) -> list[dict[str, str]]:
     """The numerical or availability hazards of the norm ops in ``model`` as it is."""
     from ..lowering.native import _CAPS
-    from ._graph import GraphView
+    from .graph import GraphView
 
     g = GraphView(model)
     out: list[dict[str, str]] = []
@@ -70,8 +70,9 @@ def hazards(model: onnx.ModelProto) -> list[dict[str, str]]:
 def diagnose(model: onnx.ModelProto) -> dict[str, Any]:
     """``{"recognisable": [...], "fired": {...}, "refused": [...], "hazards": [...]}`` for ``model``."""
     from ..lowering.graph import norm_nodes, spec_of, value_types
-    from . import Report, family_rules
+    from .families import family_rules
     from .pipeline import recognise
+    from .result import Report
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)

@@ -25,8 +25,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import Match, NoMatch, Rule
-from ._graph import OK, GraphView, Rewrite, Verdict, attr, dtype_name, tensor
+from ..rejection import OK, CheckResult, Rejection
+from .graph import GraphView, attr, dtype_name
+from .rewriter import Rewrite, tensor
+from .rule import Match, Rule
 
 LINEAR_BEFORE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: node metadata on a Conv/Gemm/MatMul (and its bias Add) naming the BatchNorm folded into it
@@ -42,13 +44,13 @@ def is_batchnorm(n: onnx.NodeProto | None) -> bool:
     )
 
 
-def bn_affine(g: GraphView, bn: onnx.NodeProto) -> tuple[Verdict, np.ndarray, np.ndarray]:
+def bn_affine(g: GraphView, bn: onnx.NodeProto) -> tuple[CheckResult, np.ndarray, np.ndarray]:
     """(verdict, s, t) of an inference BatchNormalization (or ``normonnx.BatchNorm`` with running
     statistics), in float64."""
     none = np.zeros(0)
     portable = bn.domain == "normonnx"
     if int(attr(bn, "training_mode", 0)) or (portable and not int(attr(bn, "running_stats", 0))):
-        return Verdict.fail("BatchNorm in training mode (batch statistics)", bn.output[0]), none, none
+        return Rejection("BatchNorm in training mode (batch statistics)", bn.output[0]), none, none
     vals: list[np.ndarray | None] = []
     for what, v in zip(("γ", "β", "μ", "σ²"), bn.input[1:5]):
         if portable and not v and what in ("γ", "β"):
@@ -57,32 +59,32 @@ def bn_affine(g: GraphView, bn: onnx.NodeProto) -> tuple[Verdict, np.ndarray, np
         c = g.const(v)
         if c is None:
             why = "a graph input" if g.is_graph_input(v) else "computed at run time"
-            return Verdict.fail(f"BatchNorm {what} is not a constant ({v!r} is {why})", v), none, none
+            return Rejection(f"BatchNorm {what} is not a constant ({v!r} is {why})", v), none, none
         vals.append(c.astype(np.float64).reshape(-1))
     mean, var = vals[2], vals[3]
     assert mean is not None and var is not None
     gamma = vals[0] if vals[0] is not None else np.ones_like(mean)
     beta = vals[1] if vals[1] is not None else np.zeros_like(mean)
     if not (gamma.shape == beta.shape == mean.shape == var.shape):
-        return Verdict.fail("BatchNorm parameters differ in length", bn.input[1]), none, none
+        return Rejection("BatchNorm parameters differ in length", bn.input[1]), none, none
     eps = float(attr(bn, "epsilon", 1e-5))
     s = gamma / np.sqrt(var + eps)
     return OK, s, beta - mean * s
 
 
-def weight_check(g: GraphView, value: str, owner: onnx.NodeProto, what: str) -> tuple[Verdict, np.ndarray]:
+def weight_check(g: GraphView, value: str, owner: onnx.NodeProto, what: str) -> tuple[CheckResult, np.ndarray]:
     """A weight/bias we may rewrite: a constant that is not a graph input and has no other reader."""
     if g.is_graph_input(value):
-        return Verdict.fail(f"{what} {value!r} is a graph input (its value can change at run time)", value), np.zeros(0)
+        return Rejection(f"{what} {value!r} is a graph input (its value can change at run time)", value), np.zeros(0)
     c = g.const(value)
     if c is None:
-        return Verdict.fail(f"{what} {value!r} is computed at run time", value), np.zeros(0)
+        return Rejection(f"{what} {value!r} is computed at run time", value), np.zeros(0)
     others = [u for u in g.users(value) if u is not owner]
     src = g.source(value)
     if src != value:  # reached through Identity: the initializer itself must have no other reader
         others += [u for u in g.users(src) if u is not g.producer.get(value)]
     if others:
-        return Verdict.fail(
+        return Rejection(
             f"{what} {value!r} is shared with {others[0].op_type} node {others[0].name!r}", value
         ), np.zeros(0)
     return OK, c
@@ -102,10 +104,10 @@ class BatchNormIntoPreceding(Rule):
     def candidates(self, g: GraphView) -> list[onnx.NodeProto]:
         return [n for n in g.nodes if is_batchnorm(n)]
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         p = g.producer.get(node.input[0])
         if p is None or p.domain not in ("", "ai.onnx"):
-            return NoMatch("input is not produced by an op")
+            return Rejection("input is not produced by an op")
         if p.op_type in LINEAR_BEFORE:
             return Match(node, [p, node], node.output[0], {"op": p, "add": None})
         if p.op_type == "Add":
@@ -113,9 +115,9 @@ class BatchNormIntoPreceding(Rule):
                 mm = g.op(data, "MatMul")
                 if mm is not None:
                     return Match(node, [mm, p, node], node.output[0], {"op": mm, "add": p, "add_bias": other})
-        return NoMatch(f"input is produced by {p.op_type}, not by {'/'.join(LINEAR_BEFORE)}")
+        return Rejection(f"input is produced by {p.op_type}, not by {'/'.join(LINEAR_BEFORE)}")
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         bn, op = m.anchor, m.facts["op"]
         v, s, t = bn_affine(g, bn)
         if not v:
@@ -125,7 +127,7 @@ class BatchNormIntoPreceding(Rule):
         if not v:
             return v
         if w.dtype.kind != "f" or g.elem_type(bn.input[0]) != helper.np_dtype_to_tensor_dtype(w.dtype):
-            return Verdict.fail(
+            return Rejection(
                 f"weight dtype {w.dtype} differs from the BatchNorm's {dtype_name(g.elem_type(bn.input[0]))}",
                 op.input[1],
             )
@@ -140,34 +142,34 @@ class BatchNormIntoPreceding(Rule):
         w64 = w.astype(np.float64)
         if kind == "Conv":
             if w.shape[0] != c:
-                return Verdict.fail(f"Conv has {w.shape[0]} output channels, BatchNorm {c}", op.input[1])
+                return Rejection(f"Conv has {w.shape[0]} output channels, BatchNorm {c}", op.input[1])
             w2 = w64 * s.reshape((c,) + (1,) * (w.ndim - 1))
         elif kind == "ConvTranspose":
             group = int(attr(op, "group", 1))
             cin, cog = w.shape[0], w.shape[1]
             if cog * group != c or cin % group:
-                return Verdict.fail(f"ConvTranspose has {cog * group} output channels, BatchNorm {c}", op.input[1])
+                return Rejection(f"ConvTranspose has {cog * group} output channels, BatchNorm {c}", op.input[1])
             # W[i, j]: input channel i of group i // (cin/group) feeds output channel group·cog + j
             wg = w64.reshape(group, cin // group, cog, *w.shape[2:])
             w2 = (wg * s.reshape(group, 1, cog, *([1] * (w.ndim - 2)))).reshape(w.shape)
         elif kind == "Gemm":
             if out_rank != 2 or w.ndim != 2:
-                return Verdict.fail("Gemm output is not rank 2", bn.input[0])
+                return Rejection("Gemm output is not rank 2", bn.input[0])
             trans_b = int(attr(op, "transB", 0))
             m_dim = w.shape[0] if trans_b else w.shape[1]
             if m_dim != c:
-                return Verdict.fail(f"Gemm has {m_dim} outputs, BatchNorm {c}", op.input[1])
+                return Rejection(f"Gemm has {m_dim} outputs, BatchNorm {c}", op.input[1])
             w2 = w64 * (s.reshape(c, 1) if trans_b else s.reshape(1, c))  # alpha is kept
             if b is not None:
                 b = float(attr(op, "beta", 1.0)) * b.astype(np.float64)  # beta folded into C'
         else:  # MatMul (+ Add)
             if w.ndim != 2 or out_rank != 2:
-                return Verdict.fail(
+                return Rejection(
                     f"BatchNorm normalises axis 1 of the rank-{out_rank} MatMul output, which is not its feature axis",
                     bn.input[0],
                 )
             if w.shape[1] != c:
-                return Verdict.fail(f"MatMul has {w.shape[1]} outputs, BatchNorm {c}", op.input[1])
+                return Rejection(f"MatMul has {w.shape[1]} outputs, BatchNorm {c}", op.input[1])
             w2 = w64 * s.reshape(1, c)
         if b is None:
             b2 = t
@@ -177,7 +179,7 @@ class BatchNormIntoPreceding(Rule):
             if kind == "Gemm" and b64.ndim == 2 and b64.shape[1] == c:
                 ok_shapes.append(b64.shape)
             if b64.shape not in ok_shapes:
-                return Verdict.fail(f"bias of shape {list(b64.shape)} is not per output feature ({c})", bias_name)
+                return Rejection(f"bias of shape {list(b64.shape)} is not per output feature ({c})", bias_name)
             b2 = b64 * s + t  # (b − μ)·s + β
         m.facts.update(w2=w2.astype(w.dtype), b2=np.asarray(b2).astype(w.dtype))
         return OK
@@ -206,18 +208,18 @@ class BatchNormIntoFollowing(Rule):
     name = "batchnorm.into_following"
     anchor_ops = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         bn = g.producer.get(node.input[0])
         if not is_batchnorm(bn):
-            return NoMatch("input is not a BatchNormalization")
+            return Rejection("input is not a BatchNormalization")
         assert bn is not None
         return Match(node, [bn, node], node.output[0], {"bn": bn})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         op, bn = m.anchor, m.facts["bn"]
         kind = op.op_type
         if kind == "ConvTranspose":
-            return Verdict.fail(
+            return Rejection(
                 "a BatchNorm before ConvTranspose cannot be folded exactly: border outputs receive fewer taps, "
                 "so its shift is not a constant bias",
                 bn.output[0],
@@ -240,7 +242,7 @@ class BatchNormIntoFollowing(Rule):
             pads = list(attr(op, "pads", []) or [])
             auto_pad = attr(op, "auto_pad", "NOTSET")
             if any(pads) or auto_pad not in ("NOTSET", "VALID"):
-                return Verdict.fail(
+                return Rejection(
                     f"Conv pads its input (pads={pads}, auto_pad={auto_pad}): the zero padding of the normalised input "
                     "is not a zero of the raw input, so folding would change the border outputs",
                     op.input[1],
@@ -248,7 +250,7 @@ class BatchNormIntoFollowing(Rule):
             group = int(attr(op, "group", 1))
             cout, cin_g = w.shape[0], w.shape[1]
             if cin_g * group != c:
-                return Verdict.fail(f"Conv reads {cin_g * group} channels, BatchNorm has {c}", op.input[1])
+                return Rejection(f"Conv reads {cin_g * group} channels, BatchNorm has {c}", op.input[1])
             og = cout // group
             # input channel of W[o, i] is (o // og)·cin_g + i
             idx = (np.arange(cout)[:, None] // og) * cin_g + np.arange(cin_g)[None, :]
@@ -259,22 +261,20 @@ class BatchNormIntoFollowing(Rule):
             b2 = (np.zeros(cout) if b is None else b.astype(np.float64)) + shift
         elif kind == "Gemm":
             if int(attr(op, "transA", 0)) or g.rank(op.input[0]) != 2:
-                return Verdict.fail("Gemm with transA or a non-2D input", op.input[0])
+                return Rejection("Gemm with transA or a non-2D input", op.input[0])
             trans_b = int(attr(op, "transB", 0))
             bmat = w64.T if trans_b else w64  # [K, M]
             if bmat.shape[0] != c:
-                return Verdict.fail(f"Gemm reads {bmat.shape[0]} features, BatchNorm has {c}", op.input[1])
+                return Rejection(f"Gemm reads {bmat.shape[0]} features, BatchNorm has {c}", op.input[1])
             alpha, beta = float(attr(op, "alpha", 1.0)), float(attr(op, "beta", 1.0))
             b_new = bmat * s.reshape(c, 1)
             w2 = b_new.T if trans_b else b_new
             b2 = alpha * (t @ bmat) + (0.0 if b is None else beta * b.astype(np.float64))
         else:  # MatMul
             if g.rank(op.input[0]) != 2 or w.ndim != 2:
-                return Verdict.fail(
-                    "BatchNorm's axis 1 is not the MatMul's reduction axis (input not 2-D)", op.input[0]
-                )
+                return Rejection("BatchNorm's axis 1 is not the MatMul's reduction axis (input not 2-D)", op.input[0])
             if w.shape[0] != c:
-                return Verdict.fail(f"MatMul reads {w.shape[0]} features, BatchNorm has {c}", op.input[1])
+                return Rejection(f"MatMul reads {w.shape[0]} features, BatchNorm has {c}", op.input[1])
             w2 = w64 * s.reshape(c, 1)
             b2 = t @ w64
         m.facts.update(w2=w2.astype(w.dtype), b2=np.asarray(b2).astype(w.dtype))

@@ -23,8 +23,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import Match, NoMatch, Rule
-from ._graph import OK, GraphView, Rewrite, Verdict, constant_node_value, dtype_name, tensor
+from ..rejection import OK, CheckResult, Rejection
+from .graph import GraphView, constant_node_value, dtype_name
+from .rewriter import Rewrite, tensor
+from .rule import Match, Rule
 
 NORM_OPS = frozenset(
     {
@@ -121,30 +123,30 @@ class ParamNormFold(Rule):
     def _read_outside(g: GraphView, v: str, const: dict[str, bool]) -> bool:
         return v in g.graph_outputs or any(not any(const.get(o, False) for o in u.output) for u in g.users(v))
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         value = self._boundary[id(node)][0]
         nodes, leaves = cone(g, value, self._const)
         if not any(n.op_type in NORM_OPS or _is_norm_node(n) for n in nodes):
-            return NoMatch("constant subgraph without a normalisation (left to constant folding)")
+            return Rejection("constant subgraph without a normalisation (left to constant folding)")
         return Match(node, [node], value, {"cone": nodes, "leaves": leaves})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         leaves = m.facts["leaves"]
         for leaf in sorted(leaves):
             if g.is_graph_input(leaf):
-                return Verdict.fail(f"weight {leaf!r} is a graph input (a caller may feed another value)", leaf)
+                return Rejection(f"weight {leaf!r} is a graph input (a caller may feed another value)", leaf)
         if m.output in g.graph_outputs:
-            return Verdict.fail(f"{m.output!r} is a graph output", m.output)
+            return Rejection(f"{m.output!r} is a graph output", m.output)
         size = sum(int(np.prod(g.shape(v) or (0,), dtype=np.int64)) for v in leaves if g.const(v) is not None)
         if size > MAX_ELEMENTS:
-            return Verdict.fail(f"the weights hold {size} elements (limit {MAX_ELEMENTS})", m.output)
+            return Rejection(f"the weights hold {size} elements (limit {MAX_ELEMENTS})", m.output)
         et = g.elem_type(m.output)
         if et not in FLOATS:
-            return Verdict.fail(f"result type {dtype_name(et)} is not a float type", m.output)
+            return Rejection(f"result type {dtype_name(et)} is not a float type", m.output)
         try:
             value = evaluate_float64(g, m.facts["cone"], leaves, m.output)
         except Exception as e:  # the reference evaluator's own errors
-            return Verdict.fail(
+            return Rejection(
                 f"cannot evaluate in float64: {str(e).splitlines()[0] if str(e) else type(e).__name__}", m.output
             )
         m.facts["value"] = value.astype(helper.tensor_dtype_to_np_dtype(et))

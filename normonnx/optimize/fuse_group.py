@@ -29,51 +29,37 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
-from . import Match, NoMatch, Rule
-from ._graph import (
-    FLOAT_TYPES,
-    LOW_PRECISION,
-    OK,
-    GraphView,
-    Rewrite,
-    Verdict,
-    attr,
-    check_normalize,
-    decomposed_rewrite,
-    decomposed_spec,
-    dtype_name,
-    match_normalize,
-    norm_axes,
-    norm_node_params,
-    norm_rewrite,
-    spec_of_node,
-)
 from ._rules import NormAffine
 from ._shapes import dims_of, shape_value
+from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name, norm_axes, norm_node_params, spec_of_node
+from .patterns import check_normalize, decomposed_rewrite, decomposed_spec, match_normalize
+from .rewriter import Rewrite, norm_rewrite
+from .rule import Match, Rule
 
 DOMAIN = "normonnx"
 
 
-def check_group_view(g: GraphView, view_node: onnx.NodeProto, x0: str) -> tuple[Verdict, int, int]:
+def check_group_view(g: GraphView, view_node: onnx.NodeProto, x0: str) -> tuple[CheckResult, int, int]:
     """(verdict, C, G) for ``Reshape(x0, target)`` grouping the channels of ``x0``.
 
     The target may be computed from shapes (a dynamic export's ``Concat(Shape(x)[0:1], [G], [-1])``):
     it is evaluated symbolically, and its axis 0 must provably be x0's batch dim."""
     shape = dims_of(g, x0)
     if shape is None or len(shape) < 2:
-        return Verdict.fail(f"shape of {x0!r} is unknown or of rank < 2", x0), 0, 0
+        return Rejection(f"shape of {x0!r} is unknown or of rank < 2", x0), 0, 0
     c = shape[1]
     if not isinstance(c, int):
-        return Verdict.fail(f"channel dim of {x0!r} is not static", x0), 0, 0
+        return Rejection(f"channel dim of {x0!r} is not static", x0), 0, 0
     t = shape_value(g, view_node.input[1])
     if t is None:
-        return Verdict.fail("the group view's shape is computed at run time", view_node.input[1]), 0, 0
+        return Rejection("the group view's shape is computed at run time", view_node.input[1]), 0, 0
     if len(t) < 3 or not isinstance(t[1], int):
-        return Verdict.fail(f"view shape {t} has no [N, G, …] layout", view_node.input[1]), 0, 0
+        return Rejection(f"view shape {t} has no [N, G, …] layout", view_node.input[1]), 0, 0
     groups = t[1]
     if groups < 1 or c % groups:
-        return Verdict.fail(f"view shape {t}: {groups} does not divide C={c}", view_node.input[1]), 0, 0
+        return Rejection(f"view shape {t}: {groups} does not divide C={c}", view_node.input[1]), 0, 0
     allow_zero = int(attr(view_node, "allowzero", 0))
     n = shape[0]
     spatial = shape[2:]
@@ -84,14 +70,14 @@ def check_group_view(g: GraphView, view_node: onnx.NodeProto, x0: str) -> tuple[
         rest_static = all(isinstance(v, int) and v > 0 for v in rest) and all(isinstance(d, int) for d in spatial)
         per_group = (c // groups) * int(np.prod([d for d in spatial if isinstance(d, int)] or [1]))
         if not (rest_static and int(np.prod(rest)) == per_group):  # type: ignore[arg-type]
-            return Verdict.fail(f"view shape {t}: −1 on the batch axis is not provably N", view_node.input[1]), 0, 0
+            return Rejection(f"view shape {t}: −1 on the batch axis is not provably N", view_node.input[1]), 0, 0
     else:
-        return Verdict.fail(f"view shape {t}: axis 0 is not the batch size ({n})", view_node.input[1]), 0, 0
+        return Rejection(f"view shape {t}: axis 0 is not the batch size ({n})", view_node.input[1]), 0, 0
     # the rest is the per-group size whatever its spelling: the element count fixes it
     return OK, c, groups
 
 
-def check_restored(g: GraphView, back: onnx.NodeProto, x0: str) -> Verdict:
+def check_restored(g: GraphView, back: onnx.NodeProto, x0: str) -> CheckResult:
     """The Reshape after the norm must give back exactly x0's shape."""
     src = g.op(back.input[1], "Shape")
     if src is not None and src.input[0] == x0 and not attr(src, "start") and attr(src, "end") is None:
@@ -108,13 +94,13 @@ def check_restored(g: GraphView, back: onnx.NodeProto, x0: str) -> Verdict:
             return OK
     if s_in is not None and s_out is not None and s_in == s_out and not any(str(d).startswith("?") for d in s_in):
         return OK
-    return Verdict.fail(f"cannot prove that Reshape {back.name!r} restores the shape of {x0!r}", back.input[1])
+    return Rejection(f"cannot prove that Reshape {back.name!r} restores the shape of {x0!r}", back.input[1])
 
 
-def _dtype(g: GraphView, x: str) -> tuple[Verdict, str]:
+def _dtype(g: GraphView, x: str) -> tuple[CheckResult, str]:
     et = g.elem_type(x)
     if et not in FLOAT_TYPES:
-        return Verdict.fail(f"input {x!r} has element type {dtype_name(et)}", x), ""
+        return Rejection(f"input {x!r} has element type {dtype_name(et)}", x), ""
     return OK, FLOAT_TYPES[et]
 
 
@@ -123,16 +109,16 @@ class GroupNormViaInstance(Rule):
     anchor_ops = ("Reshape",)
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         inorm = g.op(node.input[0], "InstanceNormalization")
         if inorm is None:
-            return NoMatch("input is not an InstanceNormalization")
+            return Rejection("input is not an InstanceNormalization")
         view = g.op(inorm.input[0], "Reshape")
         if view is None:
-            return NoMatch("the InstanceNormalization's input is not a Reshape")
+            return Rejection("the InstanceNormalization's input is not a Reshape")
         return Match(node, [view, inorm, node], node.output[0], {"view": view, "inorm": inorm})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         view, inorm = m.facts["view"], m.facts["inorm"]
         x0 = view.input[0]
         v, dt = _dtype(g, x0)
@@ -148,9 +134,9 @@ class GroupNormViaInstance(Rule):
         for slot, value, neutral in (("weight", inorm.input[1], 1.0), ("bias", inorm.input[2], 0.0)):
             arr = g.const(value)
             if arr is None:
-                return Verdict.fail(f"instance-norm {slot} is not a constant", value)
+                return Rejection(f"instance-norm {slot} is not a constant", value)
             if arr.shape != (groups,):
-                return Verdict.fail(f"instance-norm {slot} of shape {list(arr.shape)}, expected [{groups}]", arr)
+                return Rejection(f"instance-norm {slot} of shape {list(arr.shape)}, expected [{groups}]", arr)
             if not np.all(arr == neutral):
                 params[slot] = np.repeat(arr, c // groups)
         m.facts["params"] = params
@@ -177,21 +163,21 @@ class GroupNormDecomposed(Rule):
     anchor_ops = ("Reshape",)
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         a = g.op(node.input[0], ("Div", "Mul"))
         if a is None:
-            return NoMatch("input is not a Div/Mul")
+            return Rejection("input is not a Div/Mul")
         nm = match_normalize(g, a)
-        if isinstance(nm, str):
-            return NoMatch(nm)
+        if isinstance(nm, Rejection):
+            return nm
         if not nm.centered:
-            return NoMatch("no mean is subtracted")
+            return Rejection("no mean is subtracted")
         view = g.op(nm.x, "Reshape")
         if view is None:
-            return NoMatch("the normalised value is not a Reshape of the input")
+            return Rejection("the normalised value is not a Reshape of the input")
         return Match(node, [view, *nm.nodes, node], node.output[0], {"nm": nm, "view": view})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         nm, view = m.facts["nm"], m.facts["view"]
         x0 = view.input[0]
         v, mo = check_normalize(g, nm, want_centered=True)
@@ -200,7 +186,7 @@ class GroupNormDecomposed(Rule):
         axes = mo.axes
         r = g.rank(nm.x) or 0
         if axes != tuple(range(2, r)):
-            return Verdict.fail(
+            return Rejection(
                 f"statistics over axes {list(axes)} of the [N, G, …] view, not over all of 2..{r - 1}", nm.x
             )
         v, dt = _dtype(g, x0)
@@ -226,59 +212,59 @@ class GroupNormSplit(Rule):
     anchor_ops = ("Concat",)
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         if len(node.input) < 2:
-            return NoMatch("fewer than two chunks")
+            return Rejection("fewer than two chunks")
         split = None
         chunks = []
         nodes: list[onnx.NodeProto] = [node]
         for v in node.input:
             a = g.op(v, ("Div", "Mul"))
             if a is None:
-                return NoMatch(f"chunk {v!r} is not a normalising Div/Mul")
+                return Rejection(f"chunk {v!r} is not a normalising Div/Mul")
             nm = match_normalize(g, a)
-            if isinstance(nm, str):
-                return NoMatch(f"chunk {v!r}: {nm}")
+            if isinstance(nm, Rejection):
+                return Rejection(f"chunk {v!r}: {nm.reason}")
             sp = g.op(nm.x, "Split")
             if sp is None or (split is not None and sp is not split):
-                return NoMatch("the chunks are not the outputs of one Split")
+                return Rejection("the chunks are not the outputs of one Split")
             split = sp
             chunks.append(nm)
             nodes += nm.nodes
         assert split is not None
         return Match(node, [split, *nodes], node.output[0], {"split": split, "chunks": chunks})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         split, chunks, cat = m.facts["split"], m.facts["chunks"], m.anchor
         x0 = split.input[0]
         r = g.rank(x0)
         if r is None or r < 3:
-            return Verdict.fail(f"rank of {x0!r} is unknown or < 3", x0)
+            return Rejection(f"rank of {x0!r} is unknown or < 3", x0)
         if norm_axes([int(attr(split, "axis", 0))], r) != (1,) or norm_axes([int(attr(cat, "axis", 0))], r) != (1,):
-            return Verdict.fail("Split and Concat are not both along the channel axis 1", split.output[0])
+            return Rejection("Split and Concat are not both along the channel axis 1", split.output[0])
         if [nm.x for nm in chunks] != list(split.output):
-            return Verdict.fail("the chunks are not concatenated in the order of the Split's outputs", cat.output[0])
+            return Rejection("the chunks are not concatenated in the order of the Split's outputs", cat.output[0])
         v, dt = _dtype(g, x0)
         if not v:
             return v
         shape = g.shape(x0)
         c = shape[1] if shape is not None else None
         if not isinstance(c, int):
-            return Verdict.fail(f"channel dim of {x0!r} is not static", x0)
+            return Rejection(f"channel dim of {x0!r} is not static", x0)
         groups = len(chunks)
         sizes = [(g.shape(o) or (None, None))[1] for o in split.output]
         if c % groups or any(s != c // groups for s in sizes):
-            return Verdict.fail(f"chunks of {sizes} channels are not {groups} equal groups of C={c}", split.output[0])
+            return Rejection(f"chunks of {sizes} channels are not {groups} equal groups of C={c}", split.output[0])
         moments = []
         for nm in chunks:
             v, mo = check_normalize(g, nm, want_centered=True)
             if not v:
                 return v
             if mo.axes != tuple(range(1, r)):
-                return Verdict.fail(f"a chunk is normalised over axes {list(mo.axes)}, not over 1..{r - 1}", nm.x)
+                return Rejection(f"a chunk is normalised over axes {list(mo.axes)}, not over 1..{r - 1}", nm.x)
             moments.append(mo)
         if len({(mo.eps, mo.factor) for mo in moments}) != 1:
-            return Verdict.fail("the chunks use different ε or variance normalisers", chunks[0].x)
+            return Rejection("the chunks use different ε or variance normalisers", chunks[0].x)
         return decomposed_spec(m, moments[0], "group", (c,), dtype=dt, rank=r, channels=c, groups=groups)
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
@@ -290,10 +276,10 @@ class GroupNormNative(Rule):
     anchor_ops = ("GroupNormalization",)
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         return Match(node, [node], node.output[0])
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         node = m.anchor
         x = node.input[0]
         v, dt = _dtype(g, x)
@@ -301,30 +287,30 @@ class GroupNormNative(Rule):
             return v
         shape = g.shape(x)
         if shape is None or len(shape) < 2 or not isinstance(shape[1], int):
-            return Verdict.fail(f"channel dim of {x!r} is unknown", x)
+            return Rejection(f"channel dim of {x!r} is unknown", x)
         c = int(shape[1])
         groups = int(attr(node, "num_groups", 0))
         if groups < 1 or c % groups:
-            return Verdict.fail(f"num_groups={groups} does not divide C={c}", x)
+            return Rejection(f"num_groups={groups} does not divide C={c}", x)
         per_group = g.opset < 21  # GroupNormalization-18: scale/bias per group
         if g.elem_type(x) in LOW_PRECISION and int(attr(node, "stash_type", 1)) != 1:
-            return Verdict.fail("stash_type=0: statistics in low precision; normonnx computes them in float32", x)
+            return Rejection("stash_type=0: statistics in low precision; normonnx computes them in float32", x)
         params: dict[str, object] = {}
         for slot, value in (("weight", node.input[1]), ("bias", node.input[2])):
             if per_group:
                 arr = g.const(value)
                 if arr is None:
-                    return Verdict.fail(
+                    return Rejection(
                         f"per-group {slot} (GroupNormalization-18) is not a constant, cannot repeat it per channel",
                         value,
                     )
                 if arr.shape != (groups,):
-                    return Verdict.fail(f"per-group {slot} of shape {list(arr.shape)}, expected [{groups}]", arr)
+                    return Rejection(f"per-group {slot} of shape {list(arr.shape)}, expected [{groups}]", arr)
                 params[slot] = np.repeat(arr, c // groups)
             elif g.shape(value) == (c,):
                 params[slot] = value
             else:
-                return Verdict.fail(f"{slot} of shape {g.shape(value)}, expected [{c}]", value)
+                return Rejection(f"{slot} of shape {g.shape(value)}, expected [{c}]", value)
         m.facts["params"] = params
         m.facts["spec"] = NormSpec(
             "group", eps=float(attr(node, "epsilon", 1e-5)), channels=c, groups=groups, dtype=dt, rank=len(shape)
@@ -348,23 +334,23 @@ class GroupNormSiLU(Rule):
     anchor_ops = ("GroupNorm",)
     anchor_domain = DOMAIN
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         y = node.output[0]
         users = g.users(y)
         if y in g.graph_outputs or len(users) != 2:
-            return NoMatch("output is not read by exactly Sigmoid and Mul")
+            return Rejection("output is not read by exactly Sigmoid and Mul")
         sig = next((u for u in users if u.op_type == "Sigmoid" and u.domain in ("", "ai.onnx")), None)
         mul = next((u for u in users if u.op_type == "Mul" and u.domain in ("", "ai.onnx")), None)
         if sig is None or mul is None or sorted(mul.input) != sorted([y, sig.output[0]]):
-            return NoMatch("not y·sigmoid(y)")
+            return Rejection("not y·sigmoid(y)")
         return Match(node, [node, sig, mul], mul.output[0])
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         spec = spec_of_node(g, m.anchor)
         if spec is None:
-            return Verdict.fail("the norm's input type is unknown", m.anchor.input[0])
+            return Rejection("the norm's input type is unknown", m.anchor.input[0])
         if spec.activation:
-            return Verdict.fail(f"already has activation {spec.activation!r}", m.anchor.output[0])
+            return Rejection(f"already has activation {spec.activation!r}", m.anchor.output[0])
         m.facts["spec"] = spec.replace(activation="silu")
         return OK
 

@@ -7,7 +7,7 @@ Rules (run in this order until none fires):
   (``nn.LayerNorm``, one or several axes) or over axis 1 of an N,C,… tensor (ConvNeXt's
   channels-first LayerNorm). Proven: same axes for μ and σ², keepdims=1 (or keepdims=0 restored by
   a Reshape), σ² divided by N — or by another constant such as an unbiased ``x.var()``'s N−1, rewritten
-  exactly as ε' = ε/f and a scale f^(−1/2) on the output (:class:`~normonnx.optimize._graph.Moments`),
+  exactly as ε' = ε/f and a scale f^(−1/2) on the output (:class:`~normonnx.optimize.patterns.Moments`),
   recorded in the node's ``normonnx.proof`` —, ε a non-negative constant, all
   in float32/float64 (float16 statistics without a Cast would be computed in float32 after fusion).
   onnxruntime's own LayerNorm fusion only catches the Pow/Div spelling.
@@ -25,32 +25,18 @@ from __future__ import annotations
 
 import onnx
 
+from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
-from . import Match, NoMatch, Rule
-from ._graph import (
-    FLOAT_TYPES,
-    LOW_PRECISION,
-    OK,
-    GraphView,
-    Rewrite,
-    Verdict,
-    affine_param,
-    attr,
-    check_normalize,
-    decomposed_rewrite,
-    decomposed_spec,
-    dtype_name,
-    match_normalize,
-    norm_node_params,
-    norm_rewrite,
-    spec_of_node,
-)
 from ._rules import CastWrapper, NormAffine
+from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name, norm_node_params, spec_of_node
+from .patterns import affine_param, check_normalize, decomposed_rewrite, decomposed_spec, match_normalize
+from .rewriter import Rewrite, norm_rewrite
+from .rule import Match, Rule
 
 DOMAIN = "normonnx"
 
 
-def layer_layout(g: GraphView, x: str, axes: tuple[int, ...]) -> tuple[Verdict, tuple[int, ...], bool]:
+def layer_layout(g: GraphView, x: str, axes: tuple[int, ...]) -> tuple[CheckResult, tuple[int, ...], bool]:
     """(verdict, normalized_shape, channels_first) of a norm over ``axes`` of ``x``."""
     shape = g.shape(x)
     assert shape is not None
@@ -58,17 +44,15 @@ def layer_layout(g: GraphView, x: str, axes: tuple[int, ...]) -> tuple[Verdict, 
     if axes == tuple(range(r - len(axes), r)):
         dims = tuple(shape[a] for a in axes)
         if not all(isinstance(d, int) for d in dims):
-            return Verdict.fail(f"normalised dims {list(dims)} of {x!r} are not static", x), (), False
+            return Rejection(f"normalised dims {list(dims)} of {x!r} are not static", x), (), False
         return OK, tuple(int(d) for d in dims), False  # type: ignore[arg-type]
     if axes == (1,) and r >= 3:
         c = shape[1]
         if not isinstance(c, int):
-            return Verdict.fail(f"channel dim of {x!r} is not static", x), (), False
+            return Rejection(f"channel dim of {x!r} is not static", x), (), False
         return OK, (c,), True
     return (
-        Verdict.fail(
-            f"reduces axes {list(axes)} of a rank-{r} input: neither the trailing axes nor the channel axis", x
-        ),
+        Rejection(f"reduces axes {list(axes)} of a rank-{r} input: neither the trailing axes nor the channel axis", x),
         (),
         False,
     )
@@ -79,15 +63,15 @@ class LayerNormDecomposed(Rule):
     anchor_ops = ("Div", "Mul")
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         nm = match_normalize(g, node)
-        if isinstance(nm, str):
-            return NoMatch(nm)
+        if isinstance(nm, Rejection):
+            return nm
         if not nm.centered:
-            return NoMatch("no mean is subtracted (an RMS norm?)")
+            return Rejection("no mean is subtracted (an RMS norm?)")
         return Match(node, nm.nodes, nm.output, {"nm": nm})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         nm = m.facts["nm"]
         v, mo = check_normalize(g, nm, want_centered=True)
         if not v:
@@ -115,25 +99,25 @@ class LayerNormNative(Rule):
     anchor_ops = ("LayerNormalization",)
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         return Match(node, [node], node.output[0])
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         node = m.anchor
         x = node.input[0]
         et = g.elem_type(x)
         if et not in FLOAT_TYPES:
-            return Verdict.fail(f"input element type {dtype_name(et)} is not a float type", x)
+            return Rejection(f"input element type {dtype_name(et)} is not a float type", x)
         shape = g.shape(x)
         if shape is None:
-            return Verdict.fail(f"shape of {x!r} is unknown", x)
+            return Rejection(f"shape of {x!r} is unknown", x)
         r = len(shape)
         axis = int(attr(node, "axis", -1))
         axis = axis + r if axis < 0 else axis
         if not 0 <= axis < r:
-            return Verdict.fail(f"axis {attr(node, 'axis', -1)} out of range for rank {r}", x)
+            return Rejection(f"axis {attr(node, 'axis', -1)} out of range for rank {r}", x)
         if et in LOW_PRECISION and int(attr(node, "stash_type", 1)) != 1:
-            return Verdict.fail(
+            return Rejection(
                 f"stash_type={attr(node, 'stash_type')}: statistics in {dtype_name(et)}; normonnx computes them in float32",
                 x,
             )
@@ -184,34 +168,34 @@ class LayerNormChannelsFirst(Rule):
     anchor_ops = ("Transpose",)
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         ln = g.producer.get(node.input[0])
         if ln is None or ln.domain != DOMAIN or ln.op_type != "LayerNorm":
-            return NoMatch("input is not a normonnx LayerNorm")
+            return Rejection("input is not a normonnx LayerNorm")
         t1 = g.op(ln.input[0], "Transpose")
         if t1 is None:
-            return NoMatch("the LayerNorm's input is not a Transpose")
+            return Rejection("the LayerNorm's input is not a Transpose")
         return Match(node, [t1, ln, node], node.output[0], {"t1": t1, "ln": ln})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         t1, ln, t2 = m.facts["t1"], m.facts["ln"], m.anchor
         x0 = t1.input[0]
         r = g.rank(x0)
         if r is None or r < 3:
-            return Verdict.fail(f"rank of {x0!r} is unknown or < 3", x0)
+            return Rejection(f"rank of {x0!r} is unknown or < 3", x0)
         to_last = [0, *range(2, r), 1]
         to_first = [0, r - 1, *range(1, r - 1)]
         p1, p2 = list(attr(t1, "perm", [])), list(attr(t2, "perm", []))
         if p1 != to_last or p2 != to_first:
-            return Verdict.fail(
+            return Rejection(
                 f"perms {p1} / {p2} are not channels-last {to_last} / channels-first {to_first}", t1.output[0]
             )
         spec = spec_of_node(g, ln)
         if spec is None or spec.channels_first or len(spec.normalized_shape or ()) != 1:
-            return Verdict.fail("the LayerNorm does not normalise exactly the last axis", ln.output[0])
+            return Rejection("the LayerNorm does not normalise exactly the last axis", ln.output[0])
         c = (g.shape(x0) or (None, None))[1]
         if c != spec.normalized_shape[0]:
-            return Verdict.fail(f"channel dim {c} of {x0!r} differs from normalized_shape {spec.normalized_shape}", x0)
+            return Rejection(f"channel dim {c} of {x0!r} differs from normalized_shape {spec.normalized_shape}", x0)
         m.facts["spec"] = spec.replace(channels_first=True, rank=r)
         return OK
 

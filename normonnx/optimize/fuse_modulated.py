@@ -26,18 +26,11 @@ import json
 import numpy as np
 import onnx
 
-from . import Match, NoMatch, Rule
-from ._graph import (
-    OK,
-    GraphView,
-    Rewrite,
-    Verdict,
-    dtype_name,
-    norm_node_params,
-    norm_rewrite,
-    scalar,
-    spec_of_node,
-)
+from ..rejection import OK
+from ._old_names import NoMatch, Verdict
+from .graph import GraphView, dtype_name, norm_node_params, scalar, spec_of_node
+from .rewriter import Rewrite, norm_rewrite
+from .rule import Match, Rule
 
 DOMAIN = "normonnx"
 META_KEY = "normonnx.modulation"

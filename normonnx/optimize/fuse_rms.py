@@ -4,7 +4,7 @@ Rules:
 
 - ``rms_norm.decomposed``: (Pow 2 | Mul x·x) → ReduceMean(trailing axes) → Add ε → (Sqrt → Div |
   Sqrt → Reciprocal → Mul | 1/Sqrt → Mul | Pow −0.5 → Mul). Same proof as the LayerNorm's
-  (:func:`normonnx.optimize._graph.check_normalize`) without the mean.
+  (:func:`normonnx.optimize.patterns.check_normalize`) without the mean.
 - ``rms_norm.native``: RMSNormalization-23 lifted into the portable op.
 - ``rms_norm.affine``: the following Mul by γ (before or after the cast back, see below).
 - ``rms_norm.cast_wrapper``: ``Cast(x16 → fp32) → RMSNorm(fp32) → Cast(→ fp16)`` (what LLaMA-style
@@ -19,25 +19,13 @@ from __future__ import annotations
 
 import onnx
 
+from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
-from . import Match, NoMatch, Rule
-from ._graph import (
-    FLOAT_TYPES,
-    LOW_PRECISION,
-    OK,
-    GraphView,
-    Rewrite,
-    Verdict,
-    affine_param,
-    attr,
-    check_normalize,
-    decomposed_rewrite,
-    decomposed_spec,
-    dtype_name,
-    match_normalize,
-    norm_rewrite,
-)
 from ._rules import CastWrapper, NormAffine
+from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name
+from .patterns import affine_param, check_normalize, decomposed_rewrite, decomposed_spec, match_normalize
+from .rewriter import Rewrite, norm_rewrite
+from .rule import Match, Rule
 
 DOMAIN = "normonnx"
 
@@ -47,15 +35,15 @@ class RMSNormDecomposed(Rule):
     anchor_ops = ("Div", "Mul")
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         nm = match_normalize(g, node)
-        if isinstance(nm, str):
-            return NoMatch(nm)
+        if isinstance(nm, Rejection):
+            return nm
         if nm.centered:
-            return NoMatch("x − mean(x) is subtracted (a LayerNorm)")
+            return Rejection("x − mean(x) is subtracted (a LayerNorm)")
         return Match(node, nm.nodes, nm.output, {"nm": nm})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         nm = m.facts["nm"]
         v, mo = check_normalize(g, nm, want_centered=False)
         if not v:
@@ -65,10 +53,10 @@ class RMSNormDecomposed(Rule):
         assert shape is not None
         r = len(shape)
         if axes != tuple(range(r - len(axes), r)):
-            return Verdict.fail(f"mean square over axes {list(axes)} of a rank-{r} input, not the trailing axes", nm.x)
+            return Rejection(f"mean square over axes {list(axes)} of a rank-{r} input, not the trailing axes", nm.x)
         ns = tuple(shape[a] for a in axes)
         if not all(isinstance(d, int) for d in ns):
-            return Verdict.fail(f"normalised dims {list(ns)} are not static", nm.x)
+            return Rejection(f"normalised dims {list(ns)} are not static", nm.x)
         return decomposed_spec(
             m,
             mo,
@@ -88,25 +76,25 @@ class RMSNormNative(Rule):
     anchor_ops = ("RMSNormalization",)
     skip_lowered = True
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         return Match(node, [node], node.output[0])
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         node = m.anchor
         x = node.input[0]
         et = g.elem_type(x)
         shape = g.shape(x)
         if et not in FLOAT_TYPES or shape is None:
-            return Verdict.fail(f"input {x!r} type/shape unknown or not float ({dtype_name(et)})", x)
+            return Rejection(f"input {x!r} type/shape unknown or not float ({dtype_name(et)})", x)
         r = len(shape)
         axis = int(attr(node, "axis", -1))
         axis = axis + r if axis < 0 else axis
         if et in LOW_PRECISION and int(attr(node, "stash_type", 1)) != 1:
-            return Verdict.fail("stash_type=0: statistics in low precision; normonnx computes them in float32", x)
+            return Rejection("stash_type=0: statistics in low precision; normonnx computes them in float32", x)
         axes = tuple(range(axis, r))
         ns = tuple(shape[a] for a in axes)
         if not ns or not all(isinstance(d, int) for d in ns):
-            return Verdict.fail(f"normalised dims {list(ns)} are not static", x)
+            return Rejection(f"normalised dims {list(ns)} are not static", x)
         scale = node.input[1]
         params: dict[str, object] = {}
         if g.shape(scale) == ns and g.elem_type(scale) == et:

@@ -18,12 +18,11 @@ from typing import Any
 
 import onnx
 
-from . import Report, Rule, RulePass, cleanup, infer
+from .cleanup import cleanup, infer
+from .families import FOLDS, FUSIONS
+from .result import Report
+from .rule import Rule, RulePass
 
-#: rule families in the order the pipeline runs them (one module each under normonnx/optimize/)
-FOLDS = ("fold_batchnorm", "fold_param_norms")
-FUSIONS = ("canonical", "fuse_group", "fuse_layer", "fuse_rms", "modulated", "residual")
-FAMILIES = FOLDS + FUSIONS
 #: model metadata entry with the fired counts and refusals of the last pipeline run
 RECORD_KEY = "normonnx.optimize"
 
