@@ -43,8 +43,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..spec import NormSpec
 from ..rejection import OK, CheckResult, Rejection
+from ..spec import NormSpec
 from .base import Capability, Strategy
 from .builder import Builder
 from .decomposed import build_decomposed
