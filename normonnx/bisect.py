@@ -31,6 +31,7 @@ from .localize import (
     onnx_input_arrays,
     run_values,
 )
+from .providers import PROVIDERS
 
 
 @dataclasses.dataclass
@@ -111,7 +112,7 @@ def _parse_side(spec: str | os.PathLike[str] | onnx.ModelProto) -> tuple[str | N
         return None, None
     s = os.fspath(spec)
     prov, _, opt = s.partition(":")
-    if prov in ("cpu", "cuda") and opt in ("", "opt", "noopt") and not os.path.exists(s):
+    if prov in PROVIDERS and opt in ("", "opt", "noopt") and not os.path.exists(s):
         return prov, (opt == "opt")
     return None, None
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 
 import onnx
 
+from ..providers import NAMES as PROVIDERS
 from ..spec import NormSpec
 from .builder import Builder
 
-PROVIDERS = ("cpu", "cuda")
 ALL_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
 #: lowest opset normonnx emits: ReduceMean/Slice/Reshape forms used by the decompositions.
 MIN_OPSET = 13

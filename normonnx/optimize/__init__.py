@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import onnx
 
 from ..errors import OptimizeError
+from ..providers import NAMES as PROVIDERS
 from ._graph import OK, GraphView, Rewrite, Verdict, apply_rewrites, interior_check
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
     "rule_names",
 ]
 
-TARGETS = ("cpu", "cuda")
+TARGETS = PROVIDERS  # a target is the provider the graph is lowered for (normonnx.providers)
 
 
 # -- rules ----------------------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ import numpy as np
 import onnx
 
 from ..errors import InputError, UnsupportedHere
+from ..providers import ort_name
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
+CUDA_PROVIDER = ort_name("cuda")
 
 
 # -- provider options ----------------------------------------------------------------------------
