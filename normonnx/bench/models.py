@@ -43,7 +43,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .timing import Timing, default_session, measure, measure_isolated, ort_session, paired_ratio, set_threads
+from .timing import (
+    Timing,
+    default_session,
+    measure,
+    measure_isolated,
+    no_progress,
+    ort_session,
+    paired_ratio,
+    set_threads,
+)
 
 TORCH = "torch"
 DEFAULT = "onnx:default"
@@ -468,9 +477,10 @@ def run_models(
     budget_s: float | None = None,
     out_dir: str | None = None,
     log: Callable[[str], None] | None = _log,
+    progress: Callable[..., Any] = no_progress,
 ) -> list[dict[str, Any]]:
-    """Benchmark every model in ``models/`` (or ``names``); rows in registry order."""
-    from ..commands import progress
+    """Benchmark every model in ``models/`` (or ``names``); rows in registry order. ``progress``
+    wraps the model list (``progress(names, total=, desc=)``), e.g. with a progress bar."""
     from ..errors import InputError
     from ..modelspec import models_registry
 
