@@ -54,9 +54,10 @@ from onnx import TensorProto, helper
 from . import io as nio
 from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
 from .compare.tolerances import check_usage
+from .dtypes import FLOATS, NUMPY_FLOATS
 from .errors import InputError
 
-FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
+FLOAT_ELEMS = {FLOATS[d]: d for d in NUMPY_FLOATS}  # ONNX code → the NumPy float dtype (no bfloat16)
 _BF16_SUFFIX = "::as_float32"
 #: cost of leaving a leaf call unmatched in the alignment (a match costs min(relative error, 10))
 _SKIP_COST = 11.0

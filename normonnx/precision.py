@@ -47,15 +47,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .compare import OutputComparison
 from .compare.tolerances import check_usage as _check_usage
+from .dtypes import FLOAT_NAMES, FLOATS, HALF, SHORT
 from .errors import InputError, UnsupportedHere
 from .localize import LocalizeReport, infer_types, localize, node_meta, node_scopes, onnx_input_arrays, run_values
 
-ELEM = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+ELEM = {d: FLOATS[d] for d in HALF}  # the deployment dtypes → ONNX code (normonnx.dtypes)
 #: (max finite, smallest normal) per dtype
 LIMITS = {"float16": (65504.0, 6.103515625e-05), "bfloat16": (3.3895313892515355e38, 1.1754943508222875e-38)}
 #: inputs that ONNX types as float32 whatever the data type
 _FLOAT32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
-_SUFFIX = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16"}
+_SUFFIX = {code: SHORT[name] for code, name in FLOAT_NAMES.items()}  # 10 → "fp16"
 
 
 @dataclasses.dataclass

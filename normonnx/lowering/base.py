@@ -12,11 +12,12 @@ from collections.abc import Mapping
 
 import onnx
 
+from ..dtypes import FLOATS
 from ..providers import NAMES as PROVIDERS
 from ..spec import NormSpec
 from .builder import Builder
 
-ALL_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
+ALL_DTYPES = frozenset(FLOATS)
 #: lowest opset normonnx emits: ReduceMean/Slice/Reshape forms used by the decompositions.
 MIN_OPSET = 13
 
