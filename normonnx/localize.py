@@ -56,6 +56,7 @@ from .compare import OutputComparison, Tolerance, compare_arrays, tolerance
 from .compare.tolerances import check_usage
 from .dtypes import FLOATS, NUMPY_FLOATS
 from .errors import InputError
+from .tensors import flatten as _flat_tensors
 
 FLOAT_ELEMS = {FLOATS[d]: d for d in NUMPY_FLOATS}  # ONNX code → the NumPy float dtype (no bfloat16)
 _BF16_SUFFIX = "::as_float32"
@@ -246,18 +247,6 @@ def _norm_output(module: Any, kind: str, x: Any) -> Any:
         return KINDS[kind].torch_forward(spec, x, tp)
     except Exception:
         return None
-
-
-def _flat_tensors(obj: Any) -> list[Any]:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in _flat_tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _flat_tensors(v)]
-    return []
 
 
 def _np(t: Any) -> np.ndarray:

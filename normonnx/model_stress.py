@@ -40,6 +40,7 @@ import onnx
 
 from . import io as nio
 from .compare import UNIT_ROUNDOFF, tolerance
+from .tensors import flatten as _flat
 
 #: ONNX may be this many times as far from float64 as torch fp32 itself (max over elements)
 RATIO = 4.0
@@ -333,12 +334,6 @@ def _eps_case(
         )
         s = session(out, provider, threads=threads, optimize=True)
         return run(m, copy.deepcopy(m).double().eval(), s, arrays)
-
-
-def _flat(out: Any) -> list[Any]:
-    from .localize import _flat_tensors
-
-    return _flat_tensors(out)
 
 
 __all__ = ["CASES", "RATIO", "StressCase", "StressOutput", "StressReport", "stress_model"]

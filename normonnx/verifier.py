@@ -26,6 +26,7 @@ import onnx
 from . import io as nio
 from .compare import OutputComparison, Tolerance, check_statistic, check_tolerance, compare_arrays, tolerance
 from .errors import ExportError, InputError, UnsupportedHere
+from .tensors import flatten as _flatten
 
 _NP_OF_ONNX = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
@@ -142,18 +143,6 @@ class VerifyReport:
                 for s in self.samples
             ],
         }
-
-
-def _flatten(out: Any) -> list[Any]:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _flatten(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _flatten(v)]
-    return []
 
 
 def _second_size(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray] | None:

@@ -270,15 +270,9 @@ def torch_profile(call: Callable[[], Any], runs: int = PROFILE_RUNS) -> dict[str
 
 
 def _flatten(out: Any) -> list[np.ndarray]:
-    import torch
+    from ..tensors import flatten
 
-    if isinstance(out, torch.Tensor):
-        return [out.detach().numpy()]
-    if isinstance(out, (list, tuple)):
-        return [a for o in out for a in _flatten(o)]
-    if isinstance(out, dict):
-        return [a for o in out.values() for a in _flatten(o)]
-    raise TypeError(f"unsupported model output type {type(out).__name__}")
+    return [t.detach().numpy() for t in flatten(out, strict=True)]
 
 
 def _max_err(outs: list[np.ndarray], refs: list[np.ndarray]) -> float | None:
