@@ -42,6 +42,7 @@ import onnx
 import onnx.numpy_helper
 
 from . import io as nio
+from .dtypes import FLOAT_NAMES
 from .errors import ExportError, InputError, NormOnnxError
 from .lowering import MAX_OPSET, MIN_OPSET, check_opset, check_provider, preference, select
 from .lowering.graph import LoweringRecord
@@ -62,7 +63,7 @@ CANDIDATE_OPSETS = (18, 20, 21, 23)
 #: which onnxruntime 1.32 does not fuse back (measured on models/vit: 17 more nodes, ~15% slower
 #: than the default export); from 20 it is the Gelu op.
 PREFERRED_OPSET = 20
-_IR_DTYPES = {v: k for k, v in DTYPES.items()}
+_IR_DTYPES = FLOAT_NAMES  # ONNX / onnx_ir code → dtype name
 
 
 @dataclasses.dataclass

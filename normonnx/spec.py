@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from .dtypes import FLOATS
 from .errors import SpecError
 
 Kind = Literal["batch", "layer", "instance", "group", "rms", "grn"]
 
 #: dtypes normonnx understands, as numpy-style names, mapped to ONNX TensorProto element types.
-DTYPES: dict[str, int] = {"float32": 1, "float16": 10, "float64": 11, "bfloat16": 16}
+DTYPES: dict[str, int] = FLOATS  # the one dtype table: normonnx.dtypes
 #: dtypes whose statistics are computed ("stashed") in float32, as torch and ONNX's stash_type do.
 LOW_PRECISION = frozenset({"float16", "bfloat16"})
 

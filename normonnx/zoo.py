@@ -201,6 +201,6 @@ def format_rows(rows: Sequence[ZooRow]) -> str:
                 "yes" if r.passed else f"NO: {r.error[:100]}",
             )
         )
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells])
+    from .text import table
+
+    return table(head, cells)

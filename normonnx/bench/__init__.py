@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 WHAT = ("ops", "models", "all")
@@ -48,8 +48,12 @@ def run_bench(
     models: Iterable[str] | None = None,
     budget_s: float | None = None,
     command: str = "normonnx bench",
+    progress: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the op and/or model benchmarks and return the JSON document (see :mod:`.report`)."""
+    """Run the op and/or model benchmarks and return the JSON document (see :mod:`.report`).
+
+    ``progress(iterable, total=, desc=)`` wraps each list of jobs (the CLI: a progress bar on a
+    terminal); default: plain iteration."""
     from ..errors import InputError
 
     if what not in WHAT:
@@ -60,7 +64,9 @@ def run_bench(
     from . import models as bmodels
     from . import ops as bops
     from . import report
+    from .timing import no_progress
 
+    progress = progress or no_progress
     machine = report.machine()
     ops_rows = ops_default_rows = models_rows = None
     method: dict[str, Any] = {
@@ -85,13 +91,13 @@ def run_bench(
     notes: list[str] = []
     if what in ("ops", "all"):
         method["ops opset"] = bops.best_opset()
-        ops_rows = bops.run_ops(kinds, quick=quick, threads=threads, budget_s=budget_s)
-        ops_default_rows = bops.run_ops_default(kinds, quick=quick, threads=threads)
+        ops_rows = bops.run_ops(kinds, quick=quick, threads=threads, budget_s=budget_s, progress=progress)
+        ops_default_rows = bops.run_ops_default(kinds, quick=quick, threads=threads, progress=progress)
     if what in ("models", "all"):
         opt, why = bmodels.optimizer()
         if opt is None:
             notes.append(f"the `+optimize` column was skipped: {why}")
-        models_rows = bmodels.run_models(models, quick=quick, threads=threads, budget_s=budget_s)
+        models_rows = bmodels.run_models(models, quick=quick, threads=threads, budget_s=budget_s, progress=progress)
     return report.make_document(
         command=command,
         threads=threads,

@@ -43,7 +43,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .timing import Timing, default_session, measure, measure_isolated, ort_session, paired_ratio, set_threads
+from .timing import (
+    Timing,
+    default_session,
+    measure,
+    measure_isolated,
+    no_progress,
+    ort_session,
+    paired_ratio,
+    set_threads,
+)
 
 TORCH = "torch"
 DEFAULT = "onnx:default"
@@ -261,15 +270,9 @@ def torch_profile(call: Callable[[], Any], runs: int = PROFILE_RUNS) -> dict[str
 
 
 def _flatten(out: Any) -> list[np.ndarray]:
-    import torch
+    from ..tensors import flatten
 
-    if isinstance(out, torch.Tensor):
-        return [out.detach().numpy()]
-    if isinstance(out, (list, tuple)):
-        return [a for o in out for a in _flatten(o)]
-    if isinstance(out, dict):
-        return [a for o in out.values() for a in _flatten(o)]
-    raise TypeError(f"unsupported model output type {type(out).__name__}")
+    return [t.detach().numpy() for t in flatten(out, strict=True)]
 
 
 def _max_err(outs: list[np.ndarray], refs: list[np.ndarray]) -> float | None:
@@ -468,9 +471,10 @@ def run_models(
     budget_s: float | None = None,
     out_dir: str | None = None,
     log: Callable[[str], None] | None = _log,
+    progress: Callable[..., Any] = no_progress,
 ) -> list[dict[str, Any]]:
-    """Benchmark every model in ``models/`` (or ``names``); rows in registry order."""
-    from ..commands import progress
+    """Benchmark every model in ``models/`` (or ``names``); rows in registry order. ``progress``
+    wraps the model list (``progress(names, total=, desc=)``), e.g. with a progress bar."""
     from ..errors import InputError
     from ..modelspec import models_registry
 

@@ -43,7 +43,16 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..spec import NormSpec
-from .timing import Timing, default_session, measure, measure_isolated, ort_session, paired_ratio, set_threads
+from .timing import (
+    Timing,
+    default_session,
+    measure,
+    measure_isolated,
+    no_progress,
+    ort_session,
+    paired_ratio,
+    set_threads,
+)
 
 #: representative shapes (issue 6): diffusion UNet / SD GroupNorms, ViT / LLM LayerNorms.
 GROUP_SHAPES: tuple[tuple[int, ...], ...] = ((1, 320, 64, 64), (2, 256, 64, 64), (8, 64, 32, 32), (1, 1280, 8, 8))
@@ -338,10 +347,9 @@ def _over_shapes(
     quick: bool,
     shapes: dict[str, Sequence[Sequence[int]]] | None,
     log: Callable[[str], None] | None,
+    progress: Callable[..., Any] = no_progress,
 ) -> list[dict[str, Any]]:
     """``bench(kind, shape)`` for every (kind, shape) of the table, with progress; rows in order."""
-    from ..commands import progress
-
     table = shapes or (QUICK_SHAPES if quick else SHAPES)
     kinds = list(kinds) if kinds is not None else list(table)
     jobs = [(k, tuple(s)) for k in kinds for s in table[k]]
@@ -362,6 +370,7 @@ def run_ops(
     shapes: dict[str, Sequence[Sequence[int]]] | None = None,
     opset: int | None = None,
     log: Callable[[str], None] | None = _log,
+    progress: Callable[..., Any] = no_progress,
 ) -> list[dict[str, Any]]:
     """Benchmark every (kind, shape); rows as :func:`bench_shape` returns them, in order."""
     budget = budget_s if budget_s is not None else (QUICK_BUDGET_S if quick else BUDGET_S)
@@ -369,7 +378,7 @@ def run_ops(
     def bench(kind: str, shape: tuple[int, ...]) -> list[dict[str, Any]]:
         return bench_shape(kind, shape, threads=threads, opset=opset, budget_s=budget, quick=quick)
 
-    return _over_shapes("ops", bench, kinds, quick, shapes, log)
+    return _over_shapes("ops", bench, kinds, quick, shapes, log, progress)
 
 
 def run_ops_default(
@@ -380,10 +389,11 @@ def run_ops_default(
     shapes: dict[str, Sequence[Sequence[int]]] | None = None,
     opset: int | None = None,
     log: Callable[[str], None] | None = _log,
+    progress: Callable[..., Any] = no_progress,
 ) -> list[dict[str, Any]]:
     """:func:`bench_shape_default` for every (kind, shape), rows in order."""
 
     def bench(kind: str, shape: tuple[int, ...]) -> list[dict[str, Any]]:
         return bench_shape_default(kind, shape, threads=threads, opset=opset, quick=quick)
 
-    return _over_shapes("ops, default sessions", bench, kinds, quick, shapes, log)
+    return _over_shapes("ops, default sessions", bench, kinds, quick, shapes, log, progress)

@@ -211,7 +211,9 @@ def ort_session(
     from ..runtime.session import register_kernels
 
     register_kernels(so, src)  # normonnx's native kernels, when built and the model uses them
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    from ..providers import ort_name
+
+    return ort.InferenceSession(src, so, providers=[ort_name("cpu")])
 
 
 def default_session(model: Any, threads: int) -> Any:
@@ -227,3 +229,9 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(int(threads))
+
+
+def no_progress(iterable: Any, total: int | None = None, desc: str = "") -> Any:
+    """The default ``progress`` of the benchmark runners: plain iteration. The CLI passes its
+    progress bar (``normonnx.commands.progress``, same signature); bench never imports the CLI."""
+    return iterable

@@ -1,15 +1,18 @@
 """CLI subcommands, one per file. Each module defines ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``; its docstring is the subcommand's ``--help`` description."""
+``run(args) -> int``; its docstring is the subcommand's ``--help`` description. The flags several
+commands share (``--target`` / ``--provider``, report files, tolerances, inputs) are built by
+:mod:`._common`."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, TextIO
+
+from ..reports.format_json import dumps
+from ..reports.format_json import strict as strict  # re-exported: the CLI's JSON rules
 
 #: where ``write_json(..., "-")`` writes: the real stdout while :func:`human_text_to_stderr` is on
 _data_out: TextIO | None = None
@@ -37,50 +40,22 @@ def human_text_to_stderr(enabled: bool) -> Iterator[None]:
         _data_out = saved
 
 
-def strict(obj: Any) -> Any:
-    """``obj`` made encodable as strict JSON (RFC 8259: no NaN or Infinity literals).
-
-    Non-finite floats become the *strings* ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (not
-    null: a reader must be able to tell an overflow from a missing value); NumPy scalars and
-    arrays become numbers and lists; tuples become lists; other objects their ``str``.
-    """
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (str, int)):
-        return obj
-    if isinstance(obj, float):
-        if math.isfinite(obj):
-            return obj
-        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
-    if isinstance(obj, Mapping):
-        return {str(k): strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [strict(v) for v in obj]
-    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays, without importing numpy
-    if callable(tolist) and type(obj).__module__ == "numpy":
-        return strict(tolist())
-    return str(obj)
-
-
-def dumps(data: Any) -> str:
-    """The one JSON encoder of the CLI: strict (see :func:`strict`), indented."""
-    return json.dumps(strict(data), indent=2, allow_nan=False)
-
-
 def write_json(path: str, data: Any) -> None:
-    """Write ``data`` as strict JSON to ``path`` ("-" = stdout) atomically."""
-    text = dumps(data)
+    """Write ``data`` as strict JSON (:func:`dumps`) to ``path`` ("-" = stdout) atomically."""
+    write_text(path, dumps(data) + "\n")
+
+
+def write_text(path: str, text: str | bytes) -> None:
+    """Replace ``path`` by ``text`` atomically (:func:`normonnx.io.write_bytes`); "-" = stdout, the
+    data stream that stays stdout under :func:`human_text_to_stderr`."""
     if path == "-":
         out = _data_out or sys.stdout
-        out.write(text + "\n")
+        out.write(text if isinstance(text, str) else text.decode("utf-8"))
         out.flush()
         return
-    write_text(path, text + "\n")
+    from ..io import write_bytes
 
-
-def write_text(path: str, text: str) -> None:
-    """Replace ``path`` by ``text`` atomically (:func:`normonnx.reports.write_atomic`)."""
-    from ..reports import write_atomic
-
-    write_atomic(path, text.encode("utf-8"))
+    write_bytes(path, text)
 
 
 def progress(iterable: Any, total: int | None = None, desc: str = "") -> Any:

@@ -1,17 +1,27 @@
-"""Argument helpers shared by the subcommands: the torch MODEL and its inputs, counts that must
-not be negative, strategy names, and the output paths checked before any work."""
+"""Argument groups shared by the subcommands, each flag mapped to one API argument.
+
+- :func:`add_target` / :func:`add_provider`: ``--target`` (the provider a graph is lowered for)
+  and ``--provider`` (where onnxruntime runs it), choices from :mod:`normonnx.providers`;
+- :func:`add_json` and :func:`add_report_flags` / :func:`write_reports`: report files, one flag per
+  format of :mod:`normonnx.reports`' registry (``--json``, ``--junit``, ``--html``, ``--text``);
+- :func:`add_tolerances` / :func:`tolerance_args`: ``--atol``, ``--rtol``, ``--check``;
+- :func:`add_inputs` / :func:`add_model_inputs` / :func:`model_and_inputs`: ``--input``, ``--seed``,
+  ``--eval``; :func:`add_threads`;
+- checks before any work: counts that must not be negative, strategy names, output paths."""
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .. import providers
 from ..errors import InputError, OutputError
+from ..reports import formats
 
 #: argparse destinations that name files a command writes (``-`` = stdout is not a file)
-OUTPUT_FLAGS = ("output", "json", "junit", "html", "markdown")
+OUTPUT_FLAGS = ("output", *formats(), "markdown")
 #: argparse destinations that name files a command reads (MODEL may be ``file.py:factory``)
 INPUT_FLAGS = ("model", "onnx", "a", "b", "compare")
 
@@ -32,16 +42,101 @@ def count(minimum: int) -> Any:
     return parse
 
 
+def add_target(p: argparse.ArgumentParser, help: str = "execution provider to lower for (default cpu)") -> None:
+    """``--target``: the provider the graph is built for (``export(target=)``, ``optimize_model(target=)``)."""
+    p.add_argument("--target", choices=providers.NAMES, default=providers.DEFAULT, help=help)
+
+
+def add_provider(p: Any, help: str | None = None, *, repeat: bool = False) -> None:
+    """``--provider``: where onnxruntime runs (``verify(provider=)``, ...); ``repeat``: a list, default None."""
+    if repeat:
+        p.add_argument("--provider", action="append", choices=providers.NAMES, help=help)
+    else:
+        p.add_argument("--provider", choices=providers.NAMES, default=providers.DEFAULT, help=help)
+
+
+def add_threads(p: Any) -> None:
+    p.add_argument("--threads", type=count(1), default=None, help="onnxruntime intra-op threads")
+
+
+def add_json(p: Any, what: str = "the report") -> None:
+    """``--json FILE``: a command's own JSON document ('-' = stdout, the human text then on stderr)."""
+    p.add_argument("--json", metavar="FILE", help=f"write {what} as JSON ('-' for stdout)")
+
+
+def add_report_flags(p: Any, help: Mapping[str, str] | None = None) -> None:
+    """One ``--<format> FILE`` flag per registered report format (:func:`normonnx.reports.formats`);
+    ``help`` overrides a format's help text for this command."""
+    for name, fmt in formats().items():
+        p.add_argument(f"--{name}", metavar="FILE", help=(help or {}).get(name, fmt.help))
+
+
+def require_reports(args: argparse.Namespace) -> None:
+    """Before any work: every requested report format can be written here (HTML: matplotlib)."""
+    for name, fmt in formats().items():
+        if getattr(args, name, None):
+            fmt.require()
+
+
+def write_reports(args: argparse.Namespace, sections: Mapping[str, Any], ok: bool, text: str) -> None:
+    """Write ``sections`` in every format whose flag was given; ``ok`` / ``text``: the closing line."""
+    from . import write_text
+
+    final = f"{'PASSED' if ok else 'FAILED'} | {text}"
+    for name, fmt in formats().items():
+        path = getattr(args, name, None)
+        if path:
+            write_text(path, fmt.render(sections, passed=ok, final=final))
+
+
+def add_tolerances(p: Any, per_output: bool = True) -> None:
+    """``--atol`` / ``--rtol`` (with ``per_output``: repeatable, ``[OUT:]X``) and ``--check``."""
+    if per_output:
+        for flag, what in (("--atol", "absolute"), ("--rtol", "relative")):
+            p.add_argument(
+                flag, action="append", metavar="[OUT:]X", help=f"{what} tolerance, global or per output (repeatable)"
+            )
+    else:
+        p.add_argument("--atol", type=float, default=None)
+        p.add_argument("--rtol", type=float, default=None)
+    p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
+
+
+def tolerance_args(args: argparse.Namespace) -> tuple[float | None, dict[str, float], float | None, dict[str, float]]:
+    """``--atol`` / ``--rtol`` / ``--check`` checked before any work: (atol, per-output atol, rtol, per-output rtol)."""
+    from ..verify import check_statistic, check_tolerance
+
+    check_statistic(args.check, "--check")
+    out: list[Any] = []
+    for flag in ("--atol", "--rtol"):
+        value = getattr(args, flag[2:])
+        glob, per = parse_tolerances(value, flag) if isinstance(value, list) or value is None else (value, {})
+        check_tolerance(glob, flag)
+        for name, x in per.items():
+            check_tolerance(x, f"{flag} {name}:")
+        out += [glob, per]
+    return out[0], out[1], out[2], out[3]
+
+
+def add_inputs(
+    p: Any, help: str, *, metavar: str = "NAME:SHAPE[:DTYPE]", seed: bool = True, eval_flag: bool = False
+) -> None:
+    """``--input`` (repeatable), and ``--seed`` for generated inputs, ``--eval`` for a torch MODEL."""
+    p.add_argument("--input", action="append", metavar=metavar, help=help)
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
+    if eval_flag:
+        p.add_argument(
+            "--eval", action="store_true", help="put a model found in training mode into eval mode (with a warning)"
+        )
+
+
 def add_model_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--input",
-        action="append",
-        metavar="NAME:SHAPE[:DTYPE]",
-        help="example input, e.g. x:1x3x224x224 (repeat per input; default: the model's own example inputs)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
-    p.add_argument(
-        "--eval", action="store_true", help="put a model found in training mode into eval mode (with a warning)"
+    """The inputs of a torch MODEL: ``--input``, ``--seed``, ``--eval`` (read by :func:`model_and_inputs`)."""
+    add_inputs(
+        p,
+        "example input, e.g. x:1x3x224x224 (repeat per input; default: the model's own example inputs)",
+        eval_flag=True,
     )
 
 

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import argparse
 
-from . import final_line, write_json, write_text
+from ..bench import WHAT
+from . import final_line, progress, write_json, write_text
+from ._common import add_json
 
 HELP = "benchmark norm lowerings (× copy floor) and exported models vs torch"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="?", default="all", choices=["ops", "models", "all"], help="what to run (default all)")
+    p.add_argument("what", nargs="?", default="all", choices=WHAT, help="what to run (default all)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and short budgets (smoke test, not a result)")
     p.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime alike (default 2)")
     p.add_argument("--kinds", help="comma-separated norm kinds for `ops` (default all)")
     p.add_argument("--models", help="comma-separated model names for `models` (default all in models/)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="time budget per op shape / model")
-    p.add_argument("--json", metavar="FILE", help="write the JSON record ('-' for stdout)")
+    add_json(p, "the record")
     p.add_argument("--markdown", metavar="FILE", help="write the report (e.g. BENCHMARKS.md)")
     p.add_argument("--compare", metavar="OLD_JSON", help="show what changed since this earlier --json record")
 
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         models=_names(args.models),
         budget_s=args.budget,
         command=command_line(args),
+        progress=progress,
     )
     diff = compare(old, doc) if old is not None else None
     if diff is not None:

@@ -12,8 +12,17 @@ from __future__ import annotations
 
 import argparse
 
-from . import final_line, write_json
-from ._common import count
+from . import final_line
+from ._common import (
+    add_inputs,
+    add_provider,
+    add_report_flags,
+    add_threads,
+    add_tolerances,
+    require_reports,
+    tolerance_args,
+    write_reports,
+)
 
 HELP = "bisect two ONNX models (or one model on two providers) to the first diverging value"
 #: ``normonnx compare`` is this command's former name and still runs it
@@ -23,33 +32,24 @@ ALIASES = ("compare",)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="A.onnx", help="the reference model")
     p.add_argument("b", metavar="B", help="another .onnx file, or cuda / cpu:opt for A on that provider")
-    p.add_argument("--input", action="append", metavar="NAME:SHAPE[:DTYPE]", help="input shapes (default: A's static)")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
-    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="provider for A (and for a file B)")
+    add_inputs(p, "input shapes (default: A's static)")
+    add_provider(p, "provider for A (and for a file B)")
     p.add_argument("--optimize-a", action="store_true", help="run A with onnxruntime's graph optimizations on")
-    p.add_argument("--atol", type=float, default=None)
-    p.add_argument("--rtol", type=float, default=None)
-    p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
-    p.add_argument("--threads", type=count(1), default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
-    p.add_argument("--junit", metavar="FILE", help="write JUnit XML, one testcase per shared value")
-    p.add_argument("--html", metavar="FILE", help="write an HTML report (normonnx[report])")
+    add_tolerances(p, per_output=False)
+    add_threads(p)
+    add_report_flags(
+        p,
+        {"junit": "write JUnit XML, one testcase per shared value", "html": "write an HTML report (normonnx[report])"},
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..modelspec import parse_input_specs
-    from ..reports import write_html, write_junit
-    from ..verify import check_statistic, check_tolerance
     from ..verify.bisect import bisect
     from ..verify.inputs import random_inputs
 
-    check_statistic(args.check, "--check")
-    check_tolerance(args.atol, "--atol")
-    check_tolerance(args.rtol, "--rtol")
-    if args.html:
-        from ..reports import require_html
-
-        require_html()
+    tolerance_args(args)
+    require_reports(args)
     specs = parse_input_specs(args.input)
     inputs = [t.numpy() for t in random_inputs(specs, args.seed)] if specs else None
     rep = bisect(
@@ -67,12 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(rep.format_table())
     for n in rep.notes:
         print(f"note: {n}")
-    if args.json:
-        write_json(args.json, rep.as_dict())
-    if args.junit:
-        write_junit(args.junit, {"bisect": rep})
     text = rep.summary()
-    if args.html:
-        write_html(args.html, {"bisect": rep}, final=f"{'PASSED' if rep.passed else 'FAILED'} | {text}")
+    write_reports(args, {"bisect": rep}, rep.passed, text)
     final_line(rep.passed, text)
     return 0 if rep.passed else 1

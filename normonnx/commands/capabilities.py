@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, write_json
+from ._common import add_json, add_provider
 
 HELP = "print the lowering capability table (and the selector's choice per kind)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--provider", action="append", choices=["cpu", "cuda"], help="provider(s) to show (default: cpu)")
+    add_provider(p, "provider(s) to show (default: cpu)", repeat=True)
     p.add_argument("--opset", type=int, default=None, help="also show the selector's choice per kind at this opset")
-    p.add_argument("--json", metavar="FILE", help="write the table as JSON ('-' for stdout)")
+    add_json(p, "the table")
 
 
 def run(args: argparse.Namespace) -> int:

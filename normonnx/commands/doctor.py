@@ -11,7 +11,9 @@ import importlib.metadata
 import platform
 from typing import Any
 
+from ..providers import NAMES, PROVIDERS
 from . import final_line, write_json
+from ._common import add_json, add_provider
 
 HELP = "print versions, providers, norm kernels and what normonnx would choose here"
 
@@ -19,18 +21,13 @@ HELP = "print versions, providers, norm kernels and what normonnx would choose h
 DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir", "numpy")
 #: dtypes probed per native norm op
 PROBE_DTYPES = ("float32", "float16", "float64")
-#: onnxruntime providers normonnx knows how to target
-TARGETS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+#: onnxruntime providers normonnx knows how to target (short name → onnxruntime's name)
+TARGETS = PROVIDERS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--provider",
-        choices=sorted(TARGETS),
-        action="append",
-        help="require this provider to be usable here (exit 3 if not); repeatable",
-    )
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
+    add_provider(p, "require this provider to be usable here (exit 3 if not); repeatable", repeat=True)
+    add_json(p)
 
 
 def _version(dist: str) -> str | None:
@@ -54,7 +51,7 @@ def example_specs() -> list[Any]:
     ]
 
 
-def choices(targets: tuple[str, ...] = ("cpu", "cuda")) -> list[dict[str, Any]]:
+def choices(targets: tuple[str, ...] = NAMES) -> list[dict[str, Any]]:
     """What normonnx's exporter would pick for a model holding just one norm of each example kind."""
     from ..errors import NormOnnxError
     from ..exporter import choose_opset
@@ -153,7 +150,7 @@ def collect() -> dict[str, Any]:
         },
         "kernels": kernel_matrix(probed, best),
         "native_kernel_library": lib,
-        "capabilities": capability_table(("cpu", "cuda")),
+        "capabilities": capability_table(NAMES),
         "choices": choices(),
         "warnings": warnings,
     }
@@ -196,7 +193,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines += [
         "",
         "capability table:",
-        format_capability_table(("cpu", "cuda")),
+        format_capability_table(NAMES),
         "",
         "what normonnx would choose (one-norm model, default opset choice):",
     ]

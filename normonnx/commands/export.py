@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, write_json
-from ._common import add_model_inputs, check_strategies, model_and_inputs
+from ._common import add_json, add_model_inputs, add_target, check_strategies, model_and_inputs
 
 HELP = "export MODEL to ONNX with normonnx lowerings"
 
@@ -20,9 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
     add_model_inputs(p)
     p.add_argument("--opset", type=int, default=None, help="default-domain opset (default: best valid for the target)")
-    p.add_argument(
-        "--target", choices=["cpu", "cuda"], default="cpu", help="execution provider to lower for (default cpu)"
-    )
+    add_target(p)
     p.add_argument("--dynamic", default=None, metavar="AXES", help="dynamic axes, e.g. batch,h,w")
     p.add_argument(
         "--strategy",
@@ -34,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-check", action="store_true", help="skip running the exported model in onnxruntime at a second size"
     )
-    p.add_argument("--json", metavar="FILE", help="write what was done as JSON ('-' for stdout)")
+    add_json(p, "what was done")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import os
 import onnx
 
 from . import final_line, write_json
+from ._common import add_json
 
 HELP = "show the norm nodes of an ONNX file and how they were lowered"
 
@@ -82,7 +83,7 @@ def inspect_model(path: str) -> dict[str, object]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("onnx", metavar="ONNX")
-    p.add_argument("--json", metavar="FILE", help="write the findings as JSON ('-' for stdout)")
+    add_json(p, "the findings")
 
 
 def run(args: argparse.Namespace) -> int:

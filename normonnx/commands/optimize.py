@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, write_json
-from ._common import check_strategies, count
+from ._common import add_inputs, add_json, add_target, check_strategies, count
 
 HELP = "fuse, fold and lower the norms of an ONNX file, verified against the original"
 
@@ -19,9 +19,7 @@ HELP = "fuse, fold and lower the norms of an ONNX file, verified against the ori
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="IN", help="ONNX file to optimize (left untouched)")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the optimized model")
-    p.add_argument(
-        "--target", choices=["cpu", "cuda"], default="cpu", help="execution provider to lower for (default cpu)"
-    )
+    add_target(p)
     p.add_argument("--opset", type=int, default=None, help="convert to this default-domain opset first")
     p.add_argument(
         "--allow-unstable",
@@ -35,12 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=3,
         help="random samples for verification besides 2 stress inputs (default 3)",
     )
-    p.add_argument(
-        "--input",
-        action="append",
-        metavar="NAME:SHAPE",
-        help="shape for an input with symbolic dims, e.g. x:1x3x224x224",
-    )
+    add_inputs(p, "shape for an input with symbolic dims, e.g. x:1x3x224x224", metavar="NAME:SHAPE", seed=False)
     p.add_argument(
         "--rules", action="append", metavar="NAME", help="only these rule families/rules (repeatable; default all)"
     )
@@ -52,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="lowering strategy preference order for the fused norms (repeatable; default: the selector's order"
         " for --target, see `normonnx capabilities`), e.g. --strategy native --strategy decomposed for standard ops",
     )
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
+    add_json(p)
     p.add_argument("--debug", action="store_true", help="also print why near-miss patterns did not match")
 
 

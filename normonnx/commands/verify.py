@@ -20,8 +20,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import final_line, write_json
-from ._common import add_model_inputs, count, model_and_inputs, parse_tolerances
+from . import final_line
+from ._common import (
+    add_model_inputs,
+    add_provider,
+    add_report_flags,
+    add_threads,
+    add_tolerances,
+    count,
+    model_and_inputs,
+    require_reports,
+    tolerance_args,
+    write_reports,
+)
 
 HELP = "verify an ONNX file against its torch model (and localize the first wrong layer)"
 
@@ -30,16 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("onnx", metavar="ONNX")
     add_model_inputs(p)
-    p.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument(
-        "--atol", action="append", metavar="[OUT:]X", help="absolute tolerance, global or per output (repeatable)"
-    )
-    p.add_argument(
-        "--rtol", action="append", metavar="[OUT:]X", help="relative tolerance, global or per output (repeatable)"
-    )
-    p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
+    add_provider(p, "where onnxruntime runs the file (default cpu)")
+    add_tolerances(p)
     p.add_argument("--samples", type=count(0), default=2, help="random samples besides the example inputs (default 2)")
-    p.add_argument("--threads", type=count(1), default=None, help="onnxruntime intra-op threads")
+    add_threads(p)
     p.add_argument(
         "--latency",
         type=count(1),
@@ -75,33 +80,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="fp32",
         help="norm statistics in fp32 (default, the stash) or converted too (to see the overflow it prevents)",
     )
-    g = p.add_argument_group("reports")
-    g.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
-    g.add_argument("--junit", metavar="FILE", help="write JUnit XML: one testcase per output and per checked layer")
-    g.add_argument(
-        "--html",
-        metavar="FILE",
-        help="write a self-contained HTML report with error-vs-depth and histogram plots, passing runs too "
-        "(localizes unless --no-localize; normonnx[report])",
+    add_report_flags(
+        p.add_argument_group("reports"),
+        {
+            "junit": "write JUnit XML: one testcase per output and per checked layer",
+            "html": "write a self-contained HTML report with error-vs-depth and histogram plots, passing runs too "
+            "(localizes unless --no-localize; normonnx[report])",
+        },
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..verify import Tolerance, check_statistic, check_tolerance, tolerance
+    from ..verify import Tolerance, tolerance
     from ..verify.api import verify
 
-    check_statistic(args.check, "--check")
-    atol, atol_per = parse_tolerances(args.atol, "--atol")
-    rtol, rtol_per = parse_tolerances(args.rtol, "--rtol")
-    for flag, glob, per_out in (("--atol", atol, atol_per), ("--rtol", rtol, rtol_per)):
-        check_tolerance(glob, flag)
-        for name, x in per_out.items():
-            check_tolerance(x, f"{flag} {name}:")
-    if args.html:
-        from ..reports import require_html
-
-        require_html()  # fail before any work if matplotlib is missing
+    atol, atol_per, rtol, rtol_per = tolerance_args(args)
+    require_reports(args)  # fail before any work if a report cannot be written (HTML: matplotlib)
     if args.stress_case:
         from ..verify.stress import CASES
 
@@ -216,22 +211,6 @@ def run(args: argparse.Namespace) -> int:
         text += "; failed: " + ", ".join(failed)
     if loc is not None and not loc.passed:
         text += f"; {loc.verdict()}"
-    _write_reports(args, sections, ok, text)
+    write_reports(args, sections, ok, text)  # the JSON document is the verify one, other checks as keys
     final_line(ok, text)
     return 0 if ok else 1
-
-
-def _write_reports(args: argparse.Namespace, sections: dict[str, Any], ok: bool, text: str) -> None:
-    from ..reports import write_html, write_junit
-
-    if args.json:
-        data = sections["verify"].as_dict()  # the verify document stays the top level
-        for k, s in sections.items():
-            if k != "verify":
-                data[k] = s.as_dict()
-        data["passed"] = ok
-        write_json(args.json, data)
-    if args.junit:
-        write_junit(args.junit, sections)
-    if args.html:
-        write_html(args.html, sections, final=f"{'PASSED' if ok else 'FAILED'} | {text}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from . import final_line, progress, write_json
-from ._common import count
+from ._common import add_json, count
 
 HELP = "export, run and verify every bundled model (the main job)"
 
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None, help="opset for every model (default: best per model)")
     p.add_argument("--threads", type=count(1), default=2, help="threads for torch and onnxruntime (default 2)")
     p.add_argument("--reps", type=count(1), default=10, help="timed repetitions per model (default 10)")
-    p.add_argument("--json", metavar="FILE", help="write the rows as JSON ('-' for stdout)")
+    add_json(p, "the rows")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -191,9 +191,9 @@ def format_capability_table(providers: Iterable[str] = ("cpu",)) -> str:
         )  # type: ignore[arg-type]
         for r in rows
     ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells])
+    from ..text import table
+
+    return table(head, cells)
 
 
 def build_model(

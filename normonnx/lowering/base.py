@@ -12,12 +12,13 @@ from collections.abc import Mapping
 
 import onnx
 
+from ..dtypes import FLOATS
+from ..providers import NAMES as PROVIDERS
 from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
 from .builder import Builder
 
-PROVIDERS = ("cpu", "cuda")
-ALL_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
+ALL_DTYPES = frozenset(FLOATS)
 #: lowest opset normonnx emits: ReduceMean/Slice/Reshape forms used by the decompositions.
 MIN_OPSET = 13
 

@@ -17,14 +17,15 @@ from collections.abc import Iterable
 import onnx
 from onnx import helper
 
+from ..dtypes import FLOAT_NAMES
 from ..errors import LoweringError
 from ..norms import BY_OP, get_kind
-from ..spec import DTYPES, NormSpec
+from ..spec import NormSpec
 from . import function, get_strategy, select
 from .builder import Builder
 
 DOMAIN = function.DOMAIN
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_DTYPE_NAMES = FLOAT_NAMES
 META_KEY = "normonnx.lowerings"
 
 

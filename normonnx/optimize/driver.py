@@ -13,10 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import onnx
 
 from ..errors import OptimizeError
+from ..providers import NAMES as PROVIDERS
 from .families import select
 from .result import OptimizeResult, Report, op_counts
 
-TARGETS = ("cpu", "cuda")
+TARGETS = PROVIDERS  # a target is the provider the graph is lowered for (normonnx.providers)
 
 
 def optimize_model(

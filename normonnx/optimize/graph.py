@@ -22,13 +22,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import external
+from ..dtypes import FLOAT_NAMES
 
-FLOAT_TYPES = {
-    TensorProto.FLOAT: "float32",
-    TensorProto.FLOAT16: "float16",
-    TensorProto.DOUBLE: "float64",
-    TensorProto.BFLOAT16: "bfloat16",
-}
+FLOAT_TYPES = FLOAT_NAMES  # ONNX code → dtype name (normonnx.dtypes)
 LOW_PRECISION = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
 REDUCE_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare")
 # opset at which each reduction's ``axes`` moved from attribute to input

@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..dtypes import ORT_TYPES
 from ..errors import InputError, UnsupportedHere
+from ..providers import ort_name
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
+CUDA_PROVIDER = ort_name("cuda")
 
 
 # -- provider options ----------------------------------------------------------------------------
@@ -220,16 +222,7 @@ def cuda_session(
 
 # -- dtypes / fp16 -------------------------------------------------------------------------------
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
+_ORT_TYPES = {t: np.dtype(name) for t, name in ORT_TYPES.items()}  # normonnx.dtypes
 
 
 def input_dtypes(inner: Any) -> dict[str, np.dtype]:

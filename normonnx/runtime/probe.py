@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..providers import ort_name
+
 
 @functools.cache
 def ort_version() -> str:
@@ -28,7 +30,7 @@ def _loads(model: onnx.ModelProto) -> bool:
     so = ort.SessionOptions()
     so.log_severity_level = 4
     try:
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model.SerializeToString(), so, providers=[ort_name("cpu")])
         return True
     except Exception:
         return False
@@ -55,8 +57,8 @@ def ort_max_opset() -> int:
 
 
 @functools.cache
-def has_kernel(op_type: str, opset: int, dtype: str = "float32", provider: str = "CPUExecutionProvider") -> bool:
-    """True if ``provider`` runs ``op_type`` at ``opset`` for ``dtype`` natively.
+def has_kernel(op_type: str, opset: int, dtype: str = "float32", provider: str = ort_name("cpu")) -> bool:
+    """True if ``provider`` (onnxruntime's name) runs ``op_type`` at ``opset`` for ``dtype`` natively.
 
     Uses onnxruntime's profiler: an op without a kernel is inlined (function ops) or fails.
     """

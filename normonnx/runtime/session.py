@@ -35,10 +35,10 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import InputError, ModelLoadError, UnsupportedHere
+from ..providers import PROVIDERS, short_name
 from .explain import expected_inputs, first_line, input_error, load_error, shape_text
 
-PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_SHORT = {v: k for k, v in PROVIDER_NAMES.items()}
+PROVIDER_NAMES = PROVIDERS  # short name → onnxruntime name (normonnx.providers: the one table)
 _NO_FEED: Any = object()  # run(feed) vs run(output_names, input_feed): was input_feed given?
 
 
@@ -52,7 +52,7 @@ class Session(ort.InferenceSession):
 
     # defaults for sessions onnxruntime builds without __init__ (``_from_initialized_c_session``)
     label = "<model>"
-    _requested: tuple[list[Any], Any] = (["CPUExecutionProvider"], None)
+    _requested: tuple[list[Any], Any] = ([PROVIDERS["cpu"]], None)
 
     def __init__(
         self,
@@ -66,7 +66,7 @@ class Session(ort.InferenceSession):
     ) -> None:
         src, default_label = _source(path_or_bytes)
         self.label = label or default_label
-        providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        providers = list(providers) if providers is not None else [PROVIDERS["cpu"]]
         names = _provider_names(providers)
         _check_available(names)
         kwargs.setdefault("enable_fallback", 0)  # no silent switch to CPU, at creation or at run time
@@ -91,7 +91,7 @@ class Session(ort.InferenceSession):
     def provider(self) -> str:
         """The provider the session runs on: "cpu", "cuda" (or onnxruntime's name for others)."""
         first = self.get_providers()[0]
-        return _SHORT.get(first, first)
+        return short_name(first)
 
     @property
     def providers(self) -> list[str]:
@@ -245,7 +245,7 @@ def session(
     _external_folder(so, path_or_model)
     providers: list[Any] = [(wanted, dict(provider_options or {}))]
     if provider == "cuda":
-        providers.append("CPUExecutionProvider")  # CPU-only nodes (shape ops); the first is checked
+        providers.append(PROVIDERS["cpu"])  # CPU-only nodes (shape ops); the first is checked
     return Session(src, so, providers, label=label)
 
 
@@ -337,7 +337,7 @@ def _check_available(names: Sequence[str]) -> None:
     available = ort.get_available_providers()
     for name in names:
         if name not in available:
-            short = _SHORT.get(name, name)
+            short = short_name(name)
             raise UnsupportedHere(
                 f"the {short.upper() if short in PROVIDER_NAMES else short} execution provider is not available "
                 f"in this onnxruntime ({ort.__version__}, providers: {', '.join(available)})",

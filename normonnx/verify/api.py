@@ -117,9 +117,9 @@ class VerifyReport:
                         "yes" if o.passed else "NO",
                     )
                 )
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+        from .text import table
+
+        return table(head, rows)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -41,6 +41,7 @@ import onnx
 from onnx import helper
 
 from ..errors import NormOnnxError, OptimizeError
+from ..providers import PROVIDERS
 from .compare import OutputComparison, compare_arrays
 from .expose import constants, infer_types, load_model, model_dtype, onnx_input_arrays, run_values
 from .float64 import float64_reference
@@ -131,7 +132,7 @@ def _parse_side(spec: str | os.PathLike[str] | onnx.ModelProto) -> tuple[str | N
         return None, None
     s = os.fspath(spec)
     prov, _, opt = s.partition(":")
-    if prov in ("cpu", "cuda") and opt in ("", "opt", "noopt") and not os.path.exists(s):
+    if prov in PROVIDERS and opt in ("", "opt", "noopt") and not os.path.exists(s):
         return prov, (opt == "opt")
     return None, None
 

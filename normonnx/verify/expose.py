@@ -20,9 +20,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from .. import io as nio
+from ..dtypes import FLOATS, NUMPY_FLOATS
 from ..errors import InputError
 
-FLOAT_ELEMS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.DOUBLE: "float64"}
+FLOAT_ELEMS = {FLOATS[d]: d for d in NUMPY_FLOATS}  # ONNX code → the NumPy float dtype (no bfloat16)
 _BF16_SUFFIX = "::as_float32"
 
 

@@ -33,16 +33,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..dtypes import FLOAT_NAMES, FLOATS, HALF, SHORT
 from ..errors import InputError
 from .expose import infer_types
 from .mapping import node_meta
 
-ELEM = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+ELEM = {d: FLOATS[d] for d in HALF}  # the deployment dtypes → ONNX code (normonnx.dtypes)
 #: (max finite, smallest normal) per dtype
 LIMITS = {"float16": (65504.0, 6.103515625e-05), "bfloat16": (3.3895313892515355e38, 1.1754943508222875e-38)}
 #: inputs that ONNX types as float32 whatever the data type
 _FLOAT32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
-_SUFFIX = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16"}
+_SUFFIX = {code: SHORT[name] for code, name in FLOAT_NAMES.items()}  # 10 → "fp16"
 
 
 @dataclasses.dataclass

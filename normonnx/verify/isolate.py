@@ -20,14 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-_NP_TO_ONNX = {
-    np.dtype("float32"): TensorProto.FLOAT,
-    np.dtype("float16"): TensorProto.FLOAT16,
-    np.dtype("float64"): TensorProto.DOUBLE,
-    np.dtype("int64"): TensorProto.INT64,
-    np.dtype("int32"): TensorProto.INT32,
-    np.dtype("bool"): TensorProto.BOOL,
-}
+from .dtypes import ONNX_CODES
+
+_NP_TO_ONNX = {np.dtype(d): code for d, code in ONNX_CODES.items() if d != "bfloat16"}  # normonnx.dtypes
 _CUT = "iso::"
 
 

@@ -208,9 +208,9 @@ class PrecisionReport:
         ]
         if not rows:
             return f"no range problems in {len(self.layers)} layers"
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+        from .text import table
+
+        return table(head, rows)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -155,9 +155,9 @@ class StressReport:
                         "yes" if o.passed else ("NO (nonfinite)" if o.nonfinite else "NO"),
                     )
                 )
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+        from .text import table
+
+        return table(head, rows)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -11,10 +11,12 @@ norm's output (an activation inside its own forward, as timm's ``BatchNormAct2d`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from ..tensors import flatten as flat_tensors  # the one flattener (normonnx.tensors)
 
 
 @dataclasses.dataclass
@@ -59,18 +61,6 @@ def _norm_output(module: Any, kind: str, x: Any) -> Any:
         return KINDS[kind].torch_forward(spec, x, tp)
     except Exception:
         return None
-
-
-def flat_tensors(obj: Any) -> list[Any]:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, Mapping):
-        return [t for v in obj.values() for t in flat_tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in flat_tensors(v)]
-    return []
 
 
 def to_numpy(t: Any) -> np.ndarray:
