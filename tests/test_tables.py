@@ -39,7 +39,7 @@ def test_every_provider_and_target_flag_offers_the_table():
     import onnxruntime as ort
 
     from normonnx.lowering.base import PROVIDERS as LOWERING_PROVIDERS
-    from normonnx.optimize import TARGETS
+    from normonnx.optimize.driver import TARGETS
     from normonnx.runtime import PROVIDER_NAMES
 
     seen = {}
@@ -48,7 +48,7 @@ def test_every_provider_and_target_flag_offers_the_table():
             if (a := _option(sub, flag)) is not None:
                 seen[f"{name} {flag}"] = tuple(a.choices)
     assert set(seen) == {
-        "export --target", "optimize --target", "verify --provider", "compare --provider",
+        "export --target", "optimize --target", "verify --provider", "bisect --provider",
         "doctor --provider", "capabilities --provider",
     }  # fmt: skip
     assert set(seen.values()) == {("cpu", "cuda")} == {providers.NAMES}

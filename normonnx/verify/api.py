@@ -117,7 +117,7 @@ class VerifyReport:
                         "yes" if o.passed else "NO",
                     )
                 )
-        from .text import table
+        from ..text import table
 
         return table(head, rows)
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .dtypes import ONNX_CODES
+from ..dtypes import ONNX_CODES
 
 _NP_TO_ONNX = {np.dtype(d): code for d, code in ONNX_CODES.items() if d != "bfloat16"}  # normonnx.dtypes
 _CUT = "iso::"

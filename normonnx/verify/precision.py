@@ -208,7 +208,7 @@ class PrecisionReport:
         ]
         if not rows:
             return f"no range problems in {len(self.layers)} layers"
-        from .text import table
+        from ..text import table
 
         return table(head, rows)
 

@@ -155,7 +155,7 @@ class StressReport:
                         "yes" if o.passed else ("NO (nonfinite)" if o.nonfinite else "NO"),
                     )
                 )
-        from .text import table
+        from ..text import table
 
         return table(head, rows)
 
