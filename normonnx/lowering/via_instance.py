@@ -14,10 +14,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..norms.onnx_blocks import np_dtype as _np_dtype
 from ..spec import NormSpec
 from .base import OK, Capability, Strategy, Verdict
 from .builder import Builder
-from .native import _np_dtype
 
 _CAP = Capability(
     13,
