@@ -50,6 +50,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from normonnx.norms import KINDS
+
 from . import (
     convnext,
     convnext_hand,
@@ -68,8 +70,8 @@ from . import (
 
 __all__ = ["MODELS", "NORM_KINDS", "ModelEntry", "get", "names"]
 
-#: The norm kinds an entry's ``norm_kinds`` may list.
-NORM_KINDS: tuple[str, ...] = ("batch", "layer", "instance", "group", "rms", "grn")
+#: The norm kinds an entry's ``norm_kinds`` may list: the registered ones.
+NORM_KINDS: tuple[str, ...] = tuple(KINDS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,15 +21,14 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-#: The normalisation module types, per norm kind ("layer" includes ``models.convnext.LayerNorm2d``,
-#: which subclasses ``nn.LayerNorm``).
-NORM_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
-    "batch": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
-    "layer": (nn.LayerNorm,),
-    "instance": (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),
-    "group": (nn.GroupNorm,),
-    "rms": (nn.RMSNorm,),
-}
+
+def norm_types() -> dict[str, tuple[type[nn.Module], ...]]:
+    """The normalisation module types per registered norm kind, as each kind declares them
+    (``NormKind.torch_modules``; "layer" includes ``models.convnext.LayerNorm2d``, which
+    subclasses ``nn.LayerNorm``)."""
+    from normonnx.norms import KINDS
+
+    return {k: kind.torch_modules() for k, kind in KINDS.items() if kind.torch_modules()}
 
 
 @contextlib.contextmanager
@@ -41,14 +40,14 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def norm_kind(module: nn.Module) -> str | None:
-    """The norm kind ("batch", "layer", "instance", "group", "rms") of ``module``, or None.
+    """The norm kind (a key of ``normonnx.norms.KINDS``: "batch", "layer", ...) of ``module``, or None.
 
     A hand-written norm module says its kind in a ``norm_kind`` class attribute.
     """
     declared = getattr(type(module), "norm_kind", None)
     if isinstance(declared, str):
         return declared
-    for kind, types in NORM_TYPES.items():
+    for kind, types in norm_types().items():
         if isinstance(module, types):
             return kind
     return None

@@ -218,6 +218,18 @@ def _aten_overload(name: str) -> Any:
     return getattr(getattr(torch.ops.aten, packet), overload or "default")
 
 
+def custom_ops() -> dict[Any, tuple[str, Callable[..., NormSpec], Callable[..., dict[str, Any]]]]:
+    """torch custom op overloads → (kind, spec(args, shape, dtype), params(args)): normonnx.nn's
+    ops and those a registered kind declares (``NormKind.torch_ops``)."""
+    from .nn.ops import EXPORTS
+
+    ops = {target: (ex.kind, ex.spec, ex.params) for target, ex in EXPORTS.items()}
+    for kind in KINDS.values():
+        for target, (spec, params) in kind.torch_ops().items():
+            ops[target] = (kind.name, spec, params)
+    return ops
+
+
 def make_translation_table(opset: int) -> dict[Callable[..., Any], Callable[..., Any]]:
     """aten norm overloads → onnxscript functions emitting ``normonnx.<Op>`` nodes."""
     import onnxscript
@@ -244,16 +256,15 @@ def make_translation_table(opset: int) -> dict[Callable[..., Any], Callable[...,
                 return (y, *([empty] * extra))
 
             table[_aten_overload(aten)] = translate
-    # normonnx.nn's custom ops (channels-first LayerNorm, GroupNorm + activation, GRN): one node each
-    from .nn.ops import EXPORTS
-
-    for target, ex in EXPORTS.items():
+    # custom ops (normonnx.nn's channels-first LayerNorm, GroupNorm + activation, GRN; a kind's
+    # own): one node each
+    for target, ex in custom_ops().items():
 
         def translate_custom(x: Any, *args: Any, _ex: Any = ex) -> Any:
-            kind = KINDS[_ex.kind]
-            spec = _ex.spec(args, _shape_of(x), _dtype_name(x))
+            kind = KINDS[_ex[0]]
+            spec = _ex[1](args, _shape_of(x), _dtype_name(x))
             kind.validate(spec)
-            named = _ex.params(args)
+            named = _ex[2](args)
             inputs = [named.get(s) if s else None for s in kind.op_inputs(spec)]
             return getattr(nop, kind.normonnx_op)(x, *inputs, **kind.attributes(spec))
 
@@ -265,18 +276,17 @@ def scan_specs(exported_program: Any) -> list[NormSpec]:
     """Specs of the aten norm calls in a ``torch.export`` program (before ONNX conversion)."""
     import torch
 
-    from .nn.ops import EXPORTS
-
+    exports = custom_ops()
     by_target = {_aten_overload(a): (k, a) for k in KINDS.values() for a in k.aten_ops}
     specs = []
     for node in exported_program.graph.nodes:
-        if node.op == "call_function" and node.target in EXPORTS:
+        if node.op == "call_function" and node.target in exports:
             val = node.args[0].meta.get("val")
             dtype = str(val.dtype).removeprefix("torch.")
             args = [a if not isinstance(a, torch.fx.Node) else True for a in node.args[1:]]
             if dtype in DTYPES:
                 shape = [int(d) if str(d).isdigit() else str(d) for d in val.shape]
-                specs.append(validate(EXPORTS[node.target].spec(args, shape, dtype)))
+                specs.append(validate(exports[node.target][1](args, shape, dtype)))
             continue
         if node.op != "call_function" or node.target not in by_target:
             continue

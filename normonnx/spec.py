@@ -9,12 +9,12 @@ channels_first=True``; an fp16 GroupNorm is ``dtype="float16"``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 from .dtypes import FLOATS
 from .errors import SpecError
 
-Kind = Literal["batch", "layer", "instance", "group", "rms", "grn"]
+#: a norm kind's name: a key of ``normonnx.norms.KINDS`` (the registry, not a fixed list)
+Kind = str
 
 #: dtypes normonnx understands, as numpy-style names, mapped to ONNX TensorProto element types.
 DTYPES: dict[str, int] = FLOATS  # the one dtype table: normonnx.dtypes
@@ -29,7 +29,7 @@ class NormSpec:
     Fields that do not apply to a kind are left at their defaults and rejected by the kind's
     ``validate`` if set.
 
-    kind:             registry key ("batch", "layer", "instance", "group", "rms", "grn").
+    kind:             registry key of ``normonnx.norms.KINDS`` ("batch", "layer", "group", ...).
     eps:              epsilon added to the variance (or mean square) before the square root.
     channels:         C, the size of axis 1 (batch / instance / group / channels-first layer).
     normalized_shape: trailing shape normalised by layer / rms (``(C,)`` for channels-first).
@@ -86,24 +86,25 @@ class NormSpec:
 
     @property
     def affine_shape(self) -> tuple[int, ...]:
-        """Shape of γ and β as the user provides them (per channel or per normalised feature)."""
-        if self.kind in ("layer", "rms"):
-            assert self.normalized_shape is not None
+        """Shape of γ and β as the user provides them: the normalised features of a spec that
+        has ``normalized_shape`` (layer, rms; ``(C,)`` for channels-first), else per channel."""
+        if self.normalized_shape is not None:
             return self.normalized_shape
         assert self.channels is not None
         return (self.channels,)
 
     @property
     def reduction_size(self) -> int | None:
-        """Elements per set of statistics when static (layer / rms), else None (spatial dims)."""
-        if self.kind in ("layer", "rms") and self.normalized_shape and not self.channels_first:
-            n = 1
-            for d in self.normalized_shape:
-                n *= d
-            return n
-        if self.kind == "layer" and self.channels_first:
-            return self.channels if self.channels is not None else (self.normalized_shape or (None,))[0]
-        return None
+        """Elements per set of statistics when static: those of ``normalized_shape`` (layer / rms;
+        C for channels-first), else None (the statistics span spatial dims)."""
+        if not self.normalized_shape:
+            return None
+        if self.channels_first and self.channels is not None:
+            return self.channels
+        n = 1
+        for d in self.normalized_shape:
+            n *= d
+        return n
 
     def key(self) -> str:
         """A short stable identifier, used e.g. as the ONNX function overload name."""

@@ -42,6 +42,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..norms import KINDS
+from ..norms.group import BENCH_GROUPS
 from ..spec import NormSpec
 from .timing import (
     Timing,
@@ -54,26 +56,23 @@ from .timing import (
     set_threads,
 )
 
-#: representative shapes (issue 6): diffusion UNet / SD GroupNorms, ViT / LLM LayerNorms.
-GROUP_SHAPES: tuple[tuple[int, ...], ...] = ((1, 320, 64, 64), (2, 256, 64, 64), (8, 64, 32, 32), (1, 1280, 8, 8))
-LAYER_SHAPES: tuple[tuple[int, ...], ...] = ((8, 197, 384), (1, 4096, 1024), (32, 128, 768))
-#: batch / instance norms run at the GroupNorm (NCHW) shapes, RMSNorm at the LayerNorm shapes.
-SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {
-    "group": GROUP_SHAPES,
-    "layer": LAYER_SHAPES,
-    "batch": GROUP_SHAPES,
-    "instance": GROUP_SHAPES,
-    "rms": LAYER_SHAPES,
-}
-#: --quick: tiny shapes, for tests and smoke runs (the ratios are dominated by per-call overhead).
-QUICK_SHAPES: dict[str, tuple[tuple[int, ...], ...]] = {
-    "group": ((1, 64, 8, 8),),
-    "layer": ((4, 16, 64),),
-    "batch": ((1, 64, 8, 8),),
-    "instance": ((1, 64, 8, 8),),
-    "rms": ((4, 16, 64),),
-}
-GROUPS = 32
+
+def shape_table(quick: bool = False) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Benchmark shapes per registered kind, each kind's own (``NormKind.bench_shapes``; ``--quick``:
+    ``quick_bench_shapes``, tiny ones for tests and smoke runs, where per-call overhead dominates
+    the ratios). A kind that declares none is not benchmarked."""
+    return {
+        k: kind.quick_bench_shapes if quick else kind.bench_shapes
+        for k, kind in KINDS.items()
+        if (kind.quick_bench_shapes if quick else kind.bench_shapes)
+    }
+
+
+#: the shapes of the built-in kinds (issue 6): diffusion UNet / SD GroupNorms (batch / instance
+#: norms too), ViT / LLM LayerNorms (RMSNorm too)
+SHAPES = shape_table()
+QUICK_SHAPES = shape_table(quick=True)
+GROUPS = BENCH_GROUPS
 #: time budget per (kind, shape) group of candidates, seconds
 BUDGET_S = 3.0
 QUICK_BUDGET_S = 0.05
@@ -89,18 +88,9 @@ QUICK_DEFAULT_ROUNDS, QUICK_DEFAULT_BLOCK_S = 1, 0.01
 
 def spec_for(kind: str, shape: Sequence[int]) -> NormSpec:
     """The benchmarked spec of ``kind`` at ``shape`` (affine, default epsilon, float32)."""
-    rank = len(shape)
-    if kind == "group":
-        return NormSpec("group", channels=shape[1], groups=GROUPS, rank=rank)
-    if kind == "batch":
-        return NormSpec("batch", channels=shape[1], running_stats=True, rank=rank)
-    if kind == "instance":
-        return NormSpec("instance", channels=shape[1], rank=rank)
-    if kind == "layer":
-        return NormSpec("layer", normalized_shape=(shape[-1],), rank=rank)
-    if kind == "rms":
-        return NormSpec("rms", normalized_shape=(shape[-1],), has_bias=False, rank=rank)
-    raise ValueError(f"no benchmark spec for kind {kind!r}")
+    if kind not in KINDS or not KINDS[kind].bench_shapes:
+        raise ValueError(f"no benchmark spec for kind {kind!r}")
+    return KINDS[kind].bench_spec(shape)
 
 
 def best_opset() -> int:
@@ -350,7 +340,7 @@ def _over_shapes(
     progress: Callable[..., Any] = no_progress,
 ) -> list[dict[str, Any]]:
     """``bench(kind, shape)`` for every (kind, shape) of the table, with progress; rows in order."""
-    table = shapes or (QUICK_SHAPES if quick else SHAPES)
+    table = shapes or shape_table(quick)
     kinds = list(kinds) if kinds is not None else list(table)
     jobs = [(k, tuple(s)) for k in kinds for s in table[k]]
     rows: list[dict[str, Any]] = []

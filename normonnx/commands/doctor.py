@@ -38,17 +38,11 @@ def _version(dist: str) -> str | None:
 
 
 def example_specs() -> list[Any]:
-    """One representative spec per kind (and the channels-first LayerNorm of ConvNeXt)."""
-    from ..spec import NormSpec
+    """The representative specs every registered kind declares (``NormKind.example_specs``: one
+    per kind, two for layer norm with ConvNeXt's channels-first one)."""
+    from ..norms import KINDS
 
-    return [
-        NormSpec("batch", channels=64, running_stats=True, rank=4),
-        NormSpec("layer", normalized_shape=(768,), rank=3),
-        NormSpec("layer", normalized_shape=(96,), channels=96, channels_first=True, rank=4),
-        NormSpec("instance", channels=64, rank=4),
-        NormSpec("group", channels=320, groups=32, rank=4),
-        NormSpec("rms", normalized_shape=(4096,), has_bias=False, rank=3),
-    ]
+    return [spec for kind in KINDS.values() for spec in kind.example_specs()]
 
 
 def choices(targets: tuple[str, ...] = NAMES) -> list[dict[str, Any]]:

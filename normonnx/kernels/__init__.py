@@ -67,6 +67,13 @@ def info() -> dict[str, str]:
     return dict(_probe(*_env())[2])
 
 
+def registered_ops() -> frozenset[str]:
+    """The op types the library registers in :data:`DOMAIN` (its ``ops=`` self-report); empty when
+    it is unavailable. The ``native_kernel`` strategy claims exactly the kinds whose op is here."""
+    ops = info().get("ops", "")
+    return frozenset(o for o in ops.split(",") if o) if available() else frozenset()
+
+
 def require() -> str:
     """The library path, or :class:`~normonnx.errors.UnsupportedHere` saying why there is none."""
     path = library_path()
@@ -144,6 +151,7 @@ __all__ = [
     "available",
     "info",
     "library_path",
+    "registered_ops",
     "require",
     "unavailable_reason",
 ]

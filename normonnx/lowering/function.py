@@ -12,14 +12,13 @@ inside torch's exporter) know the ops.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import onnx
 from onnx import helper
 from onnx.defs import OpSchema
 
-from ..norms import KINDS
+from ..norms import BY_OP, KINDS
 from ..rejection import CheckResult
 from ..spec import NormSpec
 from .base import ALL_DTYPES, MIN_OPSET, Capability, Strategy, same_dtypes
@@ -30,20 +29,19 @@ from .decomposed import build_decomposed
 DOMAIN = "normonnx"
 VERSION = 1
 _CAP = Capability(MIN_OPSET, same_dtypes(ALL_DTYPES), True, "normonnx-domain op with a stable function body")
-#: input slots of each normonnx op after X, positional (an absent optional one is passed as "")
-SLOTS: dict[str, tuple[str, ...]] = {
-    "LayerNorm": ("weight", "bias", "residual", "scale", "shift"),
-    "RMSNorm": ("weight", "residual"),
-}
-_DEFAULT_SLOTS = ("weight", "bias", "mean", "var")
 _TYPES = ["tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"]
+#: op types whose schema this process has registered (or found registered)
+_REGISTERED: set[str] = set()
 
 
-@functools.cache
 def register_schemas() -> None:
-    """Register ``normonnx.<Op>`` schemas with onnx (idempotent, process-wide)."""
+    """Register ``normonnx.<Op>`` schemas with onnx for every registered kind (idempotent,
+    process-wide; a kind registered later gets its schema at the next call)."""
     opt = OpSchema.FormalParameterOption.Optional
     for kind in KINDS.values():
+        if kind.normonnx_op in _REGISTERED:
+            continue
+        _REGISTERED.add(kind.normonnx_op)
         try:
             onnx.defs.get_schema(kind.normonnx_op, VERSION, DOMAIN)
             continue
@@ -87,16 +85,17 @@ def register_schemas() -> None:
 
 
 def input_slots(op_type: str) -> tuple[str, ...]:
-    """Every input slot of the normonnx op ``op_type`` after X, in position order."""
-    return SLOTS.get(op_type, _DEFAULT_SLOTS)
+    """Every input slot of the normonnx op ``op_type`` after X, in position order (its kind's)."""
+    return BY_OP[op_type].input_slots
 
 
 def function_inputs(spec: NormSpec) -> list[str]:
     """Formal inputs of the function, positional like the node's (absent ones passed as "")."""
     if spec.running_stats:
         return ["X", "weight", "bias", "mean", "var"]
-    slots = input_slots(KINDS[spec.kind].normonnx_op)
-    n = 1 if spec.kind == "rms" else 2  # the affine slots
+    kind = KINDS[spec.kind]
+    slots = kind.input_slots
+    n = len(kind.affine_slots)
     if spec.modulation:
         n = slots.index("shift") + 1
     elif spec.residual:
@@ -159,8 +158,12 @@ def make_function(spec: NormSpec, opset: int) -> onnx.FunctionProto:
 class Function(Strategy):
     name = "function"
     description = "normonnx-domain op + model-local ONNX function (stable body)"
-    capabilities = {k: _CAP for k in KINDS}  # the body is the decomposition, which every kind has
     builds_fused_forms = True
+
+    @property
+    def capabilities(self) -> dict[str, Capability]:  # type: ignore[override]
+        """Every registered kind that writes a decomposition (the body is the decomposition)."""
+        return {k: _CAP for k, kind in KINDS.items() if kind.decompose is not None}
 
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         return DECOMPOSED.check_spec(spec, opset, provider)  # the body is the decomposition

@@ -73,9 +73,9 @@ def spec_of(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> NormSpec:
         )
     dtype = _DTYPE_NAMES[t.tensor_type.elem_type]
     rank = len(t.tensor_type.shape.dim) if t.tensor_type.HasField("shape") else None
-    present = [bool(i) for i in node.input[1:3]]
-    if kind.name == "rms":
-        present = [bool(node.input[1]) if len(node.input) > 1 else False, False]
+    # has γ / has β, read from the kind's input positions (RMSNorm has no β slot)
+    given = dict(zip(kind.input_slots, (bool(v) for v in node.input[1:])))
+    present = [given.get("weight", False), given.get("bias", False)]
     return kind.spec_from_attributes(attrs, present, dtype, rank)
 
 

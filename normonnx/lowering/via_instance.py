@@ -14,11 +14,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..norms.onnx_blocks import np_dtype as _np_dtype
 from ..rejection import OK, CheckResult
 from ..spec import NormSpec
 from .base import Capability, Strategy
 from .builder import Builder
-from .native import _np_dtype
 
 _CAP = Capability(
     13,

@@ -1,12 +1,23 @@
 """What every norm kind provides: recognition in torch, a spec, a float64 reference, ONNX facts.
 
 A kind is a singleton object; the registry in :mod:`normonnx.norms` maps its name to it. Adding
-a kind means adding one file that subclasses :class:`NormKind` and registering it there.
+a kind means adding one file that subclasses :class:`NormKind` and registering it there
+(``register(KIND)``). The kind *declares*; the machinery asks it:
+
+- the lowering strategies ask for its native op (:class:`NativeOp`: op, opset, dtypes, stability)
+  and :meth:`NormKind.build_native`, and for its stable decomposition (:meth:`NormKind.decompose`,
+  also the function strategy's body); the kernel strategy asks the compiled library which ops it
+  registers, never the kind;
+- the exporter asks for torch recognition (``aten_ops``, :meth:`NormKind.torch_ops`);
+- stress, bench, doctor and the test tables ask for :meth:`NormKind.examples`,
+  :meth:`NormKind.large_spec` / :meth:`NormKind.large_shape`, ``bench_shapes`` /
+  :meth:`NormKind.bench_spec` and :meth:`NormKind.example_specs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,34 +26,88 @@ from ..errors import SpecError
 from ..spec import NormSpec
 
 Params = dict[str, np.ndarray]
+Shape = tuple[int, ...]
+#: one conformance case: (id, spec with its rank, input shape)
+Example = tuple[str, NormSpec, Shape]
+
+#: benchmark shapes shared by several kinds: diffusion UNet / SD GroupNorms (N,C,H,W) and
+#: ViT / LLM LayerNorms (trailing features); ``--quick`` ones are tiny smoke shapes
+NCHW_BENCH_SHAPES: tuple[Shape, ...] = ((1, 320, 64, 64), (2, 256, 64, 64), (8, 64, 32, 32), (1, 1280, 8, 8))
+TRAILING_BENCH_SHAPES: tuple[Shape, ...] = ((8, 197, 384), (1, 4096, 1024), (32, 128, 768))
+NCHW_QUICK_SHAPES: tuple[Shape, ...] = ((1, 64, 8, 8),)
+TRAILING_QUICK_SHAPES: tuple[Shape, ...] = ((4, 16, 64),)
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeOp:
+    """A kind's standard ONNX op, as the ``native`` strategy lowers it.
+
+    op:           the op type in the default domain.
+    since:        the opset that introduced the semantics normonnx relies on (the strategy
+                  needs ``max(since, MIN_OPSET)``).
+    dtypes:       per provider, the element types onnxruntime runs it in (kernels or casts).
+    stable:       within 2× torch-fp32's error vs float64 on the stress inputs (measured by
+                  ``tests/test_stress.py``); ``stable_up_to``: only up to that many elements per
+                  normalised group (onnxruntime kernels that accumulate in fp32).
+    low_precision_since: float16/bfloat16 inputs need this opset (None: no extra bound).
+    note:         the fact behind the entry, printed in the capability table.
+    """
+
+    op: str
+    since: int
+    dtypes: Mapping[str, frozenset[str]]
+    stable: bool = True
+    note: str = ""
+    stable_up_to: int | None = None
+    low_precision_since: int | None = None
+
+
+#: how a torch custom op (``torch.ops.<ns>.<op>.default``) becomes a spec and parameters:
+#: ``spec(args, x_shape, dtype)`` with ``args`` after the input tensor, ``params(args)`` by slot name
+TorchOp = tuple[Callable[[Sequence[Any], Sequence[Any], str], NormSpec], Callable[[Sequence[Any]], dict[str, Any]]]
 
 
 class NormKind:
-    """Base class of the five kinds. Subclasses fill the class attributes and the methods."""
+    """Base class of the kinds. Subclasses fill the class attributes and the methods."""
 
     #: registry key
     name: ClassVar[str]
     #: op type in the ``normonnx`` domain (the portable op that lowering starts from)
     normonnx_op: ClassVar[str]
-    #: the standard ONNX op and the opset that introduced the semantics normonnx relies on
-    native_op: ClassVar[str | None]
-    native_since: ClassVar[int | None]
+    #: the standard ONNX op (None: the kind has none), see :class:`NativeOp`
+    native: ClassVar[NativeOp | None] = None
     #: aten overloads (``torch.ops.aten.<name>.default``) whose calls this kind lowers
     aten_ops: ClassVar[tuple[str, ...]] = ()
     #: input ranks accepted (inclusive)
     min_rank: ClassVar[int] = 2
     max_rank: ClassVar[int] = 8
-    #: normonnx's compiled kernel library (``normonnx/kernels``) registers this kind's op
-    in_kernel_library: ClassVar[bool] = True
+    #: input slots of the normonnx op after X, in position order (an absent optional one is "")
+    input_slots: ClassVar[tuple[str, ...]] = ("weight", "bias", "mean", "var")
+    #: the affine parameters among them (γ, β)
+    affine_slots: ClassVar[tuple[str, ...]] = ("weight", "bias")
 
-    #: a kind that writes its own stable decomposition defines
-    #: ``decompose(builder, spec, x, params, compute_dtype) -> output`` (params and x already in
-    #: the compute dtype); the decomposed and function strategies then lower it without a
-    #: ``kind ==`` branch of their own. The five original kinds are still decomposed there.
+    #: ``decompose(builder, spec, x, params, compute_dtype) -> output``: the stable decomposition
+    #: in primitive ONNX ops (``x`` and params already in the compute dtype, the result in it
+    #: too; a fused activation and the cast back are added around it). The decomposed and
+    #: function strategies lower every kind that has one; None: the kind has none.
     decompose: ClassVar[Any] = None
 
     #: fused forms this kind has (``NormSpec.residual`` / ``NormSpec.modulation``)
     fused_forms: ClassVar[frozenset[str]] = frozenset()
+    #: fused activations this kind has (``NormSpec.activation``)
+    activations: ClassVar[frozenset[str]] = frozenset()
+
+    #: benchmark shapes (``normonnx bench``; empty: not benchmarked) and ``--quick`` ones
+    bench_shapes: ClassVar[tuple[Shape, ...]] = ()
+    quick_bench_shapes: ClassVar[tuple[Shape, ...]] = ()
+
+    @property
+    def native_op(self) -> str | None:
+        return self.native.op if self.native else None
+
+    @property
+    def native_since(self) -> int | None:
+        return self.native.since if self.native else None
 
     # -- spec ------------------------------------------------------------------------------------
     def validate(self, spec: NormSpec) -> None:
@@ -56,7 +121,7 @@ class NormKind:
             )
         if spec.activation not in ("", "silu"):
             raise SpecError(f"unknown fused activation {spec.activation!r}", note="valid: '' or 'silu'")
-        if spec.activation and self.name != "group":
+        if spec.activation and spec.activation not in self.activations:
             raise SpecError(f"a fused activation is only supported on group norm, not {self.name}")
         for form in ("residual", "modulation"):
             if getattr(spec, form) and form not in self.fused_forms:
@@ -78,7 +143,8 @@ class NormKind:
 
     def op_inputs(self, spec: NormSpec) -> list[str]:
         """Input slots of the normonnx op after X; an absent optional one is ``""``."""
-        slots = ["weight" if spec.has_weight else "", "bias" if spec.has_bias else ""]
+        has = {"weight": spec.has_weight, "bias": spec.has_bias}
+        slots = [s if has[s] else "" for s in self.affine_slots]
         if spec.running_stats:
             slots += ["mean", "var"]
         return slots
@@ -100,6 +166,47 @@ class NormKind:
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
         """Float64 NumPy reference of the forward pass in eval semantics; returns float64."""
         raise NotImplementedError
+
+    # -- ONNX ------------------------------------------------------------------------------------
+    def native_for(self, spec: NormSpec) -> NativeOp | None:
+        """The native op entry that governs ``spec`` (a kind may emit another kind's op)."""
+        return self.native
+
+    def native_check(self, spec: NormSpec, opset: int, provider: str) -> str:
+        """Why the native op cannot express ``spec`` ("" when it can), beyond :class:`NativeOp`."""
+        return ""
+
+    def build_native(self, b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        """Append the native op for ``spec`` to builder ``b``; return its output value name."""
+        raise NotImplementedError(f"{self.name} norm has no native ONNX op")
+
+    # -- example, stress and benchmark cases -----------------------------------------------------
+    def examples(self) -> list[Example]:
+        """Conformance cases: (id, spec, input shape), covering ranks, C=1, affine or not...
+        The first is the kind's plain case (the native op, if any, lowers it)."""
+        return []
+
+    def example_specs(self) -> list[NormSpec]:
+        """Representative specs at realistic sizes (``normonnx doctor`` shows what each gets)."""
+        return [self.examples()[0][1]] if self.examples() else []
+
+    def large_spec(self) -> NormSpec:
+        """A spec whose :meth:`large_shape` has ≥1M elements per set of statistics in ~8 MB."""
+        raise NotImplementedError(f"{self.name} norm declares no large stress case")
+
+    def large_shape(self, spec: NormSpec, elements: int = 1 << 20) -> Shape:
+        """An input shape with at least ``elements`` per set of statistics (default: per-channel
+        statistics over N,C,H,W: H = 1024 rows of ``elements / 1024``)."""
+        side = 1024
+        return (1, spec.channels or 2, side, -(-elements // side))
+
+    def bench_spec(self, shape: Sequence[int]) -> NormSpec:
+        """The benchmarked spec at ``shape`` (affine, default epsilon, float32)."""
+        raise NotImplementedError(f"{self.name} norm declares no benchmark spec")
+
+    def torch_ops(self) -> dict[Any, TorchOp]:
+        """torch custom op overloads (not aten) whose calls the exporter turns into this kind's op."""
+        return {}
 
     # -- torch -----------------------------------------------------------------------------------
     def torch_modules(self) -> tuple[type, ...]:
@@ -190,7 +297,7 @@ class NormKind:
 
     @staticmethod
     def _check_shape(spec: NormSpec, x: np.ndarray, what: str) -> None:
-        if spec.channels is not None and spec.kind != "layer" and (x.ndim < 2 or x.shape[1] != spec.channels):
+        if spec.channels is not None and (x.ndim < 2 or x.shape[1] != spec.channels):
             raise SpecError(f"{what}: input of shape {x.shape} does not have {spec.channels} channels on axis 1")
 
 

@@ -16,17 +16,43 @@ import numpy as np
 
 from ..errors import SpecError
 from ..spec import NormSpec
-from .base import NormKind, Params
+from . import onnx_blocks as ob
+from .base import NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES, Example, NativeOp, NormKind, Params
+
+_F = frozenset({"float32", "float16", "float64"})
+#: BatchNormalization in eval: ``(x − mean)/√(var + ε)·scale + B`` per channel has been the op's
+#: meaning since opset 9 (which dropped ``spatial``); 14 added ``training_mode`` and 15 let
+#: scale/mean have their own types, neither of which inference relies on. onnxruntime's float16
+#: kernel is only reached from opset 15 on (``low_precision_since``).
+NATIVE = NativeOp(
+    "BatchNormalization", 9, {"cpu": _F, "cuda": _F}, True, "BatchNormalization (eval)", low_precision_since=15
+)
+
+
+def build_running_stats(b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+    """BatchNormalization with the stored mean/var (batch in eval, instance with tracked stats)."""
+    c = spec.channels or 0
+    return b.op(
+        "BatchNormalization",
+        [
+            x,
+            ob.param_or_fill(b, spec, params, "weight", 1.0, (c,)),
+            ob.param_or_fill(b, spec, params, "bias", 0.0, (c,)),
+            params["mean"],
+            params["var"],
+        ],
+        epsilon=spec.eps,
+    )
 
 
 class BatchNorm(NormKind):
     name = "batch"
     normonnx_op = "BatchNorm"
-    native_op = "BatchNormalization"
-    native_since = 15  # opset-15 signature; eval semantics unchanged since opset 9
+    native = NATIVE
     # batch_norm before the exporter's decompositions; the two private overloads after them
     aten_ops = ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit.no_stats")
     min_rank, max_rank = 2, 5
+    bench_shapes, quick_bench_shapes = NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
@@ -49,6 +75,41 @@ class BatchNorm(NormKind):
         if spec.has_bias:
             y = y + cv(params["bias"])
         return y
+
+    def native_check(self, spec: NormSpec, opset: int, provider: str) -> str:
+        if not spec.running_stats:
+            return "BatchNormalization in inference uses running statistics; batch statistics need the decomposition"
+        return ""
+
+    def build_native(self, b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        return build_running_stats(b, spec, x, params)
+
+    def decompose(self, b: Any, spec: NormSpec, x: str, p: Mapping[str, str], compute: int) -> str:
+        """Per channel over N and the spatial axes (axes 0, 2 of ``[N, C, -1]``), or the stored
+        statistics as a per-channel affine map ``(x − mean)·γ/√(var + ε) + β``."""
+        return ob.channelwise(b, spec, x, p, compute, [0, 2])
+
+    def examples(self) -> list[Example]:
+        return [
+            ("r4", NormSpec("batch", channels=6, running_stats=True, rank=4), (2, 6, 5, 4)),
+            ("r2", NormSpec("batch", channels=6, running_stats=True, rank=2), (8, 6)),
+            (
+                "r3-noaffine",
+                NormSpec("batch", channels=3, running_stats=True, has_weight=False, has_bias=False, rank=3),
+                (1, 3, 7),
+            ),
+            ("r5-c1", NormSpec("batch", channels=1, running_stats=True, rank=5), (2, 1, 2, 3, 4)),
+            ("batchstats", NormSpec("batch", channels=4, running_stats=False, rank=4), (8, 4, 3, 3)),
+        ]
+
+    def example_specs(self) -> list[NormSpec]:
+        return [NormSpec("batch", channels=64, running_stats=True, rank=4)]
+
+    def large_spec(self) -> NormSpec:
+        return NormSpec("batch", channels=2, running_stats=False, rank=4)
+
+    def bench_spec(self, shape: Sequence[int]) -> NormSpec:
+        return NormSpec("batch", channels=shape[1], running_stats=True, rank=len(shape))
 
     def torch_modules(self) -> tuple[type, ...]:
         import torch.nn as nn

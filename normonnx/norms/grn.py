@@ -24,18 +24,15 @@ from onnx import TensorProto
 
 from ..errors import SpecError
 from ..spec import NormSpec
-from .base import NormKind, Params
+from .base import Example, NormKind, Params
 
 
 class GlobalResponseNorm(NormKind):
     name = "grn"
     normonnx_op = "GlobalResponseNorm"
-    native_op = None
-    native_since = None
-    #: torch has no aten op for it: normonnx.nn's ``normonnx::global_response_norm`` is the call
+    #: no native ONNX op; torch has no aten op for it either: normonnx.nn's
+    #: ``normonnx::global_response_norm`` is the call (the compiled kernel library has no GRN op)
     aten_ops = ()
-    #: normonnx's compiled kernel library registers no GRN op (the strategy must not claim it)
-    in_kernel_library = False
     min_rank, max_rank = 3, 5
 
     def validate(self, spec: NormSpec) -> None:
@@ -76,6 +73,22 @@ class GlobalResponseNorm(NormKind):
         if spec.has_bias:
             p["bias"] = 0.25 * rng.standard_normal(spec.affine_shape)
         return p
+
+    def examples(self) -> list[Example]:
+        cases = [
+            ("cl-r4", NormSpec("grn", channels=8, eps=1e-6), (2, 5, 4, 8)),
+            ("cf-r4", NormSpec("grn", channels=6, channels_first=True, eps=1e-6), (2, 6, 3, 5)),
+            ("cf-r3-b1", NormSpec("grn", channels=4, channels_first=True), (1, 4, 9)),
+            ("cl-hw1", NormSpec("grn", channels=4), (2, 1, 1, 4)),
+            ("noaffine", NormSpec("grn", channels=4, has_weight=False, has_bias=False), (2, 3, 3, 4)),
+        ]
+        return [(i, s.replace(rank=len(shape)), shape) for i, s, shape in cases]
+
+    def example_specs(self) -> list[NormSpec]:
+        return [NormSpec("grn", channels=96, eps=1e-6, rank=4)]  # ConvNeXt-V2's channels-last GRN
+
+    def large_spec(self) -> NormSpec:
+        return NormSpec("grn", channels=2, channels_first=True, rank=4)
 
     def torch_modules(self) -> tuple[type, ...]:
         from ..nn import GlobalResponseNorm as Layer

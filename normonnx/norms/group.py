@@ -15,16 +15,31 @@ import numpy as np
 
 from ..errors import SpecError
 from ..spec import NormSpec
-from .base import NormKind, Params, silu
+from . import onnx_blocks as ob
+from .base import NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES, Example, NativeOp, NormKind, Params, silu
+
+_F = frozenset({"float32", "float16", "float64"})
+#: per-channel scale since 21; onnxruntime has no kernel and inlines the body (see the note)
+NATIVE = NativeOp(
+    "GroupNormalization",
+    21,
+    {"cpu": _F, "cuda": _F},
+    False,
+    "GroupNormalization-21: onnxruntime inlines its function body, σ²=E[x²]−E[x]² gives NaN at offset 1e3",
+    low_precision_since=15,
+)
+#: groups of the benchmarked GroupNorms (SD / diffusion UNets)
+BENCH_GROUPS = 32
 
 
 class GroupNorm(NormKind):
     name = "group"
     normonnx_op = "GroupNorm"
-    native_op = "GroupNormalization"
-    native_since = 21
+    native = NATIVE
     aten_ops = ("group_norm",)
     min_rank, max_rank = 2, 5
+    activations = frozenset({"silu"})
+    bench_shapes, quick_bench_shapes = NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
@@ -53,6 +68,54 @@ class GroupNorm(NormKind):
         if spec.has_bias:
             y = y + cv(params["bias"])
         return silu(y) if spec.activation == "silu" else y
+
+    def build_native(self, b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        c = spec.channels or 0
+        y = b.op(
+            "GroupNormalization",
+            [
+                x,
+                ob.param_or_fill(b, spec, params, "weight", 1.0, (c,)),
+                ob.param_or_fill(b, spec, params, "bias", 0.0, (c,)),
+            ],
+            num_groups=spec.groups,
+            epsilon=spec.eps,
+            stash_type=11 if spec.dtype == "float64" else 1,  # statistics in double for double inputs
+        )
+        return b.op("Mul", [y, b.op("Sigmoid", [y])]) if spec.activation == "silu" else y
+
+    def decompose(self, b: Any, spec: NormSpec, x: str, p: Mapping[str, str], compute: int) -> str:
+        """Statistics per (sample, group) on an ``[N, G, -1]`` view, γ/β per channel after."""
+        return ob.grouped(b, spec, x, p, compute)
+
+    def examples(self) -> list[Example]:
+        cases = [
+            ("r4", NormSpec("group", channels=8, groups=4), (2, 8, 5, 6)),
+            ("g1", NormSpec("group", channels=6, groups=1), (2, 6, 4, 4)),
+            ("gC", NormSpec("group", channels=6, groups=6), (2, 6, 4, 4)),
+            ("c1", NormSpec("group", channels=1, groups=1), (3, 1, 4, 5)),
+            ("r2", NormSpec("group", channels=8, groups=2), (8, 8)),
+            ("r3", NormSpec("group", channels=4, groups=2), (1, 4, 10)),
+            ("r5", NormSpec("group", channels=4, groups=2), (2, 4, 2, 3, 4)),
+            ("hw1", NormSpec("group", channels=8, groups=4), (2, 8, 1, 1)),
+            ("noaffine", NormSpec("group", channels=8, groups=2, has_weight=False, has_bias=False), (2, 8, 3, 3)),
+            ("silu", NormSpec("group", channels=8, groups=4, activation="silu"), (2, 8, 4, 4)),
+        ]
+        return [(i, s.replace(rank=len(shape)), shape) for i, s, shape in cases]
+
+    def example_specs(self) -> list[NormSpec]:
+        return [NormSpec("group", channels=320, groups=32, rank=4)]
+
+    def large_spec(self) -> NormSpec:
+        return NormSpec("group", channels=4, groups=2, rank=4)
+
+    def large_shape(self, spec: NormSpec, elements: int = 1 << 20) -> tuple[int, ...]:
+        side, c, g = 1024, spec.channels or 2, spec.groups or 1
+        hw = max(1, elements * g // c)
+        return (1, c, side, -(-hw // side))
+
+    def bench_spec(self, shape: Sequence[int]) -> NormSpec:
+        return NormSpec("group", channels=shape[1], groups=BENCH_GROUPS, rank=len(shape))
 
     def torch_modules(self) -> tuple[type, ...]:
         import torch.nn as nn

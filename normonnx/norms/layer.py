@@ -20,17 +20,29 @@ import numpy as np
 
 from ..errors import SpecError
 from ..spec import NormSpec
-from .base import NormKind, Params
+from . import onnx_blocks as ob
+from .base import TRAILING_BENCH_SHAPES, TRAILING_QUICK_SHAPES, Example, NativeOp, NormKind, Params
+
+_F = frozenset({"float32", "float16", "float64", "bfloat16"})
+NATIVE = NativeOp(
+    "LayerNormalization",
+    17,
+    {"cpu": _F, "cuda": _F},
+    True,
+    "LayerNormalization-17: onnxruntime accumulates in fp32, >2x torch's error past ~16K elements",
+    stable_up_to=4096,
+)
 
 
 class LayerNorm(NormKind):
     name = "layer"
     normonnx_op = "LayerNorm"
-    native_op = "LayerNormalization"
-    native_since = 17
+    native = NATIVE
     aten_ops = ("layer_norm",)
     min_rank, max_rank = 1, 8
     fused_forms = frozenset({"residual", "modulation"})
+    input_slots = ("weight", "bias", "residual", "scale", "shift")
+    bench_shapes, quick_bench_shapes = TRAILING_BENCH_SHAPES, TRAILING_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
@@ -80,6 +92,61 @@ class LayerNorm(NormKind):
         if spec.modulation:
             y = y * (1.0 + np.asarray(params["scale"], np.float64)) + np.asarray(params["shift"], np.float64)
         return y
+
+    def native_check(self, spec: NormSpec, opset: int, provider: str) -> str:
+        if spec.channels_first:
+            return "LayerNormalization normalises trailing axes; channels-first needs the decomposition"
+        return ""
+
+    def build_native(self, b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        ns = spec.normalized_shape or ()
+        # an absent bias is omitted, not passed as "": onnxruntime 1.32's graph optimizer (level
+        # EXTENDED, so every default session) segfaults on LayerNormalization(x, γ, "") followed
+        # by a Mul and an Add of run-time values (the unfused modulation), measured here
+        return b.op(
+            "LayerNormalization",
+            [x, ob.param_or_fill(b, spec, params, "weight", 1.0, ns)] + ([params["bias"]] if "bias" in params else []),
+            axis=-len(ns),
+            epsilon=spec.eps,
+            stash_type=1,
+        )
+
+    def decompose(self, b: Any, spec: NormSpec, x: str, p: Mapping[str, str], compute: int) -> str:
+        """Moments over the trailing ``normalized_shape`` axes (channels-first: over axis 1 of an
+        ``[N, C, -1]`` view), then γ, β."""
+        if spec.channels_first:
+            return ob.channelwise(b, spec, x, p, compute, [1])
+        assert spec.normalized_shape is not None
+        axes = list(range(-len(spec.normalized_shape), 0))
+        return ob.trailing_affine(b, ob.moments_normalize(b, x, axes, spec.eps, compute), p)
+
+    def examples(self) -> list[Example]:
+        cases = [
+            ("r3", NormSpec("layer", normalized_shape=(16,)), (2, 5, 16)),
+            ("r2-b8", NormSpec("layer", normalized_shape=(12,)), (8, 12)),
+            ("r4-two-axes", NormSpec("layer", normalized_shape=(3, 4)), (2, 5, 3, 4)),
+            ("noaffine", NormSpec("layer", normalized_shape=(10,), has_weight=False, has_bias=False), (1, 3, 10)),
+            ("nobias", NormSpec("layer", normalized_shape=(10,), has_bias=False), (2, 10)),
+            ("cf-r4", NormSpec("layer", normalized_shape=(6,), channels_first=True), (2, 6, 3, 5)),
+            ("cf-r4-hw1", NormSpec("layer", normalized_shape=(4,), channels_first=True), (1, 4, 1, 1)),
+        ]
+        return [(i, s.replace(rank=len(shape)), shape) for i, s, shape in cases]
+
+    def example_specs(self) -> list[NormSpec]:
+        return [
+            NormSpec("layer", normalized_shape=(768,), rank=3),
+            NormSpec("layer", normalized_shape=(96,), channels=96, channels_first=True, rank=4),  # ConvNeXt
+        ]
+
+    def large_spec(self) -> NormSpec:
+        return NormSpec("layer", normalized_shape=(1 << 20,), rank=2)
+
+    def large_shape(self, spec: NormSpec, elements: int = 1 << 20) -> tuple[int, ...]:
+        # channels-first: statistics over C at each position
+        return (1, elements, 1, 1) if spec.channels_first else (2, elements)
+
+    def bench_spec(self, shape: Sequence[int]) -> NormSpec:
+        return NormSpec("layer", normalized_shape=(shape[-1],), rank=len(shape))
 
     def torch_modules(self) -> tuple[type, ...]:
         import torch.nn as nn

@@ -13,10 +13,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
 from ..errors import SpecError
 from ..spec import NormSpec
-from .base import NormKind, Params
+from . import onnx_blocks as ob
+from .base import TRAILING_BENCH_SHAPES, TRAILING_QUICK_SHAPES, Example, NativeOp, NormKind, Params
+
+_F = frozenset({"float32", "float16", "float64"})
+NATIVE = NativeOp(
+    "RMSNormalization",
+    23,
+    {"cpu": _F, "cuda": _F | {"bfloat16"}},  # CPU: no bf16 kernel, body's Mul has none either
+    True,
+    "RMSNormalization-23: onnxruntime accumulates in fp32, >2x torch's error past ~16K elements",
+    stable_up_to=4096,
+)
 
 _FINFO_EPS = {
     "float32": float(np.finfo(np.float32).eps),
@@ -34,11 +46,13 @@ def default_eps(dtype: str) -> float:
 class RMSNorm(NormKind):
     name = "rms"
     normonnx_op = "RMSNorm"
-    native_op = "RMSNormalization"
-    native_since = 23
+    native = NATIVE
     aten_ops = ("rms_norm",)
     min_rank, max_rank = 1, 8
     fused_forms = frozenset({"residual"})
+    input_slots = ("weight", "residual")
+    affine_slots = ("weight",)
+    bench_shapes, quick_bench_shapes = TRAILING_BENCH_SHAPES, TRAILING_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
@@ -70,6 +84,43 @@ class RMSNorm(NormKind):
         if spec.has_weight:
             y = y * np.asarray(params["weight"], np.float64)
         return y
+
+    def build_native(self, b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
+        ns = spec.normalized_shape or ()
+        weight = ob.param_or_fill(b, spec, params, "weight", 1.0, ns)
+        return b.op("RMSNormalization", [x, weight], axis=-len(ns), epsilon=spec.eps, stash_type=1)
+
+    def decompose(self, b: Any, spec: NormSpec, x: str, p: Mapping[str, str], compute: int) -> str:
+        """``x / √(mean(x²) + ε)·γ``, mean(x²) in float64 for the same reason as the moments."""
+        assert spec.normalized_shape is not None
+        axes = list(range(-len(spec.normalized_shape), 0))
+        f64 = TensorProto.DOUBLE
+        xd = x if compute == f64 else b.cast(x, f64)
+        ms = b.reduce("ReduceMean", b.op("Mul", [xd, xd]), axes)
+        inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [ms, b.const(spec.eps, np.float64)])])])
+        y = b.op("Mul", [x, inv if compute == f64 else b.cast(inv, compute)])
+        return ob.trailing_affine(b, y, p)
+
+    def examples(self) -> list[Example]:
+        cases = [
+            ("r3", NormSpec("rms", normalized_shape=(16,), has_bias=False), (2, 5, 16)),
+            ("r2-b8", NormSpec("rms", normalized_shape=(12,), has_bias=False), (8, 12)),
+            ("two-axes", NormSpec("rms", normalized_shape=(3, 4), has_bias=False), (2, 3, 4)),
+            ("noweight", NormSpec("rms", normalized_shape=(10,), has_weight=False, has_bias=False), (1, 10)),
+        ]
+        return [(i, s.replace(rank=len(shape)), shape) for i, s, shape in cases]
+
+    def example_specs(self) -> list[NormSpec]:
+        return [NormSpec("rms", normalized_shape=(4096,), has_bias=False, rank=3)]
+
+    def large_spec(self) -> NormSpec:
+        return NormSpec("rms", normalized_shape=(1 << 20,), has_bias=False, rank=2)
+
+    def large_shape(self, spec: NormSpec, elements: int = 1 << 20) -> tuple[int, ...]:
+        return (2, elements)
+
+    def bench_spec(self, shape: Sequence[int]) -> NormSpec:
+        return NormSpec("rms", normalized_shape=(shape[-1],), has_bias=False, rank=len(shape))
 
     def torch_modules(self) -> tuple[type, ...]:
         import torch.nn as nn

@@ -29,7 +29,7 @@ _BN_NOTE = "onnxruntime evaluates x·s + t in float32: 2.8x torch's error vs flo
 
 def hazards(model: onnx.ModelProto) -> list[dict[str, str]]:
     """The numerical or availability hazards of the norm ops in ``model`` as it is."""
-    from ..lowering.native import _CAPS
+    from ..norms import KINDS
     from .graph import GraphView
 
     g = GraphView(model)
@@ -42,16 +42,12 @@ def hazards(model: onnx.ModelProto) -> list[dict[str, str]]:
             continue
         if domain:
             continue
-        kind = {
-            "GroupNormalization": "group",
-            "InstanceNormalization": "instance",
-            "LayerNormalization": "layer",
-            "RMSNormalization": "rms",
-        }.get(n.op_type)
+        # the kind whose native op this is declares the op's facts (NormKind.native)
+        kind = next((k for k in KINDS.values() if k.native is not None and k.native_op == n.op_type), None)
         if n.op_type == "BatchNormalization":
             out.append({"node": name, "op": n.op_type, "hazard": _BN_NOTE})
         elif kind is not None:
-            cap = _CAPS[kind]
+            cap = kind.native
             if not cap.stable:
                 out.append({"node": name, "op": n.op_type, "hazard": cap.note})
             elif cap.stable_up_to is not None:

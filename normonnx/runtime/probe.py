@@ -66,19 +66,12 @@ def has_kernel(op_type: str, opset: int, dtype: str = "float32", provider: str =
 
     from ..lowering import build_model
     from ..norms import KINDS
-    from ..spec import NormSpec
 
     kind = next((k for k in KINDS.values() if k.native_op == op_type), None)
-    if kind is None:
+    if kind is None or not kind.examples():
         return False
-    specs = {
-        "batch": NormSpec("batch", channels=4, rank=4, running_stats=True, dtype=dtype),
-        "instance": NormSpec("instance", channels=4, rank=4, dtype=dtype),
-        "layer": NormSpec("layer", normalized_shape=(4,), rank=4, dtype=dtype),
-        "group": NormSpec("group", channels=4, groups=2, rank=4, dtype=dtype),
-        "rms": NormSpec("rms", normalized_shape=(4,), rank=4, has_bias=False, dtype=dtype),
-    }
-    spec = specs[kind.name]
+    _, spec, shape = kind.examples()[0]  # a kind's first example is one its native op lowers
+    spec = spec.replace(dtype=dtype)
     params = kind.random_params(spec, np.random.default_rng(0))
     try:
         model = build_model(spec, params, opset, "native", allow_unstable=True)
@@ -98,7 +91,7 @@ def has_kernel(op_type: str, opset: int, dtype: str = "float32", provider: str =
     with tempfile.TemporaryDirectory() as d:
         so.profile_file_prefix = os.path.join(d, "p")
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
-        x = np.ones((2, 4, 3, 4), dtype=helper.tensor_dtype_to_np_dtype(spec.onnx_dtype))
+        x = np.ones(shape, dtype=helper.tensor_dtype_to_np_dtype(spec.onnx_dtype))
         try:
             sess.run(None, {"X": x})
         except Exception:

@@ -306,32 +306,19 @@ def _eps_case(
 
 
 def large_shape(spec: NormSpec, elements: int = 1 << 20) -> tuple[int, ...]:
-    """An input shape with at least ``elements`` per set of statistics, for ``spec``'s kind."""
-    side = 1024
-    if spec.kind in ("layer", "rms") and not spec.channels_first:
-        return (2, elements)
-    if spec.kind == "layer":  # channels-first: statistics over C at each position
-        return (1, elements, 1, 1)
-    if spec.kind == "group":
-        c = spec.channels or 2
-        g = spec.groups or 1
-        hw = max(1, elements * g // c)
-        return (1, c, side, -(-hw // side))
-    if spec.kind == "batch" and not spec.running_stats:
-        return (1, spec.channels or 2, side, -(-elements // side))
-    return (1, spec.channels or 2, side, -(-elements // side))
+    """An input shape with at least ``elements`` per set of statistics, for ``spec``'s kind (the
+    kind declares it: ``NormKind.large_shape``)."""
+    from ..norms import get_kind
+
+    return get_kind(spec.kind).large_shape(spec, elements)
 
 
 def large_spec(kind: str) -> NormSpec:
-    """A representative spec of ``kind`` with few channels so :func:`large_shape` stays ~8 MB."""
-    return {
-        "batch": NormSpec("batch", channels=2, running_stats=False, rank=4),
-        "layer": NormSpec("layer", normalized_shape=(1 << 20,), rank=2),
-        "instance": NormSpec("instance", channels=2, rank=4),
-        "group": NormSpec("group", channels=4, groups=2, rank=4),
-        "rms": NormSpec("rms", normalized_shape=(1 << 20,), has_bias=False, rank=2),
-        "grn": NormSpec("grn", channels=2, channels_first=True, rank=4),
-    }[kind]
+    """A representative spec of ``kind`` with few channels so :func:`large_shape` stays ~8 MB
+    (the kind declares it: ``NormKind.large_spec``)."""
+    from ..norms import get_kind
+
+    return get_kind(kind).large_spec()
 
 
 def measure(
