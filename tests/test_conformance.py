@@ -37,6 +37,8 @@ class Support:
     opset: int
     dtypes: Mapping[str, frozenset[str]]
     low_precision_opset: int = 0
+    #: the last opset it lowers at (a stand-in for a standard op that a later opset defines)
+    max_opset: int | None = None
 
 
 def _on(cpu: set[str], cuda: set[str] | None = None) -> dict[str, frozenset[str]]:
@@ -58,6 +60,10 @@ EXPECTED: dict[tuple[str, str], Support] = {
     ("via_instance", "group"): Support(13, _on({"float32", "float16"}, _F)),
     # exactly the ops the compiled library registers (GRN has no kernel)
     **{("native_kernel", k): _KERNEL for k in ("batch", "layer", "instance", "group", "rms")},
+    # onnxruntime's contrib ops: a --target cuda strategy (float32/float16 kernels), no CPU rows
+    ("contrib", "group"): Support(13, _on(set(), {"float32", "float16"})),
+    ("contrib", "layer"): Support(13, _on(set(), {"float32", "float16"})),
+    ("contrib", "rms"): Support(13, _on(set(), {"float32", "float16"}), max_opset=22),
 }
 #: (strategy, case id) → the case's own entry where it differs from its kind's: a str is a
 #: rejection with that reason fragment wherever the kind's entry would lower it, a Support
@@ -68,7 +74,23 @@ CASE_EXPECTED: dict[tuple[str, str], str | Support] = {
     ("native", "layer-cf-r4-hw1"): "channels-first needs the decomposition",
     # with running statistics an instance norm is emitted as BatchNormalization: its facts
     ("native", "instance-running"): Support(13, _on(_F), low_precision_opset=15),
+    # com.microsoft.GroupNorm: rank 4, an even number of channels per group (read in pairs)
+    ("contrib", "group-gC"): "1 channels per group is odd",
+    ("contrib", "group-c1"): "1 channels per group is odd",
+    ("contrib", "group-r2"): "takes rank-4 inputs, this one is rank 2",
+    ("contrib", "group-r3"): "takes rank-4 inputs, this one is rank 3",
+    ("contrib", "group-r5"): "takes rank-4 inputs, this one is rank 5",
+    # SkipLayerNormalization is the residual form only; no case here has a residual input
+    **{
+        ("contrib", cid): "SkipLayerNormalization needs a residual input"
+        for cid in (
+            *("layer-r3", "layer-r2-b8", "layer-r4-two-axes", "layer-noaffine", "layer-nobias"),
+            *("layer-cf-r4", "layer-cf-r4-hw1"),
+        )
+    },
 }
+#: strategies with no CPU row in the table
+CUDA_ONLY = {st for (st, _), sup in EXPECTED.items()} - {st for (st, _), sup in EXPECTED.items() if sup.dtypes["cpu"]}
 #: the reason fragment of a rejection the library decides (not the table): which kinds it lacks
 _NO_KERNEL = "the native kernel library registers no"
 
@@ -95,6 +117,8 @@ def expected_verdict(
         return f"needs opset >= {entry.opset}"
     if spec.dtype not in entry.dtypes[provider]:
         return f"{spec.dtype} not supported on {provider}"
+    if entry.max_opset is not None and opset > entry.max_opset:
+        return f"opset >= {entry.max_opset + 1}"
     if strategy == "native_kernel" and not kernels.available():
         return "library is not available"
     if isinstance(own, str):
@@ -264,10 +288,12 @@ def test_matrix_covers_every_kind_and_strategy():
     kinds = {spec.kind for _, spec, _ in ALL_CASES}
     assert kinds == set(KINDS)
     for name, s in STRATEGIES.items():
-        valid = [c for c in ALL_CASES if check(c[1], name, 23)]
+        valid = [c for c in ALL_CASES for p in PROVIDERS for o in (18, 23) if check(c[1], name, o, p)]
         assert valid, f"strategy {name} is valid for no conformance case"
         assert set(s.capabilities) <= set(KINDS)
-    assert {c[3] for c in FP32_MATRIX} == set(STRATEGIES)  # every strategy runs numbers somewhere
+    # every strategy with CPU rows runs numbers here; the CUDA-only one (contrib) is run on CPU
+    # through its ops' CPU kernels and cpu_equivalent in tests/optimize/test_contrib.py
+    assert {c[3] for c in FP32_MATRIX} == set(STRATEGIES) - CUDA_ONLY
 
 
 def test_the_comparison_fails_on_a_capability_change():

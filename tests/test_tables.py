@@ -49,6 +49,7 @@ def test_every_provider_and_target_flag_offers_the_table():
                 seen[f"{name} {flag}"] = tuple(a.choices)
     assert set(seen) == {
         "export --target", "optimize --target", "verify --provider", "bisect --provider",
+        "compare --provider",  # bisect under its former name (an alias: the same parser)
         "doctor --provider", "capabilities --provider",
     }  # fmt: skip
     assert set(seen.values()) == {("cpu", "cuda")} == {providers.NAMES}
