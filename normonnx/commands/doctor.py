@@ -110,9 +110,7 @@ def lower_cuda_info() -> dict[str, Any]:
     except Exception as e:
         return {"available": False, "reason": f"{type(e).__name__}: {e}"}
     doc = (mod.__doc__ or "").strip().splitlines()
-    rules = getattr(mod, "RULES", None) or getattr(mod, "LOWERINGS", None) or ()
-    names = [getattr(r, "name", type(r).__name__) for r in rules] if isinstance(rules, (list, tuple)) else []
-    return {"available": True, "summary": doc[0] if doc else "", "rules": names}
+    return {"available": True, "summary": doc[0] if doc else "", "rules": list(mod.RULES)}
 
 
 def collect() -> dict[str, Any]:

@@ -135,6 +135,9 @@ def _float32_param(
 #: taken only with ``allow_unstable`` (like GroupNormalization-21, whose function body forms σ² the
 #: same way, in the capability table)
 UNSTABLE = {"cuda.group_norm": NOTE_GROUP}
+#: the rules :func:`lower_for_cuda` applies, as named in an optimize report's fired/refused counts
+#: (what ``normonnx doctor`` lists)
+RULES = ("cuda.group_norm", "cuda.rms_norm", "cuda.skip_layer_norm")
 
 
 def lower_for_cuda(
