@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from optimize_helpers import RNG, _quiet, check_numbers, model, ops, optimize, refusal, run, torch64_out
+from optimize_helpers import _quiet, check_numbers, model, ops, optimize, refusal, rng, run, torch64_out
 from test_fuse_layer import BETA, GAMMA, ln_text
 
 from normonnx.optimize import optimize_model
@@ -80,7 +80,7 @@ def test_epsilon_outside_the_square_root_refused():
     res = optimize(m)
     assert "outside the square root" in refusal(res, "layer_norm.decomposed")
     assert not res.fired.get("layer_norm.decomposed")
-    check_numbers(res, m, RNG.standard_normal((2, 5, 16)).astype(np.float32))
+    check_numbers(res, m, rng().standard_normal((2, 5, 16)).astype(np.float32))
 
 
 def test_epsilon_zero_outside_the_square_root_is_a_norm():
@@ -116,7 +116,7 @@ def test_shared_gamma_with_another_node_still_fuses_without_touching_it():
     m = model(text, gamma=GAMMA, beta=BETA)
     res = optimize(m)
     assert res.fired.get("layer_norm.affine") == 2, (res.fired, res.refused)
-    x = RNG.standard_normal((2, 5, 16)).astype(np.float32)
+    x = rng().standard_normal((2, 5, 16)).astype(np.float32)
     got, ref = run(res.model, x), run(m, x)
     np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=0)
     np.testing.assert_allclose(got[0], ref[0], atol=1e-5)
@@ -154,10 +154,10 @@ m (float[2,5,16] x) => (float[2,5,16] y) {
         text,
         ones=np.ones(16, np.float32),
         zeros=np.zeros(16, np.float32),
-        s=(0.1 * RNG.standard_normal(16)).astype(np.float32),
+        s=(0.1 * rng().standard_normal(16)).astype(np.float32),
         one=np.array(1.0, np.float32),
-        t=(0.1 * RNG.standard_normal(16)).astype(np.float32),
+        t=(0.1 * rng().standard_normal(16)).astype(np.float32),
     )
     res = optimize(m)
     assert "modulated.record" not in res.fired and res.fired.get("layer_norm.affine") == 2, res.fired
-    check_numbers(res, m, RNG.standard_normal((2, 5, 16)).astype(np.float32))
+    check_numbers(res, m, rng().standard_normal((2, 5, 16)).astype(np.float32))

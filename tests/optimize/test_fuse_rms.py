@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from optimize_helpers import RNG, check_numbers, export, model, ops, optimize, refusal, run, torch64_out
+from optimize_helpers import check_numbers, constants_rng, export, model, ops, optimize, refusal, rng, run, torch64_out
 
 from normonnx.spec import NormSpec
 
-W = (1.0 + 0.25 * RNG.standard_normal(16)).astype(np.float32)
+_CONST = constants_rng("test_fuse_rms")  # import-time constants only; tests draw from rng()
+
+W = (1.0 + 0.25 * _CONST.standard_normal(16)).astype(np.float32)
 SQUARES = {"pow": "two = Constant <value = float {2.0}> ()\n sq = Pow(x, two)", "mul": "sq = Mul(x, x)"}
 INVERSES = {
     "div": "n = Div(x, s)",
@@ -53,7 +55,7 @@ rms ({dtype}[{shape}] x{inputs}) => ({dtype}[{shape}] y{outputs}) {{
 
 
 def x_of(shape=(2, 5, 16), dtype=np.float32) -> np.ndarray:
-    return RNG.standard_normal(shape).astype(dtype)
+    return rng().standard_normal(shape).astype(dtype)
 
 
 @pytest.mark.parametrize("square", ["pow", "mul"])
@@ -109,7 +111,7 @@ def test_scaled_mean_square_rewritten_exactly():
     assert res.fired.get("rms_norm.decomposed") == 1, (res.fired, res.refused)
     proofs = [p.value for n in res.model.graph.node for p in n.metadata_props if p.key == "normonnx.proof"]
     assert proofs and "scaled by 2" in proofs[0]
-    check_numbers(res, m, RNG.standard_normal((2, 5, 16)).astype(np.float32))
+    check_numbers(res, m, rng().standard_normal((2, 5, 16)).astype(np.float32))
 
 
 def test_scale_computed_at_run_time_refused():
@@ -146,7 +148,7 @@ def test_non_trailing_axes_refused():
 
 
 def test_weight_of_wrong_shape_not_absorbed():
-    w = (1 + 0.1 * RNG.standard_normal((5, 1))).astype(np.float32)
+    w = (1 + 0.1 * rng().standard_normal((5, 1))).astype(np.float32)
     m = model(rms_text(), w=w)
     res = optimize(m)
     assert "varies along axis 1" in refusal(res, "rms_norm.affine")

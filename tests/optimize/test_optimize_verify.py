@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from optimize_helpers import RNG, model
+from optimize_helpers import constants_rng, model, rng
 
 from normonnx.errors import InputError
 from normonnx.norms import KINDS
 from normonnx.optimize.verify import float64_reference, input_specs, verify_models
 from normonnx.spec import NormSpec
 
-G = (1 + 0.2 * RNG.standard_normal(16)).astype(np.float32)
-B = (0.2 * RNG.standard_normal(16)).astype(np.float32)
+_CONST = constants_rng("test_optimize_verify")  # import-time constants only; tests draw from rng()
+
+G = (1 + 0.2 * _CONST.standard_normal(16)).astype(np.float32)
+B = (0.2 * _CONST.standard_normal(16)).astype(np.float32)
 
 
 def ln(eps: float, shape: str = "2,5,16") -> str:
@@ -39,7 +41,7 @@ def test_identical_models_pass_with_zero_error():
 def test_float64_reference_computes_statistics_in_float64():
     """stash_type (float32 statistics by default) is promoted too, so offset 1e3 is exact."""
     m = model(ln(1e-5), g=G, b=B)
-    x = (RNG.standard_normal((2, 5, 16)) + 1e3).astype(np.float32)
+    x = (rng().standard_normal((2, 5, 16)) + 1e3).astype(np.float32)
     (y,) = float64_reference(m, {"x": x})
     spec = NormSpec("layer", eps=1e-5, normalized_shape=(16,))
     y64 = KINDS["layer"].reference(spec, x.astype(np.float64), {"weight": G, "bias": B})
