@@ -18,6 +18,7 @@ from optimize_helpers import (
     torch64_out,
     torch_out,
 )
+from strict_tolerances import REWRITE_ATOL
 
 from normonnx.spec import NormSpec
 
@@ -205,7 +206,7 @@ def test_shared_gamma_initializer_still_fuses():
     assert res.fired["layer_norm.affine"] == 2
     x = x_of((2, 5, 16))
     for a, b in zip(run(res.model, x), run(m, x)):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=REWRITE_ATOL)
 
 
 # -- negative: refused, with the reason ----------------------------------------------------------------
@@ -309,8 +310,8 @@ def test_torch_layernorm_exports(exporter, opset):
         assert ops(res.model) == ["LayerNormalization"]
     assert res.passed
     y = run(res.model, x.numpy())[0]
-    np.testing.assert_allclose(y, torch_out(mod, x), atol=1e-5)
-    np.testing.assert_allclose(y, torch64_out(mod, x), atol=1e-5)
+    np.testing.assert_allclose(y, torch_out(mod, x), atol=REWRITE_ATOL)
+    np.testing.assert_allclose(y, torch64_out(mod, x), atol=REWRITE_ATOL)
 
 
 class LayerNorm2d:
@@ -359,4 +360,4 @@ def test_convnext_layernorm2d_exports(exporter, opset):
         assert "Transpose" not in ops(res.model)
         assert res.passed, res.summary()
         y = run(res.model, x.numpy())[0]
-        np.testing.assert_allclose(y, torch64_out(mod, x), atol=1e-5)
+        np.testing.assert_allclose(y, torch64_out(mod, x), atol=REWRITE_ATOL)
