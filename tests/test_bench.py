@@ -5,6 +5,7 @@ ran (the machine is shared); the invariants hold by construction or by orders of
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -14,12 +15,13 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from normonnx import kernels
 from normonnx.bench import ops as bops
 from normonnx.bench import report
 from normonnx.bench.models import norm_node_names, norm_replaced, profile
 from normonnx.bench.timing import measure, measure_isolated, paired_ratio
 from normonnx.cli import main
-from normonnx.lowering import STRATEGIES, check, select
+from normonnx.lowering import select
 from normonnx.lowering.graph import lower_model, make_norm_node
 from normonnx.spec import NormSpec
 from normonnx.verify import tolerance
@@ -52,6 +54,67 @@ OP_ROW_KEYS = {
 }
 
 
+#: the opset a --quick run benchmarks at: normonnx's MAX_OPSET, which onnxruntime 1.32 loads
+QUICK_OPSET = 23
+#: per quick kind at QUICK_OPSET on CPU: the strategies benchmarked (every one whose check accepts,
+#: unstable ones included), the unstable ones among them, and the selector's pick with / without the
+#: compiled kernel library (which is benchmarked only when present)
+EXPECTED_QUICK = {
+    # GroupNormalization-21 and the InstanceNormalization route both form σ² = E[x²] − E[x]²: unstable
+    "group": ({"native", "decomposed", "function", "via_instance"}, {"native", "via_instance"}, "decomposed"),
+    "layer": ({"native", "decomposed", "function"}, set(), "native"),
+    # BatchNormalization is stable but comes last on CPU (KIND_PREFERENCE: fidelity and speed)
+    "batch": ({"native", "decomposed", "function"}, set(), "decomposed"),
+    "instance": ({"native", "decomposed", "function"}, {"native"}, "decomposed"),
+    "rms": ({"native", "decomposed", "function"}, set(), "native"),
+}
+
+#: (kind, dtype, opset, provider) -> the selector's pick (with the compiled library, without it), for
+#: the quick shape's spec (norm cases of 64 elements per group; one layer case of 8192)
+EXPECTED_SELECTION: dict[tuple[str, str, int, str], tuple[str, str]] = {
+    ("group", "float32", 13, "cpu"): ("native_kernel", "decomposed"),
+    ("group", "float32", 23, "cpu"): ("native_kernel", "decomposed"),  # GroupNormalization-21 unstable
+    ("group", "float32", 23, "cuda"): ("decomposed", "decomposed"),  # no compiled kernel on CUDA
+    ("group", "float16", 23, "cpu"): ("decomposed", "decomposed"),  # the kernel is float32 only
+    ("layer", "float32", 13, "cpu"): ("native_kernel", "decomposed"),  # before LayerNormalization-17
+    ("layer", "float32", 17, "cpu"): ("native_kernel", "native"),
+    ("layer", "float32", 13, "cuda"): ("decomposed", "decomposed"),
+    ("layer", "float32", 17, "cuda"): ("native", "native"),
+    ("layer", "float16", 23, "cpu"): ("native", "native"),
+    ("layer", "bfloat16", 23, "cpu"): ("native", "native"),
+    ("layer8192", "float32", 23, "cpu"): ("native_kernel", "decomposed"),  # past stable_up_to=4096
+    ("layer8192", "float32", 23, "cuda"): ("decomposed", "decomposed"),
+    ("batch", "float32", 23, "cpu"): ("native_kernel", "decomposed"),  # BatchNormalization last on CPU
+    ("batch", "float32", 13, "cuda"): ("native", "native"),
+    ("instance", "float32", 23, "cpu"): ("native_kernel", "decomposed"),  # InstanceNormalization unstable
+    ("instance", "float32", 23, "cuda"): ("decomposed", "decomposed"),
+    ("rms", "float32", 21, "cpu"): ("native_kernel", "decomposed"),  # before RMSNormalization-23
+    ("rms", "float32", 23, "cpu"): ("native_kernel", "native"),
+    ("rms", "float32", 21, "cuda"): ("decomposed", "decomposed"),
+    ("rms", "float32", 23, "cuda"): ("native", "native"),
+    ("rms", "bfloat16", 23, "cpu"): ("decomposed", "decomposed"),  # no bfloat16 RMSNormalization on CPU
+    ("rms", "bfloat16", 23, "cuda"): ("native", "native"),
+}
+
+
+def _selection_spec(kind: str, dtype: str) -> NormSpec:
+    if kind == "layer8192":
+        return NormSpec("layer", normalized_shape=(8192,), rank=3, dtype=dtype)
+    return dataclasses.replace(bops.spec_for(kind, bops.QUICK_SHAPES[kind][0]), dtype=dtype)
+
+
+@pytest.mark.parametrize("library", [True, False], ids=["with_library", "without_library"])
+@pytest.mark.parametrize("case", list(EXPECTED_SELECTION), ids=lambda c: "-".join(map(str, c)))
+def test_selector_picks_the_expected_strategy(case, library, monkeypatch):
+    if not library:
+        monkeypatch.setenv("NORMONNX_DISABLE_KERNELS", "1")
+    elif not kernels.available():
+        pytest.skip(f"native kernel library not available: {kernels.unavailable_reason()}")
+    kind, dtype, opset, provider = case
+    expected = EXPECTED_SELECTION[case][0 if library else 1]
+    assert select(_selection_spec(kind, dtype), opset, provider).strategy == expected
+
+
 @pytest.fixture(scope="module")
 def quick_doc(tmp_path_factory):
     """One `normonnx bench ops --quick` run over every kind, through the CLI."""
@@ -80,17 +143,20 @@ def test_quick_ops_schema(quick_doc):
     groups = _groups(doc["ops"])
     # one group per quick shape of every kind
     assert sorted(groups) == sorted((k, tuple(s)) for k, shapes in bops.QUICK_SHAPES.items() for s in shapes)
+    library = kernels.available()
     for (kind, shape), cands in groups.items():
-        opset = next(iter(cands.values()))["opset"]
-        spec = bops.spec_for(kind, shape)
-        expected = {n for n in STRATEGIES if check(spec, n, opset, "cpu", allow_unstable=True)}
-        assert {r["strategy"] for r in cands.values() if r["strategy"]} == expected, kind
+        assert {r["opset"] for r in cands.values()} == {QUICK_OPSET}
+        strategies, unstable, selected = EXPECTED_QUICK[kind]
+        if library:  # the compiled kernel (stable) is benchmarked, and chosen, where it is built
+            strategies, selected = strategies | {"native_kernel"}, "native_kernel"
+        assert {r["strategy"] for r in cands.values() if r["strategy"]} == strategies, kind
+        assert {r["strategy"] for r in cands.values() if r["strategy"] and not r["stable"]} == unstable, kind
         assert {bops.COPY_NUMPY, bops.COPY_ORT, bops.TORCH} <= set(cands)
         for r in cands.values():
             assert set(r) == OP_ROW_KEYS or r["error"], (kind, r["candidate"], set(r) ^ OP_ROW_KEYS)
             assert r["bytes"] == 4 * math.prod(shape)
         # exactly the selector's choice is flagged
-        assert [r["strategy"] for r in cands.values() if r["selected"]] == [select(spec, opset, "cpu").strategy]
+        assert [r["strategy"] for r in cands.values() if r["selected"]] == [selected], kind
 
 
 def test_ratios_finite_positive_and_consistent(quick_doc):

@@ -16,12 +16,14 @@ from tiny_models import all_norms, all_norms_training  # tests/data is on pytest
 
 from normonnx import io as nio
 from normonnx import kernels
+from normonnx.compare import tolerance
 from normonnx.errors import ExportError, InputError
 from normonnx.exporter import choose_opset, export
 from normonnx.lowering.graph import recorded_lowerings
 from normonnx.runtime import session
 from normonnx.spec import NormSpec
 
+F32 = tolerance("float32")
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 KINDS_IN_MODEL = {"batch", "group", "instance", "layer", "rms"}
 
@@ -57,7 +59,7 @@ def test_every_norm_lowered_and_equivalent(model, opset, tmp_path):
         with torch.no_grad():
             expected = model(x).numpy()
         assert y.shape == expected.shape
-        np.testing.assert_allclose(y, expected, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(y, expected, atol=F32.atol, rtol=F32.rtol)
 
 
 def test_default_opset_is_the_best_valid_not_the_newest(model, tmp_path):
@@ -121,7 +123,7 @@ def test_track_running_stats_false_and_instance_running_stats_use_eval_semantics
     assert "_rs_" not in specs["batch"] and "_rs_" in specs["instance"]
     (y,) = session(res.path, optimize=False).run([x.numpy()])
     with torch.no_grad():
-        np.testing.assert_allclose(y, m(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(y, m(x).numpy(), atol=F32.atol)
 
 
 def test_wrong_input_shape_is_an_input_error_and_the_previous_file_is_kept(model, tmp_path):
@@ -158,7 +160,7 @@ def test_external_data_round_trip(model, tmp_path):
     assert re.fullmatch(r"ext\.onnx\.[0-9a-f]{8}\.data", os.path.basename(data)) and os.path.getsize(data) > 0
     (y,) = session(res.path, optimize=False).run([X.numpy()])
     with torch.no_grad():
-        np.testing.assert_allclose(y, model(X).numpy(), atol=1e-4)
+        np.testing.assert_allclose(y, model(X).numpy(), atol=F32.atol)
 
 
 def test_standalone_batchnorm_at_large_running_mean(tmp_path):

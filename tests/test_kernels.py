@@ -27,6 +27,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from strict_tolerances import (
+    FLOAT64_STATS_ATOL,
+    ISA_ATOL,
+    ISA_RTOL,
+    KERNEL_MAX_ABS,
+    SILU_LIMITS_TOL,
+    ZERO_VARIANCE_RTOL,
+    ZERO_VARIANCE_SILU,
+)
 
 import normonnx
 from normonnx import kernels
@@ -159,7 +168,7 @@ def test_lower_model_emits_loadable_kernel_nodes(tmp_path):
     onnx.checker.check_model(lowered, full_check=True)
     y, ops = run_profiled(lowered, x, tmp_path, custom_ops=True)
     assert ops == ["GroupNorm"]
-    np.testing.assert_allclose(y, _ref32(spec, x, params), atol=1e-5)
+    np.testing.assert_allclose(y, _ref32(spec, x, params), atol=FLOAT64_STATS_ATOL)
 
 
 @needs_lib
@@ -194,7 +203,7 @@ def test_same_file_runs_with_and_without_library(case, tmp_path):
         assert y.dtype == np.float32 and y.shape == ref.shape
         np.testing.assert_allclose(y, ref, atol=tol.atol, rtol=tol.rtol)
     np.testing.assert_allclose(y_nk, y_fn, atol=tol.atol, rtol=tol.rtol)
-    assert float(np.abs(y_nk - ref).max()) < 2e-6  # ~ulp-level, far inside the tolerance
+    assert float(np.abs(y_nk - ref).max()) < KERNEL_MAX_ABS  # ~ulp-level, far inside the tolerance
 
 
 @needs_lib
@@ -203,7 +212,7 @@ def test_kernel_survives_onnxruntime_graph_optimizations(tmp_path):
     params, x = _inputs(spec, shape)
     y, ops = run_profiled(_build_native(spec, params), x, tmp_path, custom_ops=True, optimize=True)
     assert "LayerNorm" in ops
-    np.testing.assert_allclose(y, _ref32(spec, x, params), atol=1e-5)
+    np.testing.assert_allclose(y, _ref32(spec, x, params), atol=FLOAT64_STATS_ATOL)
 
 
 @needs_lib
@@ -229,7 +238,7 @@ def test_stress_at_least_as_accurate_as_torch(case, stress):
     err, terr, _, _ = measure(spec, shape, stress, "native_kernel", opset=OPSET)
     assert err <= 2 * max(terr, FLOOR), f"{err:.3g} vs torch {terr:.3g}"  # the "stable" bound of base.Capability
     if stress == "offset":  # where accuracy is at stake: strictly better than torch fp32 (measured 25-300x)
-        assert err <= terr and err < 2e-6, f"{err:.3g} vs torch {terr:.3g}"
+        assert err <= terr and err < KERNEL_MAX_ABS, f"{err:.3g} vs torch {terr:.3g}"
 
 
 LARGE = {kind: large_spec(kind) for kind in ("batch", "layer", "instance", "group", "rms")}  # the library's kinds
@@ -246,7 +255,7 @@ def test_million_element_groups(case, stress):
     shape = large_shape(spec)
     err, terr, _, _ = measure(spec, shape, stress, "native_kernel", opset=OPSET)
     assert err <= 2 * max(terr, FLOOR), f"{shape}: {err:.3g} vs torch {terr:.3g}"
-    assert err < 2e-6, f"{shape}: {err:.3g}"
+    assert err < KERNEL_MAX_ABS, f"{shape}: {err:.3g}"
     if stress == "offset" and spec.kind != "rms":  # rms has no mean to lose: equal to torch there
         assert err <= terr
 
@@ -260,9 +269,9 @@ def test_zero_variance_gives_exactly_bias(case, tmp_path):
     y, _ = run_profiled(_build_native(spec, params), x, tmp_path, custom_ops=True)
     expected = _ref32(spec, x, params)  # β broadcast (SiLU(β) when fused; 0 without bias)
     if spec.kind == "rms":  # no mean subtracted: x / √(x² + ε) · γ
-        np.testing.assert_allclose(y, expected, rtol=2e-7, atol=0)
+        np.testing.assert_allclose(y, expected, rtol=ZERO_VARIANCE_RTOL, atol=0)
     elif spec.activation:
-        np.testing.assert_allclose(y, expected, rtol=3e-7, atol=1e-7)
+        np.testing.assert_allclose(y, expected, rtol=ZERO_VARIANCE_SILU[0], atol=ZERO_VARIANCE_SILU[1])
     else:
         np.testing.assert_array_equal(y, expected.astype(np.float32))  # x − μ is exactly 0
 
@@ -293,8 +302,8 @@ def test_portable_loops_match_the_avx2_ones(case, monkeypatch, tmp_path):
     y_generic, ops = run_profiled(m, x, tmp_path, custom_ops=True)
     assert KINDS[spec.kind].normonnx_op in ops
     ref = _ref32(spec, x, params)
-    assert float(np.abs(y_generic - ref).max()) < 2e-6
-    np.testing.assert_allclose(y_generic, y_default, atol=2e-6, rtol=1e-6)
+    assert float(np.abs(y_generic - ref).max()) < KERNEL_MAX_ABS
+    np.testing.assert_allclose(y_generic, y_default, atol=ISA_ATOL, rtol=ISA_RTOL)
 
 
 @needs_lib
@@ -307,7 +316,7 @@ def test_silu_extremes_are_finite_and_exact_in_the_limits(tmp_path):
     assert np.isfinite(y).all()
     with np.errstate(over="ignore"):  # the float64 reference's own e^(1e4)
         ref = _ref32(spec, x, params)
-    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y, ref, rtol=SILU_LIMITS_TOL, atol=SILU_LIMITS_TOL)
 
 
 # -- bad cases -----------------------------------------------------------------------------------------
@@ -323,7 +332,9 @@ def test_unsupported_dtype_falls_back_to_function_body(tmp_path):
     # the library IS registered (the model contains normonnx ops), yet the fp16 body runs
     y, ops = run_profiled(m, x.astype(np.float16), tmp_path, custom_ops=True)
     assert "GroupNorm" not in ops and "ReduceMean" in ops
-    np.testing.assert_allclose(y.astype(np.float64), _ref32(spec, x.astype(np.float16), params), atol=1e-2)
+    np.testing.assert_allclose(
+        y.astype(np.float64), _ref32(spec, x.astype(np.float16), params), atol=tolerance("float16").atol
+    )
 
 
 @needs_lib
@@ -398,7 +409,7 @@ def test_library_disabled_gives_reasons_and_function_bodies(monkeypatch, tmp_pat
     if model is not None:  # a file made with the library still runs without it: the function bodies
         y, ops = run_profiled(model, x, tmp_path, custom_ops=True)
         assert "RMSNorm" not in ops
-        np.testing.assert_allclose(y, _ref32(spec, x, params), atol=1e-5)
+        np.testing.assert_allclose(y, _ref32(spec, x, params), atol=FLOAT64_STATS_ATOL)
 
 
 def test_unloadable_library_is_reported(monkeypatch, tmp_path):

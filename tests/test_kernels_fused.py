@@ -16,6 +16,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+from strict_tolerances import FUSED_ATOL, ISA_ATOL, ISA_RTOL, KERNEL_MAX_ABS, ZERO_VARIANCE_RTOL
 
 import normonnx
 from normonnx import kernels
@@ -156,7 +157,7 @@ def test_every_strategy_lowers_the_fused_forms(case, strategy, tmp_path):
     m = _model(spec, params, strategy)
     onnx.checker.check_model(m)
     outs, ops = _run(m, feeds, tmp_path, custom_ops=False)
-    np.testing.assert_allclose(outs[0], _reference(spec, feeds, params), atol=3e-6, rtol=0)
+    np.testing.assert_allclose(outs[0], _reference(spec, feeds, params), atol=FUSED_ATOL, rtol=0)
     if spec.residual:
         np.testing.assert_array_equal(outs[1], feeds["X"] + feeds["R"])
     if strategy == "native":
@@ -178,8 +179,8 @@ def test_kernel_runs_and_matches_the_portable_body(case, with_sum, tmp_path):
     body, body_ops = _run(m, feeds, tmp_path, custom_ops=False)
     assert KINDS[spec.kind].normonnx_op not in body_ops  # without the library: the function body
     ref = _reference(spec, feeds, params)
-    assert float(np.abs(outs[0] - ref).max()) < 2e-6
-    np.testing.assert_allclose(outs[0], body[0], atol=3e-6, rtol=0)
+    assert float(np.abs(outs[0] - ref).max()) < KERNEL_MAX_ABS
+    np.testing.assert_allclose(outs[0], body[0], atol=FUSED_ATOL, rtol=0)
     assert len(outs) == (2 if spec.residual and with_sum else 1)
     if spec.residual and with_sum:
         np.testing.assert_array_equal(outs[1], feeds["X"] + feeds["R"])  # bitwise the float32 Add
@@ -211,7 +212,7 @@ def test_zero_variance_gives_exactly_bias_or_shift(case, tmp_path):
     (y, *_), _ = _run(_model(spec, params, "native_kernel", with_sum=False), feeds, tmp_path)
     ref = _reference(spec, feeds, params)
     if spec.kind == "rms":  # no mean subtracted: x / √(x² + ε)·γ
-        np.testing.assert_allclose(y, ref, rtol=2e-7, atol=0)
+        np.testing.assert_allclose(y, ref, rtol=ZERO_VARIANCE_RTOL, atol=0)
     else:  # x − μ is exactly 0: β, 0, or shift (0·(1 + scale) + shift)
         np.testing.assert_array_equal(y, ref.astype(np.float32))
 
@@ -254,7 +255,7 @@ def test_deterministic_across_thread_counts_and_isas(monkeypatch, tmp_path):
     np.testing.assert_array_equal(y1[0], y2[0])
     monkeypatch.setenv("NORMONNX_KERNELS_ISA", "generic")
     yg, _ = _run(m, feeds, tmp_path)
-    np.testing.assert_allclose(yg[0], y1[0], atol=2e-6, rtol=1e-6)
+    np.testing.assert_allclose(yg[0], y1[0], atol=ISA_ATOL, rtol=ISA_RTOL)
     np.testing.assert_array_equal(yg[1], y1[1])
 
 
@@ -294,4 +295,4 @@ def test_native_lowering_survives_onnxruntime_graph_optimizations(tmp_path):
     assert len(ln.input) == 2
     feeds = _operands(spec, _shape(spec))
     (y,) = normonnx.session(m, threads=2, optimize=True).run(feeds)
-    np.testing.assert_allclose(y, _reference(spec, feeds, {}), atol=3e-6, rtol=0)
+    np.testing.assert_allclose(y, _reference(spec, feeds, {}), atol=FUSED_ATOL, rtol=0)

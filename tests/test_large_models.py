@@ -19,9 +19,11 @@ import torch
 
 from normonnx import external
 from normonnx import io as nio
+from normonnx.compare import tolerance
 from normonnx.exporter import export
 from normonnx.runtime import session
 
+F32 = tolerance("float32")
 D = 256  # a 256x256 float32 weight is 256 KiB: above external.INLINE_MAX, so it is staged
 
 
@@ -76,12 +78,12 @@ def test_forced_external_export_is_one_data_file_of_references_and_matches_torch
     big = [t for t in proto.graph.initializer if np.prod(t.dims) * 4 > external.ALIGN_MIN // 8]
     assert len(big) == 3  # the three Linear weights
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
-    np.testing.assert_allclose(run(tmp_path / "m.onnx", x), reference(m, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run(tmp_path / "m.onnx", x), reference(m, x), rtol=F32.rtol, atol=F32.atol)
 
     from normonnx.verify.api import verify
 
     report = verify(m, tmp_path / "m.onnx", (x,), n_samples=1)
-    assert report.passed and report.max_abs < 1e-4
+    assert report.passed and report.max_abs < F32.atol
 
 
 def test_optimize_keeps_external_weights_on_disk_and_save_copies_them(model, tmp_path):
@@ -106,7 +108,7 @@ def test_optimize_keeps_external_weights_on_disk_and_save_copies_them(model, tmp
     assert not any(external.is_external(t) for t in inline.graph.initializer)
     ref = reference(m, x)
     for p in (out, tmp_path / "out" / "inline.onnx"):
-        np.testing.assert_allclose(run(p, x), ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(run(p, x), ref, rtol=F32.rtol, atol=F32.atol)
 
 
 def test_staged_export_written_inline_streams_the_weights(model, tmp_path, monkeypatch):
@@ -119,7 +121,7 @@ def test_staged_export_written_inline_streams_the_weights(model, tmp_path, monke
     assert os.listdir(tmp_path) == ["m.onnx"]
     proto = onnx.load(tmp_path / "m.onnx")
     assert not any(external.is_external(t) for t in proto.graph.initializer)
-    np.testing.assert_allclose(run(tmp_path / "m.onnx", x), reference(m, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run(tmp_path / "m.onnx", x), reference(m, x), rtol=F32.rtol, atol=F32.atol)
 
 
 def test_every_constant_external_still_fuses_and_matches(model, tmp_path, monkeypatch):
@@ -129,7 +131,7 @@ def test_every_constant_external_still_fuses_and_matches(model, tmp_path, monkey
     res = export(m, (x,), tmp_path / "m.onnx", external_data=True)
     assert res.fired.get("rms_norm.decomposed") == 1
     assert res.strategies == {"layer:native_kernel": 3, "rms:native_kernel": 1}
-    np.testing.assert_allclose(run(tmp_path / "m.onnx", x), reference(m, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run(tmp_path / "m.onnx", x), reference(m, x), rtol=F32.rtol, atol=F32.atol)
 
 
 def test_external_array_is_the_tensor_and_copy_on_write(tmp_path):

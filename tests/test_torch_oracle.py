@@ -81,6 +81,11 @@ def test_rms_default_eps_is_torch_finfo_eps():
     assert spec.eps == float(torch.finfo(torch.float32).eps)
 
 
+#: stricter than the table's float32 atol (1e-4): a 6-channel normalisation sums 6 terms, so torch and
+#: onnxruntime differ by a few ulps; the table's headroom is for long reductions
+CHANNELS_FIRST_ATOL = 2e-5
+
+
 def test_channels_first_layernorm_matches_permute_form(ort_run):
     """ConvNeXt's LayerNorm2d: permute → layer_norm over C → permute back."""
     c = 6
@@ -92,4 +97,4 @@ def test_channels_first_layernorm_matches_permute_form(ort_run):
     spec = spec.replace(channels_first=True)
     for strategy in ("decomposed", "function"):
         (y,) = ort_run(build_model(spec, params, 18, strategy), {"X": x.numpy()})
-        np.testing.assert_allclose(y, expected, atol=2e-5, err_msg=strategy)
+        np.testing.assert_allclose(y, expected, atol=CHANNELS_FIRST_ATOL, err_msg=strategy)

@@ -16,6 +16,9 @@ from normonnx.exporter import export
 
 HAND = [n for n, e in models.MODELS.items() if e.hand_written]
 #: modules convert must refuse, per model: (path, words of the reason)
+#: a converted model against the original, both torch float32: the same formulas (a swap is refused
+#: when it is not), so only rounding order differs; far inside the table's float32 entry
+CONVERT_REL = 1e-6
 REFUSED = {"tutorial_gn": {"blocks.2.norm": "differs by"}}
 
 
@@ -43,7 +46,7 @@ def test_convert_keeps_outputs_and_exports_one_node_per_norm(name, tmp_path):
     assert set(converted.state_dict()) == set(model.state_dict())
     with torch.no_grad():
         for args in (entry.example_inputs(), entry.second_size_inputs()):
-            assert _rel(model(*args), converted(*args)) <= 1e-6
+            assert _rel(model(*args), converted(*args)) <= CONVERT_REL
     res = export(converted, entry.example_inputs(), tmp_path / "c.onnx", dynamic=entry.dynamic_axes)
     norms = Counter(r.kind for r in res.lowerings)
     # an eval BatchNorm folded into its conv is still one norm of expected_norms (exporter's choice)

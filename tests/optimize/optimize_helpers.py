@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import warnings
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,7 +20,28 @@ from normonnx.runtime import session
 from normonnx.spec import NormSpec
 from normonnx.verify import compare_arrays, tolerance
 
-RNG = np.random.default_rng(1234)
+
+def seed_for(key: str) -> int:
+    """A stable seed from a name (CRC-32: the same on every run and platform, unlike ``hash``)."""
+    return zlib.crc32(key.encode())
+
+
+_TEST_RNG: list[np.random.Generator] = []
+
+
+def rng() -> np.random.Generator:
+    """This test's own generator, seeded from its node id by the autouse fixture in conftest.py, so a
+    test's data do not depend on which tests were collected or ran before it (one shared
+    module-level generator made them do). Module constants use :func:`constants_rng` instead."""
+    if not _TEST_RNG:
+        raise RuntimeError("rng() is per test; a module-level constant takes constants_rng('<module>')")
+    return _TEST_RNG[-1]
+
+
+def constants_rng(module: str) -> np.random.Generator:
+    """A generator for one module's import-time constants only: seeded from the module's name, so the
+    constants are the same whichever other test files are collected."""
+    return np.random.default_rng(seed_for(module))
 
 
 def model(text: str, check: bool = True, **initializers: np.ndarray) -> onnx.ModelProto:
@@ -134,7 +156,7 @@ def torch64_out(module, x) -> np.ndarray:
 
 
 def ones_like_params(spec: NormSpec) -> dict[str, np.ndarray]:
-    return KINDS[spec.kind].random_params(spec, RNG)
+    return KINDS[spec.kind].random_params(spec, rng())
 
 
 def vi(name: str, elem: int, shape: list[int | str]) -> onnx.ValueInfoProto:

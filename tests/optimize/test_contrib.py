@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import helper, numpy_helper
-from optimize_helpers import RNG, assert_close, model, ops, refusal, run
+from optimize_helpers import assert_close, constants_rng, model, ops, refusal, rng, run
 from optimize_helpers import optimize as _optimize
 from test_fuse_group import BETA, GAMMA, SPEC, inits, via_instance_text
 from test_fuse_rms import W, rms_text
@@ -18,6 +18,8 @@ from normonnx.lowering import select
 from normonnx.lowering.contrib import cpu_equivalent
 from normonnx.norms import KINDS
 from normonnx.spec import NormSpec
+
+_CONST = constants_rng("test_lower_cuda")  # import-time constants only; tests draw from rng()
 
 
 def attrs(node):
@@ -61,7 +63,7 @@ def test_groupnorm_silu_becomes_contrib_groupnorm_nhwc():
     assert any(o.domain == "com.microsoft" for o in res.model.opset_import)
     assert [(r["kind"], r["strategy"]) for r in res.lowerings] == [("group", "contrib")]
     assert res.passed and "verified on CPU" in res.verification.note
-    x = RNG.standard_normal((2, 8, 5, 6)).astype(np.float32)
+    x = rng().standard_normal((2, 8, 5, 6)).astype(np.float32)
     y = run(cpu_equivalent(res.model), x)[0]
     y64 = KINDS["group"].reference(SPEC.replace(activation="silu"), x, {"weight": GAMMA, "bias": BETA})
     assert_close(y, y64, "group", "cpu equivalent vs float64")
@@ -80,7 +82,7 @@ def test_fp16_groupnorm_gets_float32_gamma():
     inits_ = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     assert inits_[gn.input[1]].dtype == np.float32
     np.testing.assert_array_equal(inits_[gn.input[1]], g16.astype(np.float32))  # converted exactly
-    x = RNG.standard_normal((2, 8, 5, 6)).astype(np.float16)
+    x = rng().standard_normal((2, 8, 5, 6)).astype(np.float16)
     y = run(cpu_equivalent(res.model), x)[0]
     assert y.dtype == np.float16
     y64 = KINDS["group"].reference(SPEC.replace(dtype="float16"), x, {"weight": g16, "bias": b16})
@@ -119,7 +121,7 @@ def test_rms_becomes_simplified_layernormalization():
     assert ops(res.model) == ["SimplifiedLayerNormalization"]
     a = attrs(res.model.graph.node[0])
     assert a["axis"] == -1 and np.isclose(a["epsilon"], 1e-6) and a["stash_type"] == 1
-    x = RNG.standard_normal((2, 5, 16)).astype(np.float32)
+    x = rng().standard_normal((2, 5, 16)).astype(np.float32)
     y64 = KINDS["rms"].reference(NormSpec("rms", eps=1e-6, normalized_shape=(16,), has_bias=False), x, {"weight": W})
     assert_close(run(res.model, x)[0], y64, "rms", "SimplifiedLayerNormalization (CPU kernel) vs float64")
 
@@ -136,8 +138,8 @@ def test_rms_over_4096_elements_refused():
 
 
 # -- residual Add + LayerNorm → com.microsoft.SkipLayerNormalization (CPU has the kernel: run as is) ----------
-SKIP_G = RNG.standard_normal(16).astype(np.float32)
-SKIP_B = RNG.standard_normal(16).astype(np.float32)
+SKIP_G = _CONST.standard_normal(16).astype(np.float32)
+SKIP_B = _CONST.standard_normal(16).astype(np.float32)
 
 
 def skip_text(skip_shape="2,5,16", axis=-1, residual=False) -> str:
@@ -165,7 +167,7 @@ def test_residual_add_and_layernorm_become_skiplayernormalization():
     assert np.isclose(attrs(node)["epsilon"], 1e-5) and res.fired["residual.layer"] == 1
     assert [(r["kind"], r["strategy"]) for r in res.lowerings] == [("layer", "contrib")]
     assert res.passed  # verified against the original on onnxruntime CPU, which has the kernel
-    x, r = (RNG.standard_normal((2, 5, 16)).astype(np.float32) for _ in range(2))
+    x, r = (rng().standard_normal((2, 5, 16)).astype(np.float32) for _ in range(2))
     (y,) = run(res.model, x, r)
     assert_close(y, _ln64(x + r.astype(np.float64)), "layer", "SkipLayerNormalization vs float64")
 
@@ -177,7 +179,7 @@ def test_residual_stream_reads_the_fourth_output():
     skip, add = res.model.graph.node
     assert list(skip.output) == ["y", "", "", "s"] and list(add.input) == ["s", "y"]
     assert res.passed
-    x, r = (RNG.standard_normal((2, 5, 16)).astype(np.float32) for _ in range(2))
+    x, r = (rng().standard_normal((2, 5, 16)).astype(np.float32) for _ in range(2))
     y, z = run(res.model, x, r)
     s64 = x.astype(np.float64) + r
     assert_close(y, _ln64(s64), "layer", "y")
@@ -193,7 +195,7 @@ def test_broadcasting_residual_is_refused():
 
 
 def test_two_trailing_axes_are_refused():
-    g2, b2 = RNG.standard_normal((5, 16)).astype(np.float32), RNG.standard_normal((5, 16)).astype(np.float32)
+    g2, b2 = rng().standard_normal((5, 16)).astype(np.float32), rng().standard_normal((5, 16)).astype(np.float32)
     res = optimize(model(skip_text(axis=-2), gamma=g2, beta=b2), target="cuda", allow_unstable=True)
     assert "com.microsoft.SkipLayerNormalization" not in ops(res.model)
     assert "normalises 2 trailing axes" in rejection(res)

@@ -9,15 +9,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from optimize_helpers import RNG, assert_close, ops, optimize, refusal, run
+from optimize_helpers import assert_close, constants_rng, ops, optimize, refusal, rng, run
 
 from normonnx.norms import KINDS
 from normonnx.spec import NormSpec
 
+_CONST = constants_rng("test_fuse_residual")  # import-time constants only; tests draw from rng()
+
 F = TensorProto.FLOAT
 C = 16
-W = (1.0 + 0.25 * RNG.standard_normal(C)).astype(np.float32)
-B = (0.25 * RNG.standard_normal(C)).astype(np.float32)
+W = (1.0 + 0.25 * _CONST.standard_normal(C)).astype(np.float32)
+B = (0.25 * _CONST.standard_normal(C)).astype(np.float32)
 
 
 def norm(op: str, x: str, y: str, *params: str) -> list[onnx.NodeProto]:
@@ -59,7 +61,7 @@ X3 = [2, 5, C]
 
 def feeds(m: onnx.ModelProto) -> list[np.ndarray]:
     shapes = {i.name: [d.dim_value or 2 for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
-    return [(RNG.standard_normal(s) * 2 + 3).astype(np.float32) for s in shapes.values()]
+    return [(rng().standard_normal(s) * 2 + 3).astype(np.float32) for s in shapes.values()]
 
 
 def fused(res) -> dict[str, int]:
@@ -243,7 +245,7 @@ def modulated(scale_shape, *, residual=False, const_scale=False) -> onnx.ModelPr
     inputs = [("x", X3)] + ([("r", X3)] if residual else [])
     inits = {}
     if const_scale:
-        inits["scale"] = 0.1 * RNG.standard_normal(scale_shape)
+        inits["scale"] = 0.1 * rng().standard_normal(scale_shape)
     else:
         inputs.append(("scale", scale_shape))
     inputs.append(("shift", scale_shape))

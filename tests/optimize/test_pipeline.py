@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 from optimize_helpers import _quiet
+from strict_tolerances import REWRITE_ATOL
 
 import models
 from normonnx.exporter import export
@@ -47,7 +48,7 @@ def test_export_equals_torch_export_then_optimize(name, tmp_path):
     feed = {i.name: t.numpy() for i, t in zip(ours.graph.input, x)}
     a = session(ours).run(feed)[0]
     b = session(opt.model).run({i.name: t.numpy() for i, t in zip(opt.model.graph.input, x)})[0]
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(a, b, atol=REWRITE_ATOL, rtol=REWRITE_ATOL)
     # what fired is recorded in the file
     assert recorded(ours)["fired"] == res.fired and recorded_lowerings(ours)
 

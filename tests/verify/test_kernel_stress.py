@@ -36,6 +36,10 @@ def _errors(spec, shape, stress, strategy, seed=0):
 
 # an absolute floor (~1 ulp at unit scale) so "2× torch" is not a bound of 0 when torch is exact
 FLOOR = 1e-7
+#: stricter than the table's float32 atol (1e-4, for unit-scale outputs with reduction-order noise):
+#: a constant input has x − μ = 0, so y = β up to μ's rounding times 1/√ε (≈ 316 at ε = 1e-5); an
+#: error near 1e-4 is that amplification, the instability this test is for
+CONSTANT_INPUT_ATOL = 1e-5
 
 
 @pytest.mark.parametrize("stress", ["offset", "tiny_scale", "normal"])
@@ -70,7 +74,7 @@ def test_zero_variance_gives_bias(case):
         assert np.isfinite(y).all(), name
         kind = KINDS[spec.kind]
         expected = kind.reference(spec, np.full(shape, 3.25), params)  # = β broadcast (or 0)
-        np.testing.assert_allclose(y, expected, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(y, expected, atol=CONSTANT_INPUT_ATOL, err_msg=name)
 
 
 UNSTABLE = [

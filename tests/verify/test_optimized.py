@@ -12,10 +12,20 @@ from normonnx.spec import NormSpec
 from normonnx.verify.bisect import verify_models
 from normonnx.verify.float64 import float64_reference
 from normonnx.verify.inputs import input_specs
-from tests.optimize.optimize_helpers import RNG, model
+from tests.optimize.optimize_helpers import _TEST_RNG, constants_rng, model, rng, seed_for
 
-G = (1 + 0.2 * RNG.standard_normal(16)).astype(np.float32)
-B = (0.2 * RNG.standard_normal(16)).astype(np.float32)
+
+@pytest.fixture(autouse=True)
+def _rng_per_test(request):
+    """rng(): this test's own generator, seeded from its node id (as in tests/optimize/conftest.py)."""
+    _TEST_RNG.append(np.random.default_rng(seed_for(request.node.nodeid)))
+    yield
+    _TEST_RNG.pop()
+
+_CONST = constants_rng("test_optimize_verify")  # import-time constants only; tests draw from rng()
+
+G = (1 + 0.2 * _CONST.standard_normal(16)).astype(np.float32)
+B = (0.2 * _CONST.standard_normal(16)).astype(np.float32)
 
 
 def ln(eps: float, shape: str = "2,5,16") -> str:
@@ -41,7 +51,7 @@ def test_identical_models_pass_with_zero_error():
 def test_float64_reference_computes_statistics_in_float64():
     """stash_type (float32 statistics by default) is promoted too, so offset 1e3 is exact."""
     m = model(ln(1e-5), g=G, b=B)
-    x = (RNG.standard_normal((2, 5, 16)) + 1e3).astype(np.float32)
+    x = (rng().standard_normal((2, 5, 16)) + 1e3).astype(np.float32)
     (y,) = float64_reference(m, {"x": x})
     spec = NormSpec("layer", eps=1e-5, normalized_shape=(16,))
     y64 = KINDS["layer"].reference(spec, x.astype(np.float64), {"weight": G, "bias": B})
