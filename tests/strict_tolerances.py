@@ -1,6 +1,6 @@
 """Bounds some tests hold stricter than normonnx's tolerance table, each with the reason.
 
-The table (``normonnx.compare.tolerance``) is the default for any norm output from any strategy:
+The table (``normonnx.verify.tolerance``) is the default for any norm output from any strategy:
 float32 gets ``1e-4 + 1e-4·|y|``, headroom for onnxruntime's float32-accumulating kernels over long
 reductions. A test that knows more about the computation — statistics kept in float64, a graph
 rewrite that must not change what the unfused graph computes, an exact identity — holds the

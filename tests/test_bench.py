@@ -90,7 +90,8 @@ EXPECTED_SELECTION: dict[tuple[str, str, int, str], tuple[str, str]] = {
     ("instance", "float32", 23, "cuda"): ("decomposed", "decomposed"),
     ("rms", "float32", 21, "cpu"): ("native_kernel", "decomposed"),  # before RMSNormalization-23
     ("rms", "float32", 23, "cpu"): ("native_kernel", "native"),
-    ("rms", "float32", 21, "cuda"): ("decomposed", "decomposed"),
+    # onnxruntime's RMSNorm (contrib SimplifiedLayerNormalization) below opset 23 on CUDA
+    ("rms", "float32", 21, "cuda"): ("contrib", "contrib"),
     ("rms", "float32", 23, "cuda"): ("native", "native"),
     ("rms", "bfloat16", 23, "cpu"): ("decomposed", "decomposed"),  # no bfloat16 RMSNormalization on CPU
     ("rms", "bfloat16", 23, "cuda"): ("native", "native"),

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from normonnx.compare import tolerance
+from normonnx.verify import tolerance
 
 HERE = os.path.dirname(__file__)
 TINY = os.path.join(HERE, "data", "tiny_models.py")

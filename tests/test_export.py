@@ -16,12 +16,12 @@ from tiny_models import all_norms, all_norms_training  # tests/data is on pytest
 
 from normonnx import io as nio
 from normonnx import kernels
-from normonnx.compare import tolerance
 from normonnx.errors import ExportError, InputError
 from normonnx.exporter import choose_opset, export
 from normonnx.lowering.graph import recorded_lowerings
 from normonnx.runtime import session
 from normonnx.spec import NormSpec
+from normonnx.verify import tolerance
 
 F32 = tolerance("float32")
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))

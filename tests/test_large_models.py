@@ -19,9 +19,9 @@ import torch
 
 from normonnx import external
 from normonnx import io as nio
-from normonnx.compare import tolerance
 from normonnx.exporter import export
 from normonnx.runtime import session
+from normonnx.verify import tolerance
 
 F32 = tolerance("float32")
 D = 256  # a 256x256 float32 weight is 256 KiB: above external.INLINE_MAX, so it is staged

@@ -16,7 +16,7 @@ import models
 from models import convnext_hand, llama_hand, tutorial_gn
 from models.convnext import LayerNorm2d
 from normonnx import nn as nnx
-from normonnx.compare import tolerance
+from normonnx.verify import tolerance
 
 NAMES = models.names()
 #: the channel mean of a normalised output is 0 up to a few float32 roundings of 8 terms: stricter than

@@ -18,10 +18,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from normonnx import kernels
-from normonnx.compare import tolerance
 from normonnx.errors import InputError, ModelLoadError, UnsupportedHere
 from normonnx.exporter import export
 from normonnx.runtime import Session, session
+from normonnx.verify import tolerance
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

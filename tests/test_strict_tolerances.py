@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from strict_tolerances import STRICTER_THAN
 
-from normonnx.compare import tolerance
+from normonnx.verify import tolerance
 
 
 @pytest.mark.parametrize("name, value, dtype, field", STRICTER_THAN, ids=[s[0] for s in STRICTER_THAN])

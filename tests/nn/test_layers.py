@@ -14,10 +14,10 @@ import torch
 from nn_cases import BY_ID, CASES, inputs
 
 from normonnx import nn as nnx
-from normonnx.compare import tolerance
 from normonnx.errors import SpecError
 from normonnx.exporter import export
 from normonnx.runtime import session
+from normonnx.verify import tolerance
 
 OPSETS = (13, 17, 18, 21, 23)
 F32 = tolerance("float32")

@@ -8,7 +8,7 @@ import pytest
 from onnx import numpy_helper
 from optimize_helpers import check_numbers, export, model, ops, optimize, refusal, rng, run, torch64_out
 
-from normonnx.compare import tolerance
+from normonnx.verify import tolerance
 
 
 def bn_params(c: int) -> dict[str, np.ndarray]:

@@ -8,8 +8,8 @@ import pytest
 from optimize_helpers import check_numbers, constants_rng, export, model, ops, optimize, refusal, rng, run, torch64_out
 from strict_tolerances import REWRITE_ATOL
 
-from normonnx.compare import tolerance
 from normonnx.spec import NormSpec
+from normonnx.verify import tolerance
 
 _CONST = constants_rng("test_fuse_rms")  # import-time constants only; tests draw from rng()
 

@@ -22,6 +22,7 @@ def _rng_per_test(request):
     yield
     _TEST_RNG.pop()
 
+
 _CONST = constants_rng("test_optimize_verify")  # import-time constants only; tests draw from rng()
 
 G = (1 + 0.2 * _CONST.standard_normal(16)).astype(np.float32)
