@@ -49,6 +49,7 @@ def files(name: str, d: str) -> tuple[dict[str, str], list[np.ndarray]]:
     import models
     from normonnx.bench.models import default_export
     from normonnx.exporter import export
+    from normonnx.external import reading
     from normonnx.io import save
     from normonnx.optimize import optimize_model, rule_names
 
@@ -59,7 +60,9 @@ def files(name: str, d: str) -> tuple[dict[str, str], list[np.ndarray]]:
     default_export(model, inputs, paths["default"])
     old_rules = [r for rs in rule_names().values() for r in rs if r not in NEW_RULES]
     with contextlib.redirect_stdout(io.StringIO()):
-        save(optimize_model(paths["default"], rules=old_rules, verify=False).model, paths["unfused"])
+        res = optimize_model(paths["default"], rules=old_rules, verify=False)
+        with reading(res.base_dir):  # torch writes the weights to a .data file beside the model
+            save(res.model, paths["unfused"])
         export(model, inputs, paths["normonnx"], input_names=list(entry.input_names))
     return paths, [t.numpy() for t in inputs]
 

@@ -44,6 +44,11 @@ typedef struct NxMath {
   void (*rms_row)(const float* x, float* y, size_t n, float r, const float* w, const float* pf);
   /* s[i] = x[i] + r[i] (a residual norm's sum, rounded as the Add it replaces) */
   void (*add)(const float* x, const float* r, float* s, size_t n);
+  /* s = x + r as `add`, and in the same loop *s1 += Σ(s − k), *s2 += Σ(s − k)² as `sums` (bitwise
+   * the same statistics as add followed by sums, without reading s back) */
+  void (*add_sums)(const float* x, const float* r, float* s, size_t n, double k, double* s1, double* s2);
+  /* s = x + r as `add`, and *s2 += Σ s² as `sumsq` */
+  void (*add_sumsq)(const float* x, const float* r, float* s, size_t n, double* s2);
   /* the fused forms' write pass, s may be y itself (in place):
    * without modulation y[i] = ((s[i] − mh) − ml)·r·w[i] + b[i] in float (w, b may be NULL; rms: mh = ml = 0),
    * with it (sc, sh non-NULL; no w/b) y[i] = (((s[i] − mh) − ml)·r)·(1 + sc[i]) + sh[i] in float64 */
