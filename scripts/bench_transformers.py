@@ -10,7 +10,7 @@ timed by :func:`normonnx.bench.timing.measure_isolated` (one session alive at a 
 in a fresh random order):
 
 - ``default``  — ``torch.onnx.export(model, inputs, dynamo=True)``;
-- ``unfused``  — that file through ``normonnx optimize`` without the ``residual`` family and the
+- ``unfused``  — that file through ``normonnx optimize`` without the ``residual`` family (gates too) and the
   ``modulated.layer`` rule (normonnx before the fused forms: Add, norm kernel, Mul/Add apart);
 - ``normonnx`` — ``normonnx export`` (every rule, the CPU default lowering).
 
@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODELS = ("vit", "llama", "llama_hand", "dit_block")
-NEW_RULES = {"residual.layer", "residual.rms", "modulated.layer"}
+NEW_RULES = {"residual.layer", "residual.rms", "residual.gate_layer", "residual.gate_rms", "modulated.layer"}
 
 
 def files(name: str, d: str) -> tuple[dict[str, str], list[np.ndarray]]:

@@ -31,8 +31,8 @@ VERSION = 1
 _CAP = Capability(MIN_OPSET, same_dtypes(ALL_DTYPES), True, "normonnx-domain op with a stable function body")
 #: input slots of each normonnx op after X, positional (an absent optional one is passed as "")
 SLOTS: dict[str, tuple[str, ...]] = {
-    "LayerNorm": ("weight", "bias", "residual", "scale", "shift"),
-    "RMSNorm": ("weight", "residual"),
+    "LayerNorm": ("weight", "bias", "residual", "scale", "shift", "gate"),
+    "RMSNorm": ("weight", "residual", "gate"),
 }
 _DEFAULT_SLOTS = ("weight", "bias", "mean", "var")
 _TYPES = ["tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"]
@@ -71,6 +71,7 @@ def register_schemas() -> None:
             OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "fused activation ('silu')", required=False),
             OpSchema.Attribute("has_residual", OpSchema.AttrType.INT, "normalise X + residual", required=False),
             OpSchema.Attribute("modulation", OpSchema.AttrType.INT, "·(1 + scale) + shift after", required=False),
+            OpSchema.Attribute("has_gate", OpSchema.AttrType.INT, "normalise X + gate·residual", required=False),
         ]
         schema = OpSchema(
             kind.normonnx_op,
@@ -96,7 +97,9 @@ def function_inputs(spec: NormSpec) -> list[str]:
         return ["X", "weight", "bias", "mean", "var"]
     slots = input_slots(KINDS[spec.kind].normonnx_op)
     n = 1 if spec.kind == "rms" else 2  # the affine slots
-    if spec.modulation:
+    if spec.gated:
+        n = slots.index("gate") + 1
+    elif spec.modulation:
         n = slots.index("shift") + 1
     elif spec.residual:
         n = slots.index("residual") + 1
@@ -136,7 +139,7 @@ def make_function(spec: NormSpec, opset: int) -> onnx.FunctionProto:
     kind = KINDS[spec.kind]
     b = Builder(opset, prefix="f")
     ins = function_inputs(spec)
-    params = {n: n for n in ins[1:] if n in kind.param_names(spec) or n in ("residual", "scale", "shift")}
+    params = {n: n for n in ins[1:] if n in kind.param_names(spec) or n in ("residual", "scale", "shift", "gate")}
     y = build_decomposed(b, spec, "X", params)
     b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
     if spec.residual:

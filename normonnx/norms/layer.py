@@ -61,7 +61,8 @@ class LayerNorm(NormKind):
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if spec.residual:
-            x = x + np.asarray(params["residual"], np.float64)
+            r = np.asarray(params["residual"], np.float64)
+            x = x + (np.asarray(params["gate"], np.float64) * r if spec.gated else r)
         axes = self.axes(spec, x.ndim)
         ns = tuple(x.shape[a] for a in axes)
         if ns != spec.normalized_shape:

@@ -155,6 +155,10 @@ def lower_for_cuda(
         spec = spec_of_node(g, node)
         if spec is None:
             continue
+        if spec.gated:  # no contrib op takes a gated residual: the node stays (its function body runs)
+            rule = "cuda.skip_layer_norm" if spec.kind == "layer" else "cuda.rms_norm"
+            report.refuse(rule, node, Verdict.fail("a gated residual (x + gate·r) has no contrib op", node.input[0]))
+            continue
         if spec.kind == "layer":
             rewrite, record = _skip_layer_norm(g, node, spec, report, claimed)
             if rewrite is not None:

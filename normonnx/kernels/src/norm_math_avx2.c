@@ -10,6 +10,8 @@
 #include <immintrin.h>
 #include <stddef.h>
 
+#include "norm_math.h"
+
 #define NX_ISA_SUFFIX _avx2
 #define NX_ISA_NAME "avx2+fma"
 #define NX_HAVE_ISA_SUMS 1
@@ -87,8 +89,18 @@ static void sumsq_avx2(const float* restrict x, size_t n, double* s2) {
 }
 
 /* add + sums_avx2 in one loop: the same blocks, accumulators and order as sums_avx2 over s */
-static void add_sums_avx2(const float* restrict x, const float* restrict r, float* restrict s, size_t n, double k,
-                          double* s1, double* s2) {
+/* r (or fl(g·r), the product kept apart from the sum: see nx_mul_rounded) at x + i */
+static inline __m256 nx_res8(const float* restrict r, const float* restrict g, size_t i) {
+  __m256 v = _mm256_loadu_ps(r + i);
+  if (g) {
+    v = _mm256_mul_ps(_mm256_loadu_ps(g + i), v);
+    __asm__("" : "+x"(v));
+  }
+  return v;
+}
+
+static void add_sums_avx2(const float* restrict x, const float* restrict r, const float* restrict g,
+                          float* restrict s, size_t n, double k, double* s1, double* s2) {
   const __m256 kv = _mm256_set1_ps((float)k);
   __m256d a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd();
   size_t i = 0;
@@ -96,10 +108,10 @@ static void add_sums_avx2(const float* restrict x, const float* restrict r, floa
     size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
     __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, q0 = p0, q1 = p0, q2 = p0, q3 = p0;
     for (; i < end; i += 32) {
-      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(r + i));
-      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(r + i + 8));
-      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(r + i + 16));
-      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(r + i + 24));
+      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), nx_res8(r, g, i));
+      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), nx_res8(r, g, i + 8));
+      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), nx_res8(r, g, i + 16));
+      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), nx_res8(r, g, i + 24));
       _mm256_storeu_ps(s + i, v0);
       _mm256_storeu_ps(s + i + 8, v1);
       _mm256_storeu_ps(s + i + 16, v2);
@@ -120,7 +132,7 @@ static void add_sums_avx2(const float* restrict x, const float* restrict r, floa
   }
   double t1 = nx_hsum(a1), t2 = nx_hsum(a2);
   for (; i < n; ++i) {
-    s[i] = x[i] + r[i];
+    s[i] = x[i] + (g ? nx_mul_rounded(g[i], r[i]) : r[i]);
     double d = (double)s[i] - k;
     t1 += d;
     t2 += d * d;
@@ -129,18 +141,18 @@ static void add_sums_avx2(const float* restrict x, const float* restrict r, floa
   *s2 += t2;
 }
 
-static void add_sumsq_avx2(const float* restrict x, const float* restrict r, float* restrict s, size_t n,
-                           double* s2) {
+static void add_sumsq_avx2(const float* restrict x, const float* restrict r, const float* restrict g,
+                           float* restrict s, size_t n, double* s2) {
   __m256d a2 = _mm256_setzero_pd();
   size_t i = 0;
   while (i + 32 <= n) {
     size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
     __m256 q0 = _mm256_setzero_ps(), q1 = q0, q2 = q0, q3 = q0;
     for (; i < end; i += 32) {
-      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(r + i));
-      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(r + i + 8));
-      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(r + i + 16));
-      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(r + i + 24));
+      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), nx_res8(r, g, i));
+      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), nx_res8(r, g, i + 8));
+      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), nx_res8(r, g, i + 16));
+      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), nx_res8(r, g, i + 24));
       _mm256_storeu_ps(s + i, v0);
       _mm256_storeu_ps(s + i + 8, v1);
       _mm256_storeu_ps(s + i + 16, v2);
@@ -154,7 +166,7 @@ static void add_sumsq_avx2(const float* restrict x, const float* restrict r, flo
   }
   double t2 = nx_hsum(a2);
   for (; i < n; ++i) {
-    s[i] = x[i] + r[i];
+    s[i] = x[i] + (g ? nx_mul_rounded(g[i], r[i]) : r[i]);
     t2 += (double)s[i] * (double)s[i];
   }
   *s2 += t2;

@@ -221,15 +221,24 @@ static void NX_FN(add)(const float* restrict x, const float* restrict r, float* 
 
 #ifndef NX_HAVE_ISA_ADD_SUMS
 /* generic: the add, then the statistics of the (cache-resident) sum */
-static void NX_FN(add_sums)(const float* restrict x, const float* restrict r, float* restrict s, size_t n, double k,
-                            double* s1, double* s2) {
-  NX_FN(add)(x, r, s, n);
+static void NX_FN(gated_add)(const float* restrict x, const float* restrict r, const float* restrict g,
+                             float* restrict s, size_t n) {
+  if (!g) {
+    NX_FN(add)(x, r, s, n);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) s[i] = x[i] + nx_mul_rounded(g[i], r[i]);
+}
+
+static void NX_FN(add_sums)(const float* restrict x, const float* restrict r, const float* restrict g,
+                            float* restrict s, size_t n, double k, double* s1, double* s2) {
+  NX_FN(gated_add)(x, r, g, s, n);
   NX_FN(sums)(s, n, k, s1, s2);
 }
 
-static void NX_FN(add_sumsq)(const float* restrict x, const float* restrict r, float* restrict s, size_t n,
-                             double* s2) {
-  NX_FN(add)(x, r, s, n);
+static void NX_FN(add_sumsq)(const float* restrict x, const float* restrict r, const float* restrict g,
+                             float* restrict s, size_t n, double* s2) {
+  NX_FN(gated_add)(x, r, g, s, n);
   NX_FN(sumsq)(s, n, s2);
 }
 #endif
