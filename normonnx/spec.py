@@ -42,6 +42,9 @@ class NormSpec:
     residual:         the norm's input is ``X + R`` (a residual input R of X's shape, no
                       broadcasting): ``y = N(X + R)``, the sum available as a second output for the
                       residual stream (trailing layer / rms norm only).
+    gated:            with ``residual``: the input is ``X + gate·R`` (the product rounded, then the
+                      sum, as the Mul and Add it replaces) with a run-time gate of shape
+                      ``[N or 1, 1, ..., 1, *normalized_shape]`` (AdaLN-Zero's gated residual).
     modulation:       ``y = N(x)·(1 + scale) + shift`` with run-time scale and shift of shape
                       ``[N or 1, 1, ..., 1, *normalized_shape]`` (AdaLN of diffusion transformers;
                       trailing layer norm without γ/β only).
@@ -61,6 +64,7 @@ class NormSpec:
     activation: str = ""
     residual: bool = False
     modulation: bool = False
+    gated: bool = False
     dtype: str = "float32"
     rank: int | None = None
 
@@ -124,6 +128,8 @@ class NormSpec:
             parts.append(self.activation)
         if self.residual:
             parts.append("res")
+        if self.gated:
+            parts.append("gate")
         if self.modulation:
             parts.append("mod")
         parts.append(f"e{self.eps:.3g}")

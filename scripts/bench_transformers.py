@@ -4,13 +4,14 @@
 
     python scripts/bench_transformers.py                   # vit llama llama_hand dit_block, 41 rounds
     python scripts/bench_transformers.py dit_block --rounds 15 --threads 2
+    python scripts/bench_transformers.py --cpu --rounds 60        # thread CPU time, 1 thread
 
 Per model, three files in default onnxruntime sessions (idle workers spin, as users run them),
 timed by :func:`normonnx.bench.timing.measure_isolated` (one session alive at a time, every round
 in a fresh random order):
 
 - ``default``  — ``torch.onnx.export(model, inputs, dynamo=True)``;
-- ``unfused``  — that file through ``normonnx optimize`` without the ``residual`` family and the
+- ``unfused``  — that file through ``normonnx optimize`` without the ``residual`` family (gates too) and the
   ``modulated.layer`` rule (normonnx before the fused forms: Add, norm kernel, Mul/Add apart);
 - ``normonnx`` — ``normonnx export`` (every rule, the CPU default lowering).
 
@@ -20,7 +21,11 @@ the default export), with the rounds' quartiles of that ratio, as the machine is
 A second line ("no-spin") times the same files in sessions without spinning workers interleaved
 call by call (:func:`normonnx.bench.timing.measure`): less like a user's session, but the three
 candidates see the same load within microseconds, so its ratios are the steadier ones on a busy
-machine. ``--json PATH`` writes the numbers.
+machine. ``--cpu`` instead times the three files by the calling thread's CPU time in 1-thread
+sessions (onnxruntime then runs every node on that thread), interleaved in shuffled rounds: time
+the process spends preempted by other load is not counted, so on a busy shared machine this is
+the steadiest reading of how much work each file does (not of 2-thread latency).
+``--json PATH`` writes the numbers.
 
 ``--ops`` instead times the fused-form kernels against what runs without the fusion (the norm's
 native op with the Add / Mul-Add around it, onnxruntime's graph optimizations on, so its own
@@ -42,13 +47,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODELS = ("vit", "llama", "llama_hand", "dit_block")
-NEW_RULES = {"residual.layer", "residual.rms", "modulated.layer"}
+NEW_RULES = {"residual.layer", "residual.rms", "residual.gate_layer", "residual.gate_rms", "modulated.layer"}
 
 
 def files(name: str, d: str) -> tuple[dict[str, str], list[np.ndarray]]:
     import models
     from normonnx.bench.models import default_export
     from normonnx.exporter import export
+    from normonnx.external import reading
     from normonnx.io import save
     from normonnx.optimize import optimize_model, rule_names
 
@@ -59,7 +65,9 @@ def files(name: str, d: str) -> tuple[dict[str, str], list[np.ndarray]]:
     default_export(model, inputs, paths["default"])
     old_rules = [r for rs in rule_names().values() for r in rs if r not in NEW_RULES]
     with contextlib.redirect_stdout(io.StringIO()):
-        save(optimize_model(paths["default"], rules=old_rules, verify=False).model, paths["unfused"])
+        res = optimize_model(paths["default"], rules=old_rules, verify=False)
+        with reading(res.base_dir):  # torch writes the weights to a .data file beside the model
+            save(res.model, paths["unfused"])
         export(model, inputs, paths["normonnx"], input_names=list(entry.input_names))
     return paths, [t.numpy() for t in inputs]
 
@@ -99,6 +107,45 @@ def bench(name: str, rounds: int, threads: int, block_s: float) -> dict[str, obj
             "nospin_ratio_q1": float(np.percentile(ipairs, 25)),
             "nospin_ratio_q3": float(np.percentile(ipairs, 75)),
             "nospin_rounds": len(ipairs),
+        }
+    return out
+
+
+def bench_cpu(name: str, rounds: int, calls: int = 5) -> dict[str, object]:
+    """Per-run thread CPU time of each file in a 1-thread session; paired ratio default / file per round."""
+    import random
+    import time
+
+    from normonnx.bench.timing import ort_session
+
+    with tempfile.TemporaryDirectory(prefix="nx-bench-tf-") as d:
+        paths, arrays = files(name, d)
+        run = {}
+        for k, p in paths.items():
+            sess = ort_session(p, 1)
+            feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
+            run[k] = lambda s=sess, f=feed: s.run(None, f)
+        for f in run.values():  # warm-up: allocations, caches
+            for _ in range(20):
+                f()
+        us: dict[str, list[float]] = {k: [] for k in run}
+        rng = random.Random(0)
+        for _ in range(rounds):
+            order = list(run)
+            rng.shuffle(order)
+            for k in order:
+                t0 = time.thread_time_ns()
+                for _ in range(calls):
+                    run[k]()
+                us[k].append((time.thread_time_ns() - t0) / calls / 1e3)
+    out: dict[str, object] = {"model": name, "rounds": rounds, "threads": 1, "clock": "thread CPU time"}
+    for k, v in us.items():
+        pairs = [a / b for a, b in zip(us["default"], v) if b > 0]
+        out[k] = {
+            "cpu_us": float(np.median(v)),
+            "speedup_vs_default": float(np.median(pairs)),
+            "ratio_q1": float(np.percentile(pairs, 25)),
+            "ratio_q3": float(np.percentile(pairs, 75)),
         }
     return out
 
@@ -162,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--block-s", type=float, default=0.25)
     ap.add_argument("--json", default="")
     ap.add_argument("--ops", action="store_true", help="time the fused-form kernels as one-node models instead")
+    ap.add_argument("--cpu", action="store_true", help="thread CPU time in 1-thread sessions (steady under load)")
     a = ap.parse_args(argv)
     if a.ops:
         op_rows = bench_ops(a.threads, budget_s=max(2.0, a.rounds * 0.1))
@@ -170,6 +218,20 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(op_rows, f, indent=1)
         return 0
     rows = []
+    if a.cpu:
+        for name in a.models:
+            r = bench_cpu(name, a.rounds)
+            rows.append(r)
+            cells = "  ".join(
+                f"{k} {r[k]['cpu_us']:.1f} us ×{r[k]['speedup_vs_default']:.3f} "  # type: ignore[index]
+                f"[{r[k]['ratio_q1']:.3f}, {r[k]['ratio_q3']:.3f}]"  # type: ignore[index]
+                for k in ("default", "unfused", "normonnx")
+            )
+            print(f"{name:<11} cpu, 1 thread: {cells}", flush=True)
+        if a.json:
+            with open(a.json, "w", encoding="utf-8") as f:
+                json.dump(rows, f, indent=1)
+        return 0
     for name in a.models:
         r = bench(name, a.rounds, a.threads, a.block_s)
         rows.append(r)

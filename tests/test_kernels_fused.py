@@ -1,5 +1,5 @@
 """The fused forms of the trailing LayerNorm / RMSNorm: residual input (``N(x + r)``, the sum as an
-optional second output) and AdaLN modulation (``N(x)·(1 + scale) + shift``).
+optional second output; gated: ``N(x + gate·r)``) and AdaLN modulation (``N(x)·(1 + scale) + shift``).
 
 Every strategy lowers them (the kernel and the function body as one node, native/decomposed as the
 ops they stand for); the compiled kernels are checked against the float64 reference and against
@@ -44,6 +44,18 @@ CASES = {
     "layer_res_mod": NormSpec(
         "layer", normalized_shape=(72,), residual=True, modulation=True, has_weight=False, has_bias=False, rank=3
     ),
+    "layer_res_gate_mod": NormSpec(  # DiT's block: N(x + gate·r)·(1 + scale) + shift
+        "layer",
+        normalized_shape=(72,),
+        residual=True,
+        gated=True,
+        modulation=True,
+        has_weight=False,
+        has_bias=False,
+        rank=3,
+    ),
+    "layer_res_gate": NormSpec("layer", normalized_shape=(40,), residual=True, gated=True, rank=3),
+    "rms_res_gate": NormSpec("rms", normalized_shape=(96,), residual=True, gated=True, has_bias=False, rank=3),
 }
 SHAPE = (2, 5)  # leading dims: N samples of T tokens
 
@@ -70,11 +82,19 @@ def _operands(spec: NormSpec, shape: tuple[int, ...], stress: str = "normal", se
     feeds = {"X": f32(x)}
     if spec.residual:
         feeds["R"] = f32(r)
+    m = (shape[0], *([1] * (len(shape) - 2)), shape[-1])  # per sample and feature
     if spec.modulation:
-        m = (shape[0], *([1] * (len(shape) - 2)), shape[-1])
         feeds["scale"] = f32(0.3 * rng.standard_normal(m))
         feeds["shift"] = f32(0.3 * rng.standard_normal(m))
+    if spec.gated:  # zero_var: a constant gate keeps x + gate·r constant along the row
+        feeds["gate"] = f32(np.full(m, 2.0) if stress == "zero_var" else 1.0 + 0.5 * rng.standard_normal(m))
     return feeds
+
+
+def _sum(spec: NormSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """The float32 sum the fused node replaces: X + R, gated X + fl(gate·R) (numpy rounds each op)."""
+    r = feeds["gate"] * feeds["R"] if spec.gated else feeds["R"]
+    return feeds["X"] + r
 
 
 def _params(spec: NormSpec) -> dict[str, np.ndarray]:
@@ -86,18 +106,18 @@ def _params(spec: NormSpec) -> dict[str, np.ndarray]:
 def _reference(spec: NormSpec, feeds: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> np.ndarray:
     """float64 N(fl32(x + r)) [·(1 + scale) + shift]: the sum rounded as the float32 Add it replaces
     (checked bitwise separately), everything after it exact."""
-    x = feeds["X"] + feeds["R"] if spec.residual else feeds["X"]  # float32 Add
+    x = _sum(spec, feeds) if spec.residual else feeds["X"]  # float32 (Mul and) Add
     p = {**params, **{k: feeds[k] for k in ("scale", "shift") if k in feeds}}
-    return KINDS[spec.kind].reference(spec.replace(residual=False), x.astype(np.float64), p)
+    return KINDS[spec.kind].reference(spec.replace(residual=False, gated=False), x.astype(np.float64), p)
 
 
 def _torch(spec: NormSpec, feeds: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> np.ndarray:
     import torch
 
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    x = t["X"] + t["R"] if spec.residual else t["X"]
+    x = t["X"] + (t["gate"] * t["R"] if spec.gated else t["R"]) if spec.residual else t["X"]
     tp = {k: torch.from_numpy(v) for k, v in params.items()}
-    y = KINDS[spec.kind].torch_forward(spec.replace(residual=False, modulation=False), x, tp)
+    y = KINDS[spec.kind].torch_forward(spec.replace(residual=False, gated=False, modulation=False), x, tp)
     if spec.modulation:
         y = y * (1 + t["scale"]) + t["shift"]
     return y.numpy()
@@ -159,7 +179,7 @@ def test_every_strategy_lowers_the_fused_forms(case, strategy, tmp_path):
     outs, ops = _run(m, feeds, tmp_path, custom_ops=False)
     np.testing.assert_allclose(outs[0], _reference(spec, feeds, params), atol=FUSED_ATOL, rtol=0)
     if spec.residual:
-        np.testing.assert_array_equal(outs[1], feeds["X"] + feeds["R"])
+        np.testing.assert_array_equal(outs[1], _sum(spec, feeds))
     if strategy == "native":
         assert {"LayerNormalization", "RMSNormalization"} & set(ops)
         assert ("Add" in ops) == (spec.residual or spec.modulation)
@@ -183,7 +203,7 @@ def test_kernel_runs_and_matches_the_portable_body(case, with_sum, tmp_path):
     np.testing.assert_allclose(outs[0], body[0], atol=FUSED_ATOL, rtol=0)
     assert len(outs) == (2 if spec.residual and with_sum else 1)
     if spec.residual and with_sum:
-        np.testing.assert_array_equal(outs[1], feeds["X"] + feeds["R"])  # bitwise the float32 Add
+        np.testing.assert_array_equal(outs[1], _sum(spec, feeds))  # bitwise the float32 Add
 
 
 FLOOR = 1e-7  # below this both errors are float32 rounding of the output
@@ -223,6 +243,7 @@ LARGE = {
     "layer_res_mod": NormSpec(
         "layer", normalized_shape=(1 << 20,), residual=True, modulation=True, has_weight=False, has_bias=False, rank=2
     ),
+    "rms_res_gate": NormSpec("rms", normalized_shape=(1 << 20,), residual=True, gated=True, has_bias=False, rank=2),
 }
 
 
@@ -241,7 +262,7 @@ def test_million_element_rows(case, stress, with_sum, tmp_path):
     terr = float(np.abs(_torch(spec, feeds, params) - ref).max())
     assert err <= max(terr, FLOOR) and err < 2e-6, f"{err:.3g} vs torch {terr:.3g}"
     if with_sum:
-        np.testing.assert_array_equal(outs[1], feeds["X"] + feeds["R"])
+        np.testing.assert_array_equal(outs[1], _sum(spec, feeds))
 
 
 @needs_lib

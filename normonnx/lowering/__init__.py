@@ -227,7 +227,8 @@ def build_model(
     names = {k: f"p_{k}" for k in get_kind(spec.kind).param_names(spec)}
     # run-time operands of the fused forms are graph inputs: R (residual), scale, shift
     extra = (["residual"] if spec.residual else []) + (["scale", "shift"] if spec.modulation else [])
-    extra_names = {"residual": "R", "scale": "scale", "shift": "shift"}
+    extra += ["gate"] if spec.gated else []
+    extra_names = {"residual": "R", "scale": "scale", "shift": "shift", "gate": "gate"}
     y = s.lower(b, spec, "X", {**names, **{k: extra_names[k] for k in extra}})
     nodes = [*b.nodes, helper.make_node("Identity", [y], ["Y"], name="output")]
     if spec.residual:

@@ -108,7 +108,7 @@ class Strategy:
             return self.build(b, spec, x, params)
         from .fused import modulate, residual_sum
 
-        plain = {k: v for k, v in params.items() if k not in ("residual", "scale", "shift")}
+        plain = {k: v for k, v in params.items() if k not in ("residual", "scale", "shift", "gate")}
         y = self.build(b, spec.replace(residual=False, modulation=False), residual_sum(b, spec, x, params), plain)
         return modulate(b, spec, y, params)
 

@@ -69,6 +69,8 @@ class Contrib(Strategy):
     }
 
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
+        if spec.gated:
+            return Rejection("a gated residual (x + gate·r) has no contrib op")
         if spec.kind == "group":
             return _check_group(spec)
         if spec.kind == "rms":

@@ -47,7 +47,7 @@ def build_decomposed(b: Builder, spec: NormSpec, x: str, params: Mapping[str, st
     is added and a modulation applied in the norm's dtype around it (:mod:`.fused`)."""
     from .fused import modulate, residual_sum
 
-    plain = {k: v for k, v in params.items() if k not in ("residual", "scale", "shift")}
+    plain = {k: v for k, v in params.items() if k not in ("residual", "scale", "shift", "gate")}
     y = _build_norm(b, spec.replace(residual=False, modulation=False), residual_sum(b, spec, x, params), plain)
     return modulate(b, spec, y, params)
 

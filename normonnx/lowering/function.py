@@ -70,6 +70,7 @@ def register_schemas() -> None:
             OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "fused activation ('silu')", required=False),
             OpSchema.Attribute("has_residual", OpSchema.AttrType.INT, "normalise X + residual", required=False),
             OpSchema.Attribute("modulation", OpSchema.AttrType.INT, "·(1 + scale) + shift after", required=False),
+            OpSchema.Attribute("has_gate", OpSchema.AttrType.INT, "normalise X + gate·residual", required=False),
         ]
         schema = OpSchema(
             kind.normonnx_op,
@@ -96,7 +97,9 @@ def function_inputs(spec: NormSpec) -> list[str]:
     kind = KINDS[spec.kind]
     slots = kind.input_slots
     n = len(kind.affine_slots)
-    if spec.modulation:
+    if spec.gated:
+        n = slots.index("gate") + 1
+    elif spec.modulation:
         n = slots.index("shift") + 1
     elif spec.residual:
         n = slots.index("residual") + 1
@@ -136,7 +139,7 @@ def make_function(spec: NormSpec, opset: int) -> onnx.FunctionProto:
     kind = KINDS[spec.kind]
     b = Builder(opset, prefix="f")
     ins = function_inputs(spec)
-    params = {n: n for n in ins[1:] if n in kind.param_names(spec) or n in ("residual", "scale", "shift")}
+    params = {n: n for n in ins[1:] if n in kind.param_names(spec) or n in ("residual", "scale", "shift", "gate")}
     y = build_decomposed(b, spec, "X", params)
     b.nodes.append(helper.make_node("Identity", [y], ["Y"]))
     if spec.residual:

@@ -2,6 +2,7 @@
 
 - residual:   ``s = x + r`` (same shapes, no broadcasting), then the norm of ``s``; ``s`` is also the
               node's optional second output (``b.named["sum"]``), which the residual stream reads.
+              Gated: ``s = x + gate·r``, gate ``[N or 1, 1, …, C]`` (the Mul, then the Add).
 - modulation: ``y·(1 + scale) + shift`` after a norm without γ/β, scale/shift ``[N or 1, 1, …, C]``.
 
 Both are written in the norm's own dtype and in the order the exporters emit them (``1 + scale``
@@ -23,7 +24,8 @@ def residual_sum(b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) 
     """``x + residual`` (recorded as ``b.named["sum"]``), or ``x`` for a spec without residual."""
     if not spec.residual:
         return x
-    s = b.op("Add", [x, params["residual"]])
+    r = b.op("Mul", [params["gate"], params["residual"]]) if spec.gated else params["residual"]
+    s = b.op("Add", [x, r])
     b.named["sum"] = s
     return s
 

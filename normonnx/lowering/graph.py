@@ -126,8 +126,10 @@ def lower_model(
             if y in n.output:
                 n.output[list(n.output).index(y)] = node.output[0]
                 break
+        unread_sum = False
         if "sum" in b.named:
             _wire_sum(b.nodes, b.named["sum"], node.output[1] if len(node.output) > 1 else "")
+            unread_sum = _own_overload_for_unread_sum(b.nodes)
         scope = _scope(node)
         for n in b.nodes:
             n.metadata_props.extend(node.metadata_props)
@@ -135,6 +137,8 @@ def lower_model(
             n.metadata_props.add(key="normonnx.strategy", value=sel.strategy)
         new_nodes.extend(b.nodes)
         for f in strategy.functions(spec, opset):
+            if unread_sum:
+                f = _without_sum_output(f)
             functions.setdefault((f.domain, f.name, f.overload), f)
         for domain, version in strategy.extra_opsets().items():
             extra_opsets[domain] = max(version, extra_opsets.get(domain, version))
@@ -171,6 +175,38 @@ def _wire_sum(nodes: list[onnx.NodeProto], built: str, wanted: str) -> None:
                 n.output[k] = ""
         while len(n.output) > 1 and not n.output[-1]:
             n.output.pop()
+
+
+#: overload suffix of a residual norm's function whose node does not output the sum
+UNREAD_SUM = "_y"
+
+
+def _own_overload_for_unread_sum(nodes: list[onnx.NodeProto]) -> bool:
+    """A function node whose sum output was dropped gets its own overload (True if one did).
+
+    onnxruntime (1.32, measured) fails to load a model in which nodes with one and with two outputs
+    call the same two-output model-local function ("output index 1 is out of range"), e.g. a
+    transformer whose last residual norm's sum is unread: without the kernel library, the
+    function bodies must still load."""
+    changed = False
+    for n in nodes:
+        if n.overload and len(n.output) == 1 and any(a.name == "has_residual" and a.i for a in n.attribute):
+            n.overload += UNREAD_SUM
+            changed = True
+    return changed
+
+
+def _without_sum_output(fn: onnx.FunctionProto) -> onnx.FunctionProto:
+    """The function ``fn`` with only its first output Y, as overload ``fn.overload + UNREAD_SUM``."""
+    out = onnx.FunctionProto()
+    out.CopyFrom(fn)
+    out.overload = fn.overload + UNREAD_SUM
+    dropped = set(fn.output[1:])
+    del out.output[1:]
+    keep = [n for n in out.node if not (n.op_type == "Identity" and set(n.output) <= dropped)]
+    del out.node[:]
+    out.node.extend(keep)
+    return out
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

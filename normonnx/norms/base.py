@@ -123,6 +123,8 @@ class NormKind:
             raise SpecError(f"unknown fused activation {spec.activation!r}", note="valid: '' or 'silu'")
         if spec.activation and spec.activation not in self.activations:
             raise SpecError(f"a fused activation is only supported on group norm, not {self.name}")
+        if spec.gated and not spec.residual:
+            raise SpecError("a gate multiplies the residual input: gated=True needs residual=True")
         for form in ("residual", "modulation"):
             if getattr(spec, form) and form not in self.fused_forms:
                 raise SpecError(
@@ -247,6 +249,8 @@ class NormKind:
             attrs["has_residual"] = 1
         if spec.modulation:
             attrs["modulation"] = 1
+        if spec.gated:
+            attrs["has_gate"] = 1
         return attrs
 
     def spec_from_attributes(
@@ -267,6 +271,7 @@ class NormKind:
             activation=str(attrs.get("activation", "")),
             residual=bool(attrs.get("has_residual", 0)),
             modulation=bool(attrs.get("modulation", 0)),
+            gated=bool(attrs.get("has_gate", 0)),
             dtype=dtype,
             rank=rank,
         )

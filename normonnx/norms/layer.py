@@ -41,7 +41,7 @@ class LayerNorm(NormKind):
     aten_ops = ("layer_norm",)
     min_rank, max_rank = 1, 8
     fused_forms = frozenset({"residual", "modulation"})
-    input_slots = ("weight", "bias", "residual", "scale", "shift")
+    input_slots = ("weight", "bias", "residual", "scale", "shift", "gate")
     bench_shapes, quick_bench_shapes = TRAILING_BENCH_SHAPES, TRAILING_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
@@ -73,7 +73,8 @@ class LayerNorm(NormKind):
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if spec.residual:
-            x = x + np.asarray(params["residual"], np.float64)
+            r = np.asarray(params["residual"], np.float64)
+            x = x + (np.asarray(params["gate"], np.float64) * r if spec.gated else r)
         axes = self.axes(spec, x.ndim)
         ns = tuple(x.shape[a] for a in axes)
         if ns != spec.normalized_shape:

@@ -50,7 +50,7 @@ class RMSNorm(NormKind):
     aten_ops = ("rms_norm",)
     min_rank, max_rank = 1, 8
     fused_forms = frozenset({"residual"})
-    input_slots = ("weight", "residual")
+    input_slots = ("weight", "residual", "gate")
     affine_slots = ("weight",)
     bench_shapes, quick_bench_shapes = TRAILING_BENCH_SHAPES, TRAILING_QUICK_SHAPES
 
@@ -76,7 +76,8 @@ class RMSNorm(NormKind):
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if spec.residual:
-            x = x + np.asarray(params["residual"], np.float64)
+            r = np.asarray(params["residual"], np.float64)
+            x = x + (np.asarray(params["gate"], np.float64) * r if spec.gated else r)
         axes = self.axes(spec, x.ndim)
         if tuple(x.shape[a] for a in axes) != spec.normalized_shape:
             raise SpecError(f"rms norm over {spec.normalized_shape}: input shape {x.shape} does not end with it")

@@ -15,6 +15,16 @@ same function exactly when
 
 Every other reader of ``s`` (and a graph output ``s``) reads the node's second output, which keeps
 the name ``s``. What this saves: one write and one read of the activation per norm, and a node.
+
+- ``residual.gate_layer`` / ``residual.gate_rms``: a residual norm ``N(a + b)`` (fused above) whose
+  operand ``b`` (or ``a``: the sum commutes exactly) is a plain ``Mul(g, r)`` read by nothing else,
+  with ``r`` of the sum's full shape and ``g`` a gate ``[N or 1, 1, …, 1, *normalized_shape]`` —
+  AdaLN-Zero's ``x + gate·attn(…)`` — → the same node with ``has_gate=1``, residual ``r``, gate ``g``.
+  Proof: the kernel and the function body compute ``fl(a + fl(g·r))`` (the product rounded apart,
+  never contracted into an fma), bitwise the Mul and Add they replace; ``g``'s shape (checked
+  statically, as a modulation's scale) broadcasts only over the tokens, so the product has
+  ``r``'s shape and the kernel's per-sample row indexing holds. Both operands have the norm's
+  dtype. The Mul sits before the norm, so the fused node keeps the norm's place.
 """
 
 from __future__ import annotations
@@ -105,9 +115,80 @@ class ResidualNorm(Rule):
         return rw
 
 
+class GatedResidualNorm(Rule):
+    anchor_domain = DOMAIN
+    #: the norm's sum output stays produced (other readers are expected): the Mul's single reader is
+    #: checked in ``check`` instead
+    check_interior = False
+
+    def __init__(self, name: str, op: str) -> None:
+        self.name = name  # type: ignore[misc]
+        self.anchor_ops = (op,)  # type: ignore[misc]
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+        if not any(a.name == "has_residual" and a.i for a in node.attribute):
+            return NoMatch("not a residual norm")
+        if any(a.name == "has_gate" and a.i for a in node.attribute):
+            return NoMatch("already gated")
+        if any(p.key == "normonnx.strategy" for p in node.metadata_props):
+            return NoMatch("already lowered")
+        params = norm_node_params(node)
+        for x, other in ((node.input[0], params.get("residual", "")), (params.get("residual", ""), node.input[0])):
+            mul = g.op(other, "Mul") if other else None
+            if mul is not None and mul.domain in ("", "ai.onnx") and len(mul.input) == 2 and all(mul.input):
+                return Match(node, [mul, node], node.output[0], {"mul": mul, "x": x})
+        return NoMatch("neither operand of the residual sum is a Mul")
+
+    def check(self, g: GraphView, m: Match) -> Verdict:
+        from .fuse_modulated import _modulation_shape
+
+        node, mul = m.anchor, m.facts["mul"]
+        spec = spec_of_node(g, node)
+        if spec is None:
+            return Verdict.fail("the norm's input type is unknown", node.input[0])
+        if g.single_user(mul.output[0]) is not node or list(node.input).count(mul.output[0]) != 1:
+            return Verdict.fail("the gated product is also read elsewhere (it would still be computed)", mul.output[0])
+        out = g.shape(mul.output[0])
+        ns = spec.normalized_shape or ()
+        if out is None or None in out:
+            return Verdict.fail("the static shape of the gated product is unknown", mul.output[0])
+        if len(out) <= len(ns):
+            return Verdict.fail("the input has no sample axis before the normalised ones", mul.output[0])
+        why: dict[str, str] = {}
+        for r, gate in ((mul.input[1], mul.input[0]), (mul.input[0], mul.input[1])):
+            for v in (r, gate):
+                if g.elem_type(v) != spec.onnx_dtype:
+                    return Verdict.fail(f"operand {v!r} is {dtype_name(g.elem_type(v))}, the norm {spec.dtype}", v)
+            rs, gs = g.shape(r), g.shape(gate)
+            if rs is None or gs is None or None in rs or None in gs:
+                why[gate] = "a static shape is unknown"
+                continue
+            if tuple(rs) != tuple(out):
+                why[gate] = f"the other operand {list(rs)} is not the product's shape {list(out)}"
+                continue
+            bad = _modulation_shape(tuple(gs), tuple(out), ns)
+            if bad:
+                why[gate] = f"shape {list(gs)}: {bad}"
+                continue
+            m.facts.update(r=r, gate=gate, spec=spec.replace(gated=True))
+            return OK
+        gate, reason = next(iter(why.items()))
+        return Verdict.fail(f"no operand of the Mul is a gate [N or 1, 1, ..., C] of the residual: {reason}", gate)
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        node = m.anchor
+        params = {**norm_node_params(node), "residual": m.facts["r"], "gate": m.facts["gate"]}
+        return norm_rewrite(g, m.nodes, m.output, m.facts["spec"], m.facts["x"], params, node, "gated")  # type: ignore[arg-type]
+
+
 def _produced_after(g: GraphView, value: str, ref: onnx.NodeProto) -> bool:
     p = g.op(value)
     return p is not None and g.index[id(p)] > g.index[id(ref)]
 
 
-RULES: list[Rule] = [ResidualNorm("residual.layer", "LayerNorm"), ResidualNorm("residual.rms", "RMSNorm")]
+RULES: list[Rule] = [
+    ResidualNorm("residual.layer", "LayerNorm"),
+    ResidualNorm("residual.rms", "RMSNorm"),
+    GatedResidualNorm("residual.gate_layer", "LayerNorm"),
+    GatedResidualNorm("residual.gate_rms", "RMSNorm"),
+]

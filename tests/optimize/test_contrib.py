@@ -19,7 +19,7 @@ from normonnx.lowering.contrib import cpu_equivalent
 from normonnx.norms import KINDS
 from normonnx.spec import NormSpec
 
-_CONST = constants_rng("test_lower_cuda")  # import-time constants only; tests draw from rng()
+_CONST = constants_rng("test_contrib")  # import-time constants only; tests draw from rng()
 
 
 def attrs(node):

@@ -134,6 +134,39 @@ def test_sum_as_graph_output_and_unread_sum():
     same_numbers(res, only_y, [a, r])
 
 
+def test_read_and_unread_sums_load_without_the_library():
+    """Two residual norms of one spec, the first's sum read (two outputs), the last's not (one):
+    each calls a function of its own arity, so onnxruntime loads the bodies without the library
+    (one shared two-output function failed: "output index 1 is out of range")."""
+    m = build(
+        [
+            helper.make_node("Add", ["a", "r"], ["s"]),
+            norm("LayerNorm", "s", "y", "w", "b"),
+            helper.make_node("Add", ["s", "y"], ["h"]),
+            helper.make_node("Add", ["h", "r"], ["s2"]),
+            norm("LayerNorm", "s2", "z", "w", "b"),
+        ],
+        [("a", X3), ("r", X3)],
+        [("z", X3)],
+        w=W,
+        b=B,
+    )
+    res = optimize(m, prefer=None)
+    assert fused(res) == {"residual.layer": 2}
+    n1, n2 = [n for n in res.model.graph.node if n.domain == "normonnx.kernels"]
+    assert len(n1.output) == 2 and len(n2.output) == 1 and n2.overload == n1.overload + "_y"
+    arity = {f.overload: len(f.output) for f in res.model.functions}
+    assert arity == {n1.overload: 2, n2.overload: 1}
+    from normonnx.runtime import session
+
+    xs = feeds(m)
+    (body,) = session(res.model, optimize=False, custom_ops=False).run(xs)
+    (kernel,) = session(res.model, optimize=False).run(xs)
+    (ref,) = run(m, *xs)
+    assert_close(body, ref, "layer", "function bodies vs unfused")
+    assert_close(kernel, ref, "layer", "kernels vs unfused")
+
+
 def test_standard_op_lowering_spells_the_add_out_again():
     m = build(
         [helper.make_node("Add", ["a", "r"], ["s"]), norm("LayerNorm", "s", "y", "w", "b")],
@@ -368,7 +401,7 @@ def test_cuda_target_spells_a_fused_rms_residual_out():
     [
         ("vit", {"residual.layer": 8}),
         ("llama", {"residual.rms": 4}),
-        ("dit_block", {"modulated.layer": 5, "residual.layer": 4}),
+        ("dit_block", {"modulated.layer": 5, "residual.layer": 4, "residual.gate_layer": 4}),
     ],
 )
 def test_reference_transformers_fuse_at_export(name, fired, tmp_path):

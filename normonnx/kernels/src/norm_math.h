@@ -44,6 +44,13 @@ typedef struct NxMath {
   void (*rms_row)(const float* x, float* y, size_t n, float r, const float* w, const float* pf);
   /* s[i] = x[i] + r[i] (a residual norm's sum, rounded as the Add it replaces) */
   void (*add)(const float* x, const float* r, float* s, size_t n);
+  /* s = x + r as `add` (gated, g non-NULL: s = x + fl(g·r), the product rounded before the sum
+   * as the Mul and Add it replaces; never contracted to an fma), and in the same loop
+   * *s1 += Σ(s − k), *s2 += Σ(s − k)² as `sums` (bitwise those of sums over s) */
+  void (*add_sums)(const float* x, const float* r, const float* g, float* s, size_t n, double k, double* s1,
+                   double* s2);
+  /* s as in add_sums, and *s2 += Σ s² as `sumsq` */
+  void (*add_sumsq)(const float* x, const float* r, const float* g, float* s, size_t n, double* s2);
   /* the fused forms' write pass, s may be y itself (in place):
    * without modulation y[i] = ((s[i] − mh) − ml)·r·w[i] + b[i] in float (w, b may be NULL; rms: mh = ml = 0),
    * with it (sc, sh non-NULL; no w/b) y[i] = (((s[i] − mh) − ml)·r)·(1 + sc[i]) + sh[i] in float64 */
@@ -59,6 +66,21 @@ typedef struct NxMath {
   void (*col_affine)(const float* x, float* y, size_t n, const float* mh, const float* ml, const float* r, float a,
                      float b);
 } NxMath;
+
+/* fl(a·b) as a separate rounding: an empty asm hides the product from the compiler, which may
+ * otherwise contract a·b + c into an fma (GCC's default -ffp-contract=fast) */
+static inline float nx_mul_rounded(float a, float b) {
+  float p = a * b;
+#if defined(__GNUC__) && defined(__x86_64__)
+  __asm__("" : "+x"(p));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(p));
+#else
+  volatile float v = p;
+  p = v;
+#endif
+  return p;
+}
 
 extern const NxMath nx_math_generic;
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))

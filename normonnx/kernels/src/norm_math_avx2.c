@@ -10,10 +10,13 @@
 #include <immintrin.h>
 #include <stddef.h>
 
+#include "norm_math.h"
+
 #define NX_ISA_SUFFIX _avx2
 #define NX_ISA_NAME "avx2+fma"
 #define NX_HAVE_ISA_SUMS 1
 #define NX_HAVE_ISA_AFFINE_SUMS 1
+#define NX_HAVE_ISA_ADD_SUMS 1
 
 static inline __m256d nx_widen_sum(__m256d acc, __m256 v) {
   acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
@@ -82,6 +85,90 @@ static void sumsq_avx2(const float* restrict x, size_t n, double* s2) {
   }
   double t2 = nx_hsum(a2);
   for (; i < n; ++i) t2 += (double)x[i] * (double)x[i];
+  *s2 += t2;
+}
+
+/* add + sums_avx2 in one loop: the same blocks, accumulators and order as sums_avx2 over s */
+/* r (or fl(g·r), the product kept apart from the sum: see nx_mul_rounded) at x + i */
+static inline __m256 nx_res8(const float* restrict r, const float* restrict g, size_t i) {
+  __m256 v = _mm256_loadu_ps(r + i);
+  if (g) {
+    v = _mm256_mul_ps(_mm256_loadu_ps(g + i), v);
+    __asm__("" : "+x"(v));
+  }
+  return v;
+}
+
+static void add_sums_avx2(const float* restrict x, const float* restrict r, const float* restrict g,
+                          float* restrict s, size_t n, double k, double* s1, double* s2) {
+  const __m256 kv = _mm256_set1_ps((float)k);
+  __m256d a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd();
+  size_t i = 0;
+  while (i + 32 <= n) {
+    size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
+    __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, q0 = p0, q1 = p0, q2 = p0, q3 = p0;
+    for (; i < end; i += 32) {
+      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), nx_res8(r, g, i));
+      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), nx_res8(r, g, i + 8));
+      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), nx_res8(r, g, i + 16));
+      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), nx_res8(r, g, i + 24));
+      _mm256_storeu_ps(s + i, v0);
+      _mm256_storeu_ps(s + i + 8, v1);
+      _mm256_storeu_ps(s + i + 16, v2);
+      _mm256_storeu_ps(s + i + 24, v3);
+      __m256 d0 = _mm256_sub_ps(v0, kv), d1 = _mm256_sub_ps(v1, kv), d2 = _mm256_sub_ps(v2, kv);
+      __m256 d3 = _mm256_sub_ps(v3, kv);
+      p0 = _mm256_add_ps(p0, d0);
+      p1 = _mm256_add_ps(p1, d1);
+      p2 = _mm256_add_ps(p2, d2);
+      p3 = _mm256_add_ps(p3, d3);
+      q0 = _mm256_fmadd_ps(d0, d0, q0);
+      q1 = _mm256_fmadd_ps(d1, d1, q1);
+      q2 = _mm256_fmadd_ps(d2, d2, q2);
+      q3 = _mm256_fmadd_ps(d3, d3, q3);
+    }
+    a1 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a1, p0), p1), p2), p3);
+    a2 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a2, q0), q1), q2), q3);
+  }
+  double t1 = nx_hsum(a1), t2 = nx_hsum(a2);
+  for (; i < n; ++i) {
+    s[i] = x[i] + (g ? nx_mul_rounded(g[i], r[i]) : r[i]);
+    double d = (double)s[i] - k;
+    t1 += d;
+    t2 += d * d;
+  }
+  *s1 += t1;
+  *s2 += t2;
+}
+
+static void add_sumsq_avx2(const float* restrict x, const float* restrict r, const float* restrict g,
+                           float* restrict s, size_t n, double* s2) {
+  __m256d a2 = _mm256_setzero_pd();
+  size_t i = 0;
+  while (i + 32 <= n) {
+    size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
+    __m256 q0 = _mm256_setzero_ps(), q1 = q0, q2 = q0, q3 = q0;
+    for (; i < end; i += 32) {
+      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), nx_res8(r, g, i));
+      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), nx_res8(r, g, i + 8));
+      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), nx_res8(r, g, i + 16));
+      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), nx_res8(r, g, i + 24));
+      _mm256_storeu_ps(s + i, v0);
+      _mm256_storeu_ps(s + i + 8, v1);
+      _mm256_storeu_ps(s + i + 16, v2);
+      _mm256_storeu_ps(s + i + 24, v3);
+      q0 = _mm256_fmadd_ps(v0, v0, q0);
+      q1 = _mm256_fmadd_ps(v1, v1, q1);
+      q2 = _mm256_fmadd_ps(v2, v2, q2);
+      q3 = _mm256_fmadd_ps(v3, v3, q3);
+    }
+    a2 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a2, q0), q1), q2), q3);
+  }
+  double t2 = nx_hsum(a2);
+  for (; i < n; ++i) {
+    s[i] = x[i] + (g ? nx_mul_rounded(g[i], r[i]) : r[i]);
+    t2 += (double)s[i] * (double)s[i];
+  }
   *s2 += t2;
 }
 

@@ -219,6 +219,30 @@ static void NX_FN(add)(const float* restrict x, const float* restrict r, float* 
   for (size_t i = 0; i < n; ++i) s[i] = x[i] + r[i];
 }
 
+#ifndef NX_HAVE_ISA_ADD_SUMS
+/* generic: the add, then the statistics of the (cache-resident) sum */
+static void NX_FN(gated_add)(const float* restrict x, const float* restrict r, const float* restrict g,
+                             float* restrict s, size_t n) {
+  if (!g) {
+    NX_FN(add)(x, r, s, n);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) s[i] = x[i] + nx_mul_rounded(g[i], r[i]);
+}
+
+static void NX_FN(add_sums)(const float* restrict x, const float* restrict r, const float* restrict g,
+                            float* restrict s, size_t n, double k, double* s1, double* s2) {
+  NX_FN(gated_add)(x, r, g, s, n);
+  NX_FN(sums)(s, n, k, s1, s2);
+}
+
+static void NX_FN(add_sumsq)(const float* restrict x, const float* restrict r, const float* restrict g,
+                             float* restrict s, size_t n, double* s2) {
+  NX_FN(gated_add)(x, r, g, s, n);
+  NX_FN(sumsq)(s, n, s2);
+}
+#endif
+
 /* s and y may be the same buffer: every loop reads s[i] before writing y[i] at the same index, so
  * vectorising it is safe; the pragma tells the compiler so (no alias-check fallback loop) */
 #if defined(__clang__)
@@ -318,6 +342,6 @@ static void NX_FN(col_affine)(const float* restrict x, float* restrict y, size_t
 
 const NxMath NX_FN(nx_math) = {
     NX_ISA_NAME,      NX_FN(sums),     NX_FN(sumsq),      NX_FN(affine),     NX_FN(affine_channels), NX_FN(affine_sums),
-    NX_FN(row),       NX_FN(rms_row),  NX_FN(add),        NX_FN(row_ext),    NX_FN(col_sums),
+    NX_FN(row),       NX_FN(rms_row),  NX_FN(add),        NX_FN(add_sums),   NX_FN(add_sumsq), NX_FN(row_ext),    NX_FN(col_sums),
     NX_FN(col_finish), NX_FN(col_affine),
 };
