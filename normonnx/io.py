@@ -47,7 +47,8 @@ import onnx
 
 from .errors import ModelLoadError, OutputError
 
-_PROTO_LIMIT = 2**31 - 2**20  # leave headroom below protobuf's 2 GiB
+#: the largest model written as one inline file (headroom below protobuf's 2 GiB)
+PROTO_LIMIT = 2**31 - 2**20
 
 # Test hook for the fault-injection suite (tests/test_io_faults.py): when this environment
 # variable names a step of a write (see _STEPS), the process SIGKILLs itself right after it.
@@ -184,8 +185,8 @@ def save(
     p = os.fspath(path)
     size = model.ByteSize() + (external.weight_bytes(model) if external.has_external(model) else 0)
     if external_data is None:
-        external_data = size > _PROTO_LIMIT
-    elif not external_data and size > _PROTO_LIMIT:
+        external_data = size > PROTO_LIMIT
+    elif not external_data and size > PROTO_LIMIT:
         raise OutputError(
             f"{p}: a {size / 2**30:.1f} GiB model does not fit in one ONNX file (protobuf's 2 GiB limit)",
             note="write it with external data (the default above 2 GiB)",
@@ -204,6 +205,8 @@ def save(
     finally:
         if stage is not None:
             stage.committed = True  # the write either committed or cleaned up after itself
+            if stage.memory is not None:
+                stage.memory.clear()
     return p
 
 
@@ -224,9 +227,13 @@ class Stage:
     removes it). It is a temp file of the write protocol (``.NAME.<pid>-<token>.data.tmp``), so a
     killed run's stage is swept like any other temp; :meth:`discard` (also on leaving a ``with``
     block without saving) removes it.
+
+    ``memory=True`` (a model that will be written inline): the file stays empty and the weights
+    stay in :attr:`memory` behind the same references (:mod:`normonnx.external`), so that they
+    reach the disk once, in the final write, instead of twice.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, memory: bool = False) -> None:
         shown = os.fspath(path)
         real = check_output_path(shown)
         _check_link(shown, real)
@@ -236,13 +243,21 @@ class Stage:
         self.location = os.path.basename(self.path)
         self.directory = self.write.dir
         self.committed = False
+        #: the in-memory tensors by offset (None: they are in the file)
+        self.memory: dict[int, object] | None = {} if memory else None
+
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """:func:`normonnx.external.reading` of this stage's references (its directory and memory)."""
+        from . import external
+
+        return external.reading(self.directory, None if self.memory is None else {self.location: self.memory})
 
     def unload(self, model: object) -> int:
         """Move an onnx_ir model's large initializers into this file (see :func:`normonnx.external.unload`)."""
         from . import external
 
         try:
-            return external.unload(model, self.file, self.location, self.directory)
+            return external.unload(model, self.file, self.location, self.directory, self.memory)
         except OSError as e:
             self.discard()
             err = _write_error(e, self.write.shown, self.write.old is not None)
@@ -268,6 +283,8 @@ class Stage:
         """Empty the file (a second capture replaces the first one's weights)."""
         self.file.seek(0)
         self.file.truncate()
+        if self.memory is not None:
+            self.memory.clear()
 
     def discard(self) -> None:
         if self.committed:
@@ -383,11 +400,15 @@ class _Write:
             for t in _get_initializer_tensors(m):
                 if external.is_external(t):
                     loc, src_offset, length = external.info(t)
-                    if stage is not None and loc == stage.location:  # already in this file: adopt
+                    if stage is not None and stage.memory is None and loc == stage.location:  # in this file: adopt
                         _set_external(t, location, src_offset, length)
                         continue
                     offset = _align(f)
-                    length = _copy_range(external.resolve(loc), src_offset, length, f)
+                    if stage is not None and stage.memory is not None and loc == stage.location:
+                        f.write(external.buffer(t))  # in memory: written once, here
+                        length = f.tell() - offset
+                    else:
+                        length = _copy_range(external.resolve(loc), src_offset, length, f)
                 elif t.HasField("raw_data"):
                     offset = _align(f) if len(t.raw_data) > external.ALIGN_MIN else f.tell()
                     f.write(t.raw_data)
@@ -540,16 +561,19 @@ def _inline_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     yield m.SerializeToString() + b"\x3a" + _varint(graph_len)  # field 7, length-delimited
     yield graph_head
     for t, n in zip(inits, sizes):
-        if external.is_external(t):
-            data = external.read_bytes(t)
-            t = _bare(t)
-            t.raw_data = data
-            del data
-        enc = t.SerializeToString()
-        if len(enc) != n:
-            raise RuntimeError(f"tensor {t.name!r} encodes to {len(enc)} bytes, {n} were announced")
         yield b"\x2a" + _varint(n)  # field 5, length-delimited
-        yield enc
+        if not external.is_external(t):
+            yield t.SerializeToString()
+            continue
+        # the bare tensor, then its data as field 9 (raw_data): protobuf accepts fields in any
+        # order, and the data is written from its buffer without a copy into a message
+        data = external.buffer(t)
+        head = _bare(t).SerializeToString() + b"\x4a" + _varint(len(data))
+        if len(head) + len(data) != n:
+            raise RuntimeError(f"tensor {t.name!r} encodes to {len(head) + len(data)} bytes, {n} were announced")
+        yield head
+        yield data
+        del data
 
 
 def _bare(t: onnx.TensorProto) -> onnx.TensorProto:

@@ -110,12 +110,26 @@ def test_optimize_keeps_external_weights_on_disk_and_save_copies_them(model, tmp
 
 
 def test_staged_export_written_inline_streams_the_weights(model, tmp_path, monkeypatch):
-    """A model staged for its size but under 2 GiB: one inline file, the stage removed."""
+    """A model staged for its size but under 2 GiB: its weights stay in memory behind the
+    references (the stage file stays empty: one disk write, the final one), one inline file."""
     import normonnx.exporter as exporter
 
     m, x = model
     monkeypatch.setattr(exporter, "STAGE_MIN", 0)  # the 256 MiB threshold, for a CI-sized model
+    seen = []
+    check = nio.Stage.check
+
+    def spy(stage, lowered, fn):
+        seen.append((os.path.getsize(stage.path), len(stage.memory or {})))
+        refs = [t for t in lowered.graph.initializer if external.is_external(t)]
+        seen.append(float(np.abs(external.array(refs[0])).sum()))  # readable from memory
+        return check(stage, lowered, fn)
+
+    monkeypatch.setattr(nio.Stage, "check", spy)
     export(m, (x,), tmp_path / "m.onnx")
+    assert seen[0] == (0, 3)  # nothing on disk; the three Linear weights in memory
+    sums = [float(fc.weight.detach().abs().sum()) for fc in m.fcs]
+    assert min(abs(seen[1] - s) / s for s in sums) < 1e-6  # a reference reads the torch weight back
     assert os.listdir(tmp_path) == ["m.onnx"]
     proto = onnx.load(tmp_path / "m.onnx")
     assert not any(external.is_external(t) for t in proto.graph.initializer)
