@@ -175,6 +175,37 @@ def set_ir_base(model: Any) -> None:
             ir.external_data.set_base_dir(g, base)
 
 
+@contextlib.contextmanager
+def opaque_weights(model: Any) -> Iterator[None]:
+    """Inside the block, the onnx_ir ``model``'s initializers above :data:`INLINE_MAX` bytes have
+    no constant value: they are inputs whose values no pass reads.
+
+    onnxscript's cleanup passes never need a weight's value (they fold at most 8192 elements,
+    deduplicate at most 1024), but pattern matching and hashing call ``numpy()`` on what is
+    there, and each onnx_ir external tensor read maps its *whole* data file: 160 weights of a
+    2.5 GiB file are 400 GiB of address space, past any ``RLIMIT_AS``. The values are put back
+    on leaving the block, so serialization writes the same references (or bytes) as before."""
+    import logging
+
+    # its deduplication warns of each initializer without a value: here that is the point
+    quiet = logging.getLogger("onnx_ir.passes.common.initializer_deduplication")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    hidden = []
+    for g in model.graphs():
+        for value in g.initializers.values():
+            t = value.const_value
+            if t is not None and t.nbytes > INLINE_MAX:
+                hidden.append((value, t))
+                value.const_value = None
+    try:
+        yield
+    finally:
+        for value, t in hidden:
+            value.const_value = t
+        quiet.setLevel(level)
+
+
 def unload(model: Any, f: Any, location: str, directory: str, memory: dict[int, Any] | None = None) -> int:
     """Write the onnx_ir ``model``'s initializers above :data:`INLINE_MAX` bytes to the open file
     ``f`` (named ``location`` in ``directory``) and make them external tensors of that file, in

@@ -463,11 +463,17 @@ def run_values(
     threads: int | None = None,
     names: Iterable[str] | None = None,
     types: Mapping[str, onnx.TypeProto] | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name."""
+    """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name.
+
+    ``max_memory`` (bytes): expose the values in groups that fit it, one session at a time
+    (:mod:`normonnx.budget`; UnsupportedHere when they cannot)."""
     from .runtime.session import session
 
     exp, mapping = expose_values(model, names, types)
+    if max_memory is not None:
+        return _run_in_groups(model, exp, mapping, arrays, provider, optimize, threads, types, max_memory)
     sess = session(exp, provider, threads=threads, optimize=optimize)
     if not isinstance(arrays, Mapping):
         arrays = list(arrays)
@@ -488,6 +494,39 @@ def run_values(
             note=f"the model expects {expected} (CLI: --input name:SHAPE[:DTYPE])",
         ) from None
     return {mapping[n]: np.asarray(a) for n, a in zip(sess.output_names, got) if n in mapping}
+
+
+def _run_in_groups(
+    model: onnx.ModelProto,
+    exp: onnx.ModelProto,
+    mapping: Mapping[str, str],
+    arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+    provider: str,
+    optimize: bool,
+    threads: int | None,
+    types: Mapping[str, onnx.TypeProto] | None,
+    max_memory: int,
+) -> dict[str, np.ndarray]:
+    """:func:`run_values` under a memory budget: the exposed values in groups (see :mod:`normonnx.budget`)."""
+    from . import budget, external
+
+    types = dict(types) if types is not None else infer_types(model)
+    ins = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
+    feeds = dict(arrays) if isinstance(arrays, Mapping) else dict(zip(ins, arrays))
+    dims = budget.bound_dims(model, {k: np.asarray(v) for k, v in feeds.items()})
+    outs = [o.name for o in exp.graph.output]
+    sizes = {o: budget.value_bytes(types.get(mapping[o]), dims) for o in outs}
+    for o in outs:  # a bfloat16 value comes back as float32: twice its own bytes
+        if o != mapping[o] and sizes[o] is not None:
+            sizes[o] *= 2
+    groups = budget.plan(outs, sizes, external.weight_bytes(model), max_memory)
+    values: dict[str, np.ndarray] = {}
+    for group in groups:
+        wanted = {mapping[o] for o in group}
+        values.update(
+            run_values(model, feeds, provider=provider, optimize=optimize, threads=threads, names=wanted, types=types)
+        )
+    return values
 
 
 def _feed(sess: Any, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -863,7 +902,25 @@ def _as_torch_inputs(
 def _load(onnx_model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     if isinstance(onnx_model, onnx.ModelProto):
         return onnx_model, "<in-memory model>"
-    return nio.load(onnx_model), os.fspath(onnx_model)
+    # weights stay in their file (references, any size); see _reading_beside
+    return nio.load_lazy(onnx_model), os.fspath(onnx_model)
+
+
+def _reading_beside(fn: Any) -> Any:
+    """Run ``fn(model, onnx_path, ...)`` with the references of the file at ``onnx_path``
+    readable (:func:`normonnx.io.load_lazy`); an in-memory model keeps the caller's."""
+    import functools
+
+    from . import external
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, onnx_path: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(onnx_path, onnx.ModelProto):
+            return fn(model, onnx_path, *args, **kwargs)
+        with external.reading(os.path.dirname(os.path.abspath(os.fspath(onnx_path)))):
+            return fn(model, onnx_path, *args, **kwargs)
+
+    return wrapper
 
 
 def _error_sample(a: np.ndarray, r: np.ndarray, limit: int = 20000) -> tuple[np.ndarray, np.ndarray]:
@@ -922,6 +979,7 @@ def _norm_info(
     return info
 
 
+@_reading_beside
 def localize(
     model: Any,
     onnx_path: str | os.PathLike[str] | onnx.ModelProto,
@@ -936,6 +994,7 @@ def localize(
     seed: int = 0,
     dtype: str | None = None,
     isolated: bool = True,
+    max_memory: int | str | None = None,
 ) -> LocalizeReport:
     """Compare every torch module's output with its ONNX value; report the first divergence.
 
@@ -950,15 +1009,29 @@ def localize(
     ``isolated`` (default): each mapped module's ONNX nodes also run on torch's own inputs
     (:mod:`normonnx.isolate`); the culprit is the first module whose *isolated* error fails, so
     drift accumulated upstream never blames a healthy module. Both numbers are reported.
+
+    ``max_memory`` (bytes or ``"8G"``): the ONNX values are exposed in groups that fit beside the
+    session's weights and the values kept (:mod:`normonnx.budget`), one session at a time;
+    UnsupportedHere up front when they cannot. None: all at once, in one session.
     """
     check_usage(check, atol, rtol)
+    if max_memory is not None:
+        from .budget import parse_size
+
+        max_memory = parse_size(max_memory)
     proto, label = _load(onnx_path)
     dtype = dtype or model_dtype(proto)
     tin, arrays = _as_torch_inputs(proto, inputs, seed)
     calls, t_outputs = trace_torch(model, tin)
     types = infer_types(proto)
     values = run_values(
-        proto, onnx_input_arrays(proto, arrays), provider=provider, optimize=ort_optimize, threads=threads, types=types
+        proto,
+        onnx_input_arrays(proto, arrays),
+        provider=provider,
+        optimize=ort_optimize,
+        threads=threads,
+        types=types,
+        max_memory=max_memory,
     )
     out_names = [o.name for o in proto.graph.output]
     outputs = []

@@ -52,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-localize", action="store_true", help="do not localize automatically on a mismatch")
     g.add_argument("--all-layers", action="store_true", help="print every module row, not only up to the failure")
     g.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget for localization's onnxruntime side (e.g. 8G): values exposed in groups that fit, "
+        "refused up front when they cannot (default: all at once)",
+    )
+    g.add_argument(
         "--bisect",
         metavar="OTHER",
         help="compare ONNX value by value with OTHER: another .onnx file (e.g. the optimized one) or a provider "
@@ -108,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         bad = [c for c in args.stress_case if c not in CASES]
         if bad:
             raise InputError(f"unknown --stress-case {', '.join(bad)}", note=f"valid: {', '.join(CASES)}")
+    max_memory = None
+    if args.max_memory is not None:
+        from ..budget import parse_size
+
+        max_memory = parse_size(args.max_memory)  # a bad size fails before any work
     model, inputs, _ = model_and_inputs(args)
     per = {}
     for name in set(atol_per) | set(rtol_per):
@@ -156,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             rtol=rtol,
             check=args.check,
             threads=args.threads,
+            max_memory=max_memory,
         )
         sections["localize"] = loc
         print("\nper-layer comparison (onnxruntime optimizations off):")

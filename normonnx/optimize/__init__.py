@@ -297,22 +297,23 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     m = ir.serde.deserialize_model(infer(model))  # static shapes let Shape/Size fold
     external.set_ir_base(m)  # external weights stay lazy; folding a small one reads it from disk
     common = ir.passes.common
-    for _ in range(2):
-        folded = optimizer.fold_constants(m)
-        m = rewriter.rewrite(m, rules)
-        changed = common.IdentityEliminationPass()(m).modified
-        if not (folded.modified or changed):
-            break
-    for p in (
-        common.RemoveUnusedNodesPass(),
-        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        common.DeduplicateInitializersPass(),
-        common.CommonSubexpressionEliminationPass(),
-        common.RemoveUnusedNodesPass(),
-        common.RemoveUnusedFunctionsPass(),
-        common.RemoveUnusedOpsetsPass(),
-    ):
-        p(m)
+    with external.opaque_weights(m):  # no pass reads (or maps) a large weight
+        for _ in range(2):
+            folded = optimizer.fold_constants(m)
+            m = rewriter.rewrite(m, rules)
+            changed = common.IdentityEliminationPass()(m).modified
+            if not (folded.modified or changed):
+                break
+        for p in (
+            common.RemoveUnusedNodesPass(),
+            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common.DeduplicateInitializersPass(),
+            common.CommonSubexpressionEliminationPass(),
+            common.RemoveUnusedNodesPass(),
+            common.RemoveUnusedFunctionsPass(),
+            common.RemoveUnusedOpsetsPass(),
+        ):
+            p(m)
     return infer(ir.serde.serialize_model(m))
 
 
@@ -485,9 +486,9 @@ def optimize_model(
         original.CopyFrom(model_or_path)
         base = external.base_dir() if external.has_external(original) else None
     else:
-        # weights in a data file stay there: the passes see references (read on use, memory-mapped),
-        # onnxruntime reads the file itself, and io.save copies it in chunks
-        original = nio.load(model_or_path, load_external=False)
+        # weights stay in their file (a data file, or a large inline .onnx itself): the passes see
+        # references (read on use, memory-mapped), onnxruntime reads the file, io.save copies it in chunks
+        original = nio.load_lazy(model_or_path)
         base = os.path.dirname(os.path.abspath(model_or_path)) if external.has_external(original) else None
     with external.reading(base):
         return _optimize(
