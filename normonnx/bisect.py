@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from . import external
 from .compare import OutputComparison, Tolerance, compare_arrays
 from .compare.tolerances import check_usage
 from .localize import (
@@ -128,16 +129,25 @@ def bisect(
     check: str = "elementwise",
     threads: int | None = None,
     seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> BisectReport:
     """Run A (the reference) and B, compare every value they share by name, find the first divergence.
 
     ``other`` is a second ONNX file / model (e.g. the optimized one), or a provider spec for the
     same model: ``"cuda"``, ``"cpu:opt"`` (onnxruntime's graph optimizations on; values we expose
     cannot be fused away, so this compares kernels more than fusions).
+
+    Files are read with their weights left on disk (any size). ``max_memory`` (bytes or ``"8G"``):
+    each side's values are exposed in groups that fit beside its weights and the values kept, A's
+    included while B runs (:mod:`normonnx.budget`).
     """
     from .verifier import _inputs_from_onnx
 
     check_usage(check, atol, rtol)
+    if max_memory is not None:
+        from .budget import parse_size
+
+        max_memory = parse_size(max_memory)
     proto_a, label_a = _load(onnx_a)
     prov_b, opt_b = _parse_side(other)
     if prov_b is not None:
@@ -153,26 +163,34 @@ def bisect(
         arrays = [_np(t) if hasattr(t, "detach") else np.asarray(t) for t in inputs]
     types_a = infer_types(proto_a)
     types_b = types_a if proto_b is proto_a else infer_types(proto_b)
-    va = run_values(
-        proto_a,
-        onnx_input_arrays(proto_a, arrays),
-        provider=provider,
-        optimize=optimize_a,
-        threads=threads,
-        types=types_a,
-    )
-    vb = run_values(
-        proto_b,
-        onnx_input_arrays(proto_b, arrays),
-        provider=prov_b,
-        optimize=bool(opt_b),
-        threads=threads,
-        types=types_b,
-    )
+    # each file's weights stay in it (references, any size): each side reads beside its own file
+    with external.reading(_base(onnx_a)):
+        va = run_values(
+            proto_a,
+            onnx_input_arrays(proto_a, arrays),
+            provider=provider,
+            optimize=optimize_a,
+            threads=threads,
+            types=types_a,
+            max_memory=max_memory,
+        )
+        const_a = constants(proto_a)
+    if max_memory is not None:  # A's values stay while B runs
+        max_memory -= sum(a.nbytes for a in va.values())
+    with external.reading(_base(onnx_a if proto_b is proto_a else other)):
+        vb = run_values(
+            proto_b,
+            onnx_input_arrays(proto_b, arrays),
+            provider=prov_b,
+            optimize=bool(opt_b),
+            threads=threads,
+            types=types_b,
+            max_memory=max_memory,
+        )
+        const_b = constants(proto_b)
     g = proto_a.graph
     records = norm_records(proto_a)
     tdt = model_dtype(proto_a)
-    const_a, const_b = constants(proto_a), constants(proto_b)
     results: list[ValueResult] = []
     status: dict[str, bool] = {vi.name: True for vi in g.input}  # both sides get the same inputs
 
@@ -244,6 +262,13 @@ def bisect(
     if first is not None and first.op_type not in ("Constant", "initializer"):
         notes += _attribute_diff(proto_a, proto_b, first.name)
     return BisectReport(label_a, label_b, results, outputs, first, only_a, only_b, notes)
+
+
+def _base(side: str | os.PathLike[str] | onnx.ModelProto) -> str | None:
+    """The directory a side's external references resolve against (an in-memory model: the caller's)."""
+    if isinstance(side, onnx.ModelProto):
+        return external.base_dir()
+    return os.path.dirname(os.path.abspath(os.fspath(side)))
 
 
 def _attribute_diff(a: onnx.ModelProto, b: onnx.ModelProto, value: str) -> list[str]:

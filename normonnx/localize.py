@@ -551,13 +551,18 @@ def model_dtype(model: onnx.ModelProto) -> str:
 
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers and ``Constant`` node values by name (float ones only)."""
+    """Initializers and ``Constant`` node values by name (float ones only); external ones
+    memory-mapped when their directory is known (:func:`normonnx.external.reading`)."""
     from onnx import numpy_helper
+
+    from . import external
 
     out: dict[str, np.ndarray] = {}
     for t in model.graph.initializer:
         if t.data_type in FLOAT_ELEMS and not t.data_location:
             out[t.name] = numpy_helper.to_array(t)
+        elif t.data_type in FLOAT_ELEMS and external.base_dir() is not None:
+            out[t.name] = external.array(t)
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             t = n.attribute[0].t

@@ -303,3 +303,29 @@ def test_a_memory_budget_that_cannot_fit_is_refused_with_what_each_part_needs(mo
     assert code == 3 and f"the budget is {budget.gib(weights + 1024)}" in capsys.readouterr().err
     assert main(["verify", spec, str(tmp_path / "m.onnx"), "--max-memory", "lots"]) == 2
     assert "cannot read 'lots' as a memory size" in capsys.readouterr().err
+
+
+def test_compare_two_files_with_external_data_in_two_directories_finds_an_edited_weight(model, tmp_path):
+    """bisect/compare reads each side beside its own file (weights left on disk, under a budget)
+    and still compares the large weights shared by name: an edited one is the first divergence."""
+    from normonnx.bisect import bisect
+
+    m, x = model
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    export(m, (x,), tmp_path / "a" / "m.onnx", external_data=True)
+    with external.reading(tmp_path / "a"):
+        nio.save(nio.load_lazy(tmp_path / "a" / "m.onnx"), tmp_path / "b" / "m.onnx", external_data=True)
+    same = bisect(tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", [x.numpy()], max_memory="64M")
+    assert same.passed and len(same.values) > 10
+
+    proto = onnx.load(tmp_path / "b" / "m.onnx", load_external_data=False)
+    w = next(t for t in proto.graph.initializer if external.is_external(t) and np.prod(t.dims) == D * D)
+    location, offset, _ = external.info(w)
+    edit = np.memmap(tmp_path / "b" / location, np.float32, "r+", offset=offset, shape=(D * D,))
+    edit[:] *= 1.5
+    edit.flush()
+    del edit
+    diff = bisect(tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", [x.numpy()], max_memory="64M")
+    assert not diff.passed
+    assert diff.first is not None and (diff.first.name, diff.first.op_type) == (w.name, "initializer")

@@ -28,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", type=float, default=None)
     p.add_argument("--check", default="elementwise", help="elementwise (default), max, mean or quantile:Q")
     p.add_argument("--threads", type=count(1), default=None, help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget for the exposed values (e.g. 8G): exposed in groups that fit, refused up front when "
+        "they cannot (default: all at once)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML, one testcase per shared value")
     p.add_argument("--html", metavar="FILE", help="write an HTML report (normonnx[report])")
@@ -46,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         from ..reports import require_html
 
         require_html()
+    max_memory = None
+    if args.max_memory is not None:
+        from ..budget import parse_size
+
+        max_memory = parse_size(args.max_memory)  # a bad size fails before any work
     specs = parse_input_specs(args.input)
     inputs = [t.numpy() for t in random_inputs(specs, args.seed)] if specs else None
     rep = bisect(
@@ -59,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         check=args.check,
         threads=args.threads,
         seed=args.seed,
+        max_memory=max_memory,
     )
     print(rep.format_table())
     for n in rep.notes:

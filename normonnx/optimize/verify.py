@@ -273,17 +273,6 @@ def verify_models(
         optimized = lower_cuda.cpu_equivalent(optimized)
         note = "target cuda verified on CPU: onnxruntime contrib ops replaced by their reference semantics"
     specs = input_specs(original, shapes)
-    try:
-        s_orig = session(original, "cpu", threads=threads, optimize=False)
-    except NormOnnxError as e:
-        raise OptimizeError(
-            f"the original model does not run in onnxruntime here, so the result cannot be verified: {e.message}",
-            note="pass --no-verify to optimize without verification",
-        ) from None
-    try:
-        s_opt = session(optimized, "cpu", threads=threads, optimize=False)
-    except NormOnnxError as e:
-        return Verification("cpu", [], note, error=f"the optimized model does not load in onnxruntime: {e.message}")
     names = [o.name for o in original.graph.output]
     if [o.name for o in optimized.graph.output] != names:
         return Verification("cpu", [], note, error="the optimized model's outputs differ from the original's")
@@ -293,9 +282,23 @@ def verify_models(
     ]
     for name, scale, offset in STRESS:
         cases.append((name, "stress", make_feeds(specs, rng, scale, offset)))
+    # one session at a time: the original's outputs first, then the optimized model's session (two
+    # sessions of a large model would hold its weights twice)
+    try:
+        s_orig = session(original, "cpu", threads=threads, optimize=False)
+    except NormOnnxError as e:
+        raise OptimizeError(
+            f"the original model does not run in onnxruntime here, so the result cannot be verified: {e.message}",
+            note="pass --no-verify to optimize without verification",
+        ) from None
+    refs = [s_orig.run(feeds) for _, _, feeds in cases]
+    del s_orig
+    try:
+        s_opt = session(optimized, "cpu", threads=threads, optimize=False)
+    except NormOnnxError as e:
+        return Verification("cpu", [], note, error=f"the optimized model does not load in onnxruntime: {e.message}")
     samples = []
-    for name, kind, feeds in cases:
-        ref = s_orig.run(feeds)
+    for (name, kind, feeds), ref in zip(cases, refs):
         try:
             got = s_opt.run(feeds)
         except NormOnnxError as e:
