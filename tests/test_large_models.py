@@ -292,13 +292,7 @@ def test_a_memory_budget_that_cannot_fit_is_refused_with_what_each_part_needs(mo
         f"onnxruntime's weights {budget.gib(weights)}" in text and f"the budget is {budget.gib(weights + 1024)}" in text
     )
     assert "--max-memory" in e.value.note
-    (tmp_path / "factory.py").write_text(
-        "import torch, sys\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from test_large_models import Stack\n"
-        "def make():\n    torch.manual_seed(0)\n    return Stack().eval(), (torch.randn(2, 8, 256),)\n"
-    )
-    spec = f"{tmp_path / 'factory.py'}:make"
+    spec = _factory(tmp_path)
     code = main(["verify", spec, str(tmp_path / "m.onnx"), "--localize", "--max-memory", str(weights + 1024)])
     assert code == 3 and f"the budget is {budget.gib(weights + 1024)}" in capsys.readouterr().err
     assert main(["verify", spec, str(tmp_path / "m.onnx"), "--max-memory", "lots"]) == 2
@@ -329,3 +323,52 @@ def test_compare_two_files_with_external_data_in_two_directories_finds_an_edited
     diff = bisect(tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", [x.numpy()], max_memory="64M")
     assert not diff.passed
     assert diff.first is not None and (diff.first.name, diff.first.op_type) == (w.name, "initializer")
+
+
+def _factory(tmp_path) -> str:
+    (tmp_path / "factory.py").write_text(
+        "import torch, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_large_models import Stack\n"
+        "def make():\n    torch.manual_seed(0)\n    return Stack().eval(), (torch.randn(2, 8, 256),)\n"
+    )
+    return f"{tmp_path / 'factory.py'}:make"
+
+
+def test_verify_frees_a_large_torch_model_before_onnxruntime_loads_the_file(model, tmp_path, monkeypatch, capsys):
+    """Peak memory of verify is the larger side, not torch's weights plus onnxruntime's: torch runs
+    every case first, then its weights are freed; a mismatch rebuilds the model to localize it."""
+    import json
+
+    import normonnx.commands.verify as cmd
+    from normonnx import verifier
+    from normonnx.cli import main
+
+    m, x = model
+    mine = Stack().eval()
+    mine.load_state_dict(m.state_dict())
+    export(mine, (x,), tmp_path / "m.onnx", external_data=True)
+    rep = verifier.verify(mine, tmp_path / "m.onnx", (x,), release_model=True)
+    assert rep.passed and len(rep.samples) == 3 and rep.max_abs < 1e-4
+    assert all(p.numel() == 0 for p in mine.parameters())  # given up, as asked
+
+    monkeypatch.setattr(cmd, "RELEASE_MIN", 0)  # 256 MiB, for a CI-sized model
+    released = []
+    real = verifier._release
+    monkeypatch.setattr(verifier, "_release", lambda mod: (released.append(mod), real(mod))[1])
+    spec = _factory(tmp_path)
+    assert main(["verify", spec, str(tmp_path / "m.onnx"), "--json", str(tmp_path / "ok.json")]) == 0
+    assert len(released) == 1
+
+    proto = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    w = next(t for t in proto.graph.initializer if external.is_external(t) and np.prod(t.dims) == D * D)
+    location, offset, _ = external.info(w)
+    edit = np.memmap(tmp_path / location, np.float32, "r+", offset=offset, shape=(D * D,))
+    edit[:] *= 1.5
+    edit.flush()
+    del edit
+    capsys.readouterr()
+    assert main(["verify", spec, str(tmp_path / "m.onnx"), "--json", str(tmp_path / "bad.json")]) == 1
+    assert len(released) == 2
+    report = json.loads((tmp_path / "bad.json").read_text())
+    assert "localize" in report and report["localize"]["culprit"] is not None  # the rebuilt model localized it

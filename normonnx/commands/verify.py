@@ -127,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
             atol_per.get(name, atol if atol is not None else base.atol),
             rtol_per.get(name, rtol if rtol is not None else base.rtol),
         )
+    # a large model no later step needs is given up to verify: its weights are freed before
+    # onnxruntime loads the file's (peak: the larger side, not both); a mismatch rebuilds it
+    release = _weights(model) >= RELEASE_MIN and not (
+        args.localize or args.html or args.stress or args.stress_case or args.fp16 or args.bf16
+    )
+    fingerprint = _fingerprint(model) if release and not args.no_localize else None
     rep = verify(
         model,
         args.onnx,
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         check=args.check,
         threads=args.threads,
         latency_reps=args.latency or 0,
+        release_model=release,
     )
     sections: dict[str, Any] = {"verify": rep}
     print(rep.format_table())
@@ -155,7 +162,16 @@ def run(args: argparse.Namespace) -> int:
 
     loc = None
     # --html plots error vs depth and histograms on every run, passing too: they need the layers
-    if args.localize or (args.html and not args.no_localize) or (not rep.passed and not args.no_localize):
+    wanted = args.localize or (args.html and not args.no_localize) or (not rep.passed and not args.no_localize)
+    if wanted and release:  # the model was given up to verify: build it again, the same one
+        model, inputs, _ = model_and_inputs(args)
+        if _fingerprint(model) != fingerprint:
+            wanted = False
+            print(
+                f"note: the mismatch is not localized: building {args.model} again gave other weights "
+                "(no fixed seed?); rerun with --localize, which keeps the model"
+            )
+    if wanted:
         from ..localize import localize
 
         loc = localize(
@@ -247,3 +263,26 @@ def _write_reports(args: argparse.Namespace, sections: dict[str, Any], ok: bool,
         write_junit(args.junit, sections)
     if args.html:
         write_html(args.html, sections, final=f"{'PASSED' if ok else 'FAILED'} | {text}")
+
+
+#: torch weights from which ``normonnx verify`` frees the model before onnxruntime loads the file
+RELEASE_MIN = 256 << 20
+
+
+def _weights(model: Any) -> int:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _fingerprint(model: Any) -> list[tuple[str, tuple[int, ...], float]]:
+    """Names, shapes and float64 sums of the weights: a rebuilt model is the same one."""
+    import torch
+
+    with torch.no_grad():
+        return [
+            (n, tuple(t.shape), float(t.double().sum()) if t.is_floating_point() else float(t.sum()))
+            for n, t in (*model.named_parameters(), *model.named_buffers())
+        ]
