@@ -116,6 +116,13 @@ def load_lazy(path: str | os.PathLike[str]) -> onnx.ModelProto:
             return model
     model = load(p, load_external=False)
     if external.has_external(model):
+        missing = _missing_data_files(p)
+        if missing:  # worded as onnxruntime's load of such a file is explained (runtime/explain.py)
+            raise ModelLoadError(
+                f"{p}: its external data file {missing[0]} is missing",
+                note="a model saved with external data is a pair: copy or move the .onnx file and its data file "
+                "together (the data file's name is recorded in the model)",
+            )
         with external.reading(os.path.dirname(os.path.abspath(p))):
             for t in model.graph.initializer:
                 if external.is_external(t):

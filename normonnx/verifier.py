@@ -223,7 +223,7 @@ def verify(
     for k, t in (per_output or {}).items():
         if not isinstance(t, Tolerance):
             raise InputError(f"per_output[{k!r}] is {type(t).__name__}, not a Tolerance")
-    proto = nio.load(onnx_path, load_external=False)
+    proto = nio.load_lazy(onnx_path)  # a large inline file is scanned, its weights left in it
     if isinstance(model, torch.nn.Module):
         training = [n or "<root>" for n, m in model.named_modules() if m.training]
         if training:
@@ -290,7 +290,15 @@ def verify(
     del m64
     if release_model and isinstance(model, torch.nn.Module):
         _release(model)
-    sess = session(onnx_path, provider, threads=threads, optimize=ort_optimize)
+    if os.path.getsize(onnx_path) >= nio.LAZY_MIN:
+        # a large inline file: onnxruntime would hold the parsed file and its tensors (2x the
+        # weights); given references into the file, it reads each tensor once
+        from . import external
+
+        with external.reading(os.path.dirname(os.path.abspath(onnx_path))):
+            sess = session(proto, provider, threads=threads, optimize=ort_optimize)
+    else:
+        sess = session(onnx_path, provider, threads=threads, optimize=ort_optimize)
     for k, (cname, arrays) in enumerate(cases):
         ref = refs[k]
         got = sess.run(arrays)

@@ -372,3 +372,24 @@ def test_verify_frees_a_large_torch_model_before_onnxruntime_loads_the_file(mode
     assert len(released) == 2
     report = json.loads((tmp_path / "bad.json").read_text())
     assert "localize" in report and report["localize"]["culprit"] is not None  # the rebuilt model localized it
+
+
+def test_verify_of_a_large_inline_file_leaves_its_weights_in_the_file(model, tmp_path, monkeypatch):
+    """Not parsed whole (that was 2x the weights at 1.5 GiB): the session gets references into
+    the .onnx itself, and the numbers are those of the file."""
+    import importlib
+
+    from normonnx import verifier
+
+    m, x = model
+    export(m, (x,), tmp_path / "m.onnx")
+    monkeypatch.setattr(nio, "LAZY_MIN", 0)  # 256 MiB, for a CI-sized file
+    given = []
+    sessions = importlib.import_module("normonnx.runtime.session")
+    real = sessions.session
+    monkeypatch.setattr(sessions, "session", lambda src, *a, **k: (given.append(src), real(src, *a, **k))[1])
+    rep = verifier.verify(m, tmp_path / "m.onnx", (x,))
+    assert rep.passed and rep.max_abs < 1e-4
+    (src,) = given
+    assert isinstance(src, onnx.ModelProto)
+    assert {external.info(t)[0] for t in src.graph.initializer if external.is_external(t)} == {"m.onnx"}
