@@ -544,13 +544,16 @@ def _weights_of(ep: Any) -> int:
 @contextlib.contextmanager
 def _staging(ep: Any, path: str, external_data: bool | None) -> Any:
     """A :class:`normonnx.io.Stage` for a large model (or ``external_data=True``), with its
-    references readable; None for a small one, whose weights stay inline as they always did."""
-    from . import external
+    references readable; None for a small one, whose weights stay inline as they always did.
 
-    if external_data is False or (not external_data and _weights_of(ep) < STAGE_MIN):
+    A model that will be one inline file (under 2 GiB, external data not asked for) is staged in
+    memory: its weights reach the disk once, in the final write, not in the stage and again in
+    the file (that round trip was a third of a 0.4 GiB export)."""
+    weights = _weights_of(ep)
+    if external_data is False or (not external_data and weights < STAGE_MIN):
         yield None
         return
-    with nio.Stage(path) as stage, external.reading(stage.directory):
+    with nio.Stage(path, memory=not external_data and weights < nio.PROTO_LIMIT) as stage, stage.reading():
         yield stage
 
 

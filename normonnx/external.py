@@ -14,6 +14,12 @@ everything that needs a value asks here -- :func:`array` (a rule's constant: eps
 weights, memory-mapped), :func:`set_ir_base` (onnx_ir's lazy tensors in cleanup),
 :func:`normonnx.runtime.session` (onnxruntime's folder for external initializers). Small
 constants stay inline, so a rule reading eps or axes never touches the disk.
+
+A model that will be written *inline* (under 2 GiB) need not go through the disk twice: there
+:func:`unload` keeps the tensors in memory (``memory=``, the exporter's own tensors, not copies)
+and the references name the stage's file at offsets that nothing is written to; :func:`reading`
+is then given that store, and every read here (:func:`array`, :func:`buffer`) takes the tensor
+from it. The final write streams them into the file once, as torch's own exporter does.
 """
 
 from __future__ import annotations
@@ -36,16 +42,32 @@ INLINE_MAX = 64 * 1024
 ALIGN, ALIGN_MIN = 65536, 1 << 20
 
 _BASE: contextvars.ContextVar[str | None] = contextvars.ContextVar("normonnx_external_base", default=None)
+#: tensors held in memory behind references: {location: {offset: ir tensor}} (see the module docstring)
+_MEMORY: contextvars.ContextVar[dict[str, dict[int, Any]] | None] = contextvars.ContextVar(
+    "normonnx_external_memory", default=None
+)
 
 
 @contextlib.contextmanager
-def reading(base_dir: str | os.PathLike[str] | None) -> Iterator[None]:
-    """Resolve external references against ``base_dir`` inside the block."""
+def reading(base_dir: str | os.PathLike[str] | None, memory: dict[str, dict[int, Any]] | None = None) -> Iterator[None]:
+    """Resolve external references against ``base_dir`` (and the in-memory ``memory``) inside the block."""
     token = _BASE.set(os.fspath(base_dir) if base_dir is not None else None)
+    mtoken = _MEMORY.set(memory)
     try:
         yield
     finally:
+        _MEMORY.reset(mtoken)
         _BASE.reset(token)
+
+
+def _in_memory(t: onnx.TensorProto) -> Any:
+    """The in-memory tensor behind reference ``t`` (None: it is on disk)."""
+    memory = _MEMORY.get()
+    if not memory:
+        return None
+    location, offset, _ = info(t)
+    held = memory.get(location)
+    return held.get(offset) if held is not None else None
 
 
 def base_dir() -> str | None:
@@ -84,6 +106,9 @@ def array(t: onnx.TensorProto) -> np.ndarray:
     """The value of ``t``; external data is memory-mapped copy-on-write (writes stay private)."""
     if not is_external(t):
         return numpy_helper.to_array(t)
+    held = _in_memory(t)
+    if held is not None:  # the exporter's own tensor: a copy, so that a rule's write stays private
+        return np.array(held.numpy())
     location, offset, _ = info(t)
     dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
     shape = tuple(int(d) for d in t.dims)
@@ -112,8 +137,11 @@ _MAPPABLE = {
 }
 
 
-def read_bytes(t: onnx.TensorProto) -> bytes:
-    """The raw little-endian bytes of an external tensor."""
+def buffer(t: onnx.TensorProto) -> bytes | memoryview:
+    """The raw little-endian bytes of an external tensor (a view of an in-memory one, no copy)."""
+    held = _in_memory(t)
+    if held is not None:
+        return memoryview(np.ascontiguousarray(held.numpy()).reshape(-1).view(np.uint8))
     location, offset, length = info(t)
     with open(resolve(location), "rb") as f:
         f.seek(offset)
@@ -147,26 +175,64 @@ def set_ir_base(model: Any) -> None:
             ir.external_data.set_base_dir(g, base)
 
 
-def unload(model: Any, f: Any, location: str, directory: str) -> int:
+@contextlib.contextmanager
+def opaque_weights(model: Any) -> Iterator[None]:
+    """Inside the block, the onnx_ir ``model``'s initializers above :data:`INLINE_MAX` bytes have
+    no constant value: they are inputs whose values no pass reads.
+
+    onnxscript's cleanup passes never need a weight's value (they fold at most 8192 elements,
+    deduplicate at most 1024), but pattern matching and hashing call ``numpy()`` on what is
+    there, and each onnx_ir external tensor read maps its *whole* data file: 160 weights of a
+    2.5 GiB file are 400 GiB of address space, past any ``RLIMIT_AS``. The values are put back
+    on leaving the block, so serialization writes the same references (or bytes) as before."""
+    import logging
+
+    # its deduplication warns of each initializer without a value: here that is the point
+    quiet = logging.getLogger("onnx_ir.passes.common.initializer_deduplication")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    hidden = []
+    for g in model.graphs():
+        for value in g.initializers.values():
+            t = value.const_value
+            if t is not None and t.nbytes > INLINE_MAX:
+                hidden.append((value, t))
+                value.const_value = None
+    try:
+        yield
+    finally:
+        for value, t in hidden:
+            value.const_value = t
+        quiet.setLevel(level)
+
+
+def unload(model: Any, f: Any, location: str, directory: str, memory: dict[int, Any] | None = None) -> int:
     """Write the onnx_ir ``model``'s initializers above :data:`INLINE_MAX` bytes to the open file
     ``f`` (named ``location`` in ``directory``) and make them external tensors of that file, in
-    declaration order (one layer's weights stay adjacent). Returns the bytes written."""
+    declaration order (one layer's weights stay adjacent). Returns the bytes written.
+
+    With ``memory`` (a dict), nothing is written: each tensor is kept there under the offset its
+    reference names, as if written (see the module docstring)."""
     import onnx_ir as ir
 
-    start = f.tell()
+    start = pos = f.tell()
     for value in model.graph.initializers.values():
         t = value.const_value
         if t is None or t.nbytes <= INLINE_MAX or isinstance(t, ir.ExternalTensor):
             continue
-        pos = f.tell()
         if t.nbytes > ALIGN_MIN and pos % ALIGN:
-            f.write(b"\0" * (ALIGN - pos % ALIGN))
-            pos = f.tell()
-        data = t.tobytes()
-        f.write(data)
+            if memory is None:
+                f.write(b"\0" * (ALIGN - pos % ALIGN))
+            pos += ALIGN - pos % ALIGN
+        if memory is None:
+            t.tofile(f)  # no bytes copy of the tensor (onnx_ir writes from its buffer)
+        else:
+            memory[pos] = t
         value.const_value = ir.ExternalTensor(
-            location, pos, len(data), t.dtype, shape=t.shape, name=t.name or value.name, base_dir=directory
+            location, pos, t.nbytes, t.dtype, shape=t.shape, name=t.name or value.name, base_dir=directory
         )
-        del data
+        pos += t.nbytes
+        if memory is None and f.tell() != pos:
+            raise RuntimeError(f"tensor {value.name!r} wrote {f.tell() - pos + t.nbytes} bytes, not {t.nbytes}")
     f.flush()
-    return f.tell() - start
+    return pos - start

@@ -47,7 +47,8 @@ import onnx
 
 from .errors import ModelLoadError, OutputError
 
-_PROTO_LIMIT = 2**31 - 2**20  # leave headroom below protobuf's 2 GiB
+#: the largest model written as one inline file (headroom below protobuf's 2 GiB)
+PROTO_LIMIT = 2**31 - 2**20
 
 # Test hook for the fault-injection suite (tests/test_io_faults.py): when this environment
 # variable names a step of a write (see _STEPS), the process SIGKILLs itself right after it.
@@ -86,6 +87,139 @@ def load(path: str | os.PathLike[str], *, load_external: bool = True) -> onnx.Mo
             f"{p} parsed but holds no graph (truncated or not an ONNX model?)", note="re-export the model"
         )
     return model
+
+
+#: an inline file at least this large is read by :func:`load_lazy` as references into itself
+LAZY_MIN = 256 << 20
+
+
+def load_lazy(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The model at ``path`` for the passes, at any size: weights above
+    :data:`normonnx.external.INLINE_MAX` bytes as external references, smaller tensors inline.
+
+    With external data, the references are the file's own (small tensors are read inline, so a
+    rule reading eps never opens the data file, and onnx_ir never maps the whole file once per
+    tensor). An inline file of :data:`LAZY_MIN` bytes or more is scanned, not parsed whole: each
+    large initializer becomes a reference to its ``raw_data`` bytes *inside the .onnx file*
+    (location = the file itself, offset and length of the field), which onnxruntime, onnx's
+    checker and :func:`normonnx.external.array` read like any data file. Resolve the references
+    with ``normonnx.external.reading(os.path.dirname(path))``."""
+    from . import external
+
+    p = os.fspath(path)
+    if os.path.isfile(p) and os.path.getsize(p) >= LAZY_MIN:
+        try:
+            model = _load_scanned(p)
+        except ValueError:  # not the protobuf layout we scan (or corrupt): the parser says which
+            model = None
+        if model is not None:
+            return model
+    model = load(p, load_external=False)
+    if external.has_external(model):
+        missing = _missing_data_files(p)
+        if missing:  # worded as onnxruntime's load of such a file is explained (runtime/explain.py)
+            raise ModelLoadError(
+                f"{p}: its external data file {missing[0]} is missing",
+                note="a model saved with external data is a pair: copy or move the .onnx file and its data file "
+                "together (the data file's name is recorded in the model)",
+            )
+        with external.reading(os.path.dirname(os.path.abspath(p))):
+            for t in model.graph.initializer:
+                if external.is_external(t):
+                    length = external.info(t)[2]
+                    if length is not None and length <= external.INLINE_MAX:
+                        data = bytes(external.buffer(t))
+                        del t.external_data[:]
+                        t.data_location = onnx.TensorProto.DEFAULT
+                        t.raw_data = data
+    return model
+
+
+def _fields(buf: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, start of the field's tag, start of its payload) of the protobuf
+    message ``buf[start:end]``, and the payload's end as the next field's tag start."""
+    pos = start
+    while pos < end:
+        tag_at = pos
+        tag, pos = _read_varint(buf, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 2:
+            n, pos = _read_varint(buf, pos)
+            yield field, wire, tag_at, pos
+            pos += n
+        elif wire == 0:
+            _, pos2 = _read_varint(buf, pos)
+            yield field, wire, tag_at, pos
+            pos = pos2
+        elif wire in (1, 5):
+            yield field, wire, tag_at, pos
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {tag_at}")
+        if pos > end:
+            raise ValueError(f"field {field} at byte {tag_at} runs past its message")
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError(f"truncated varint at byte {pos}")
+        b = buf[pos]
+        out |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            return out, pos
+        shift += 7
+
+
+def _load_scanned(p: str) -> onnx.ModelProto | None:
+    """:func:`load_lazy` of a large inline file (None: its graph has no large raw_data tensor)."""
+    import mmap
+
+    from . import external
+
+    location = os.path.basename(p)
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        buf = memoryview(mm)
+        try:
+            rest, graph_rest, inits = bytearray(), bytearray(), []
+            ends = _ends(buf, 0, len(buf))
+            for (field, _, tag_at, body), end in ends:
+                if field != 7:  # ModelProto.graph
+                    rest += buf[tag_at:end]
+                    continue
+                for (gf, _, gtag, gbody), gend in _ends(buf, body, end):
+                    if gf != 5:  # GraphProto.initializer
+                        graph_rest += buf[gtag:gend]
+                        continue
+                    t_rest, raw = bytearray(), None
+                    for (tf, _, ttag, tbody), tend in _ends(buf, gbody, gend):
+                        if tf == 9 and tend - tbody > external.INLINE_MAX:  # TensorProto.raw_data
+                            raw = (tbody, tend - tbody)
+                        else:
+                            t_rest += buf[ttag:tend]
+                    inits.append((bytes(t_rest), raw))
+            if not any(raw for _, raw in inits):
+                return None
+            model = onnx.ModelProto.FromString(bytes(rest))
+            model.graph.ParseFromString(bytes(graph_rest))
+            for data, raw in inits:
+                t = model.graph.initializer.add()
+                t.ParseFromString(data)
+                if raw is not None:
+                    _set_external(t, location, raw[0], raw[1])
+        finally:
+            buf.release()
+    if not model.graph.node and not model.graph.output:
+        raise ValueError("no graph")
+    return model
+
+
+def _ends(buf: memoryview, start: int, end: int) -> list[tuple[tuple[int, int, int, int], int]]:
+    """The fields of ``buf[start:end]``, each with the end of its payload."""
+    fields = list(_fields(buf, start, end))
+    return [(f, (fields[i + 1][2] if i + 1 < len(fields) else end)) for i, f in enumerate(fields)]
 
 
 def external_data_files(path: str | os.PathLike[str]) -> list[str]:
@@ -184,8 +318,8 @@ def save(
     p = os.fspath(path)
     size = model.ByteSize() + (external.weight_bytes(model) if external.has_external(model) else 0)
     if external_data is None:
-        external_data = size > _PROTO_LIMIT
-    elif not external_data and size > _PROTO_LIMIT:
+        external_data = size > PROTO_LIMIT
+    elif not external_data and size > PROTO_LIMIT:
         raise OutputError(
             f"{p}: a {size / 2**30:.1f} GiB model does not fit in one ONNX file (protobuf's 2 GiB limit)",
             note="write it with external data (the default above 2 GiB)",
@@ -204,6 +338,8 @@ def save(
     finally:
         if stage is not None:
             stage.committed = True  # the write either committed or cleaned up after itself
+            if stage.memory is not None:
+                stage.memory.clear()
     return p
 
 
@@ -224,9 +360,13 @@ class Stage:
     removes it). It is a temp file of the write protocol (``.NAME.<pid>-<token>.data.tmp``), so a
     killed run's stage is swept like any other temp; :meth:`discard` (also on leaving a ``with``
     block without saving) removes it.
+
+    ``memory=True`` (a model that will be written inline): the file stays empty and the weights
+    stay in :attr:`memory` behind the same references (:mod:`normonnx.external`), so that they
+    reach the disk once, in the final write, instead of twice.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, memory: bool = False) -> None:
         shown = os.fspath(path)
         real = check_output_path(shown)
         _check_link(shown, real)
@@ -236,13 +376,21 @@ class Stage:
         self.location = os.path.basename(self.path)
         self.directory = self.write.dir
         self.committed = False
+        #: the in-memory tensors by offset (None: they are in the file)
+        self.memory: dict[int, object] | None = {} if memory else None
+
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """:func:`normonnx.external.reading` of this stage's references (its directory and memory)."""
+        from . import external
+
+        return external.reading(self.directory, None if self.memory is None else {self.location: self.memory})
 
     def unload(self, model: object) -> int:
         """Move an onnx_ir model's large initializers into this file (see :func:`normonnx.external.unload`)."""
         from . import external
 
         try:
-            return external.unload(model, self.file, self.location, self.directory)
+            return external.unload(model, self.file, self.location, self.directory, self.memory)
         except OSError as e:
             self.discard()
             err = _write_error(e, self.write.shown, self.write.old is not None)
@@ -268,6 +416,8 @@ class Stage:
         """Empty the file (a second capture replaces the first one's weights)."""
         self.file.seek(0)
         self.file.truncate()
+        if self.memory is not None:
+            self.memory.clear()
 
     def discard(self) -> None:
         if self.committed:
@@ -383,11 +533,15 @@ class _Write:
             for t in _get_initializer_tensors(m):
                 if external.is_external(t):
                     loc, src_offset, length = external.info(t)
-                    if stage is not None and loc == stage.location:  # already in this file: adopt
+                    if stage is not None and stage.memory is None and loc == stage.location:  # in this file: adopt
                         _set_external(t, location, src_offset, length)
                         continue
                     offset = _align(f)
-                    length = _copy_range(external.resolve(loc), src_offset, length, f)
+                    if stage is not None and stage.memory is not None and loc == stage.location:
+                        f.write(external.buffer(t))  # in memory: written once, here
+                        length = f.tell() - offset
+                    else:
+                        length = _copy_range(external.resolve(loc), src_offset, length, f)
                 elif t.HasField("raw_data"):
                     offset = _align(f) if len(t.raw_data) > external.ALIGN_MIN else f.tell()
                     f.write(t.raw_data)
@@ -540,16 +694,19 @@ def _inline_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     yield m.SerializeToString() + b"\x3a" + _varint(graph_len)  # field 7, length-delimited
     yield graph_head
     for t, n in zip(inits, sizes):
-        if external.is_external(t):
-            data = external.read_bytes(t)
-            t = _bare(t)
-            t.raw_data = data
-            del data
-        enc = t.SerializeToString()
-        if len(enc) != n:
-            raise RuntimeError(f"tensor {t.name!r} encodes to {len(enc)} bytes, {n} were announced")
         yield b"\x2a" + _varint(n)  # field 5, length-delimited
-        yield enc
+        if not external.is_external(t):
+            yield t.SerializeToString()
+            continue
+        # the bare tensor, then its data as field 9 (raw_data): protobuf accepts fields in any
+        # order, and the data is written from its buffer without a copy into a message
+        data = external.buffer(t)
+        head = _bare(t).SerializeToString() + b"\x4a" + _varint(len(data))
+        if len(head) + len(data) != n:
+            raise RuntimeError(f"tensor {t.name!r} encodes to {len(head) + len(data)} bytes, {n} were announced")
+        yield head
+        yield data
+        del data
 
 
 def _bare(t: onnx.TensorProto) -> onnx.TensorProto:

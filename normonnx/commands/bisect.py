@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimize-a", action="store_true", help="run A with onnxruntime's graph optimizations on")
     add_tolerances(p, per_output=False)
     add_threads(p)
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget for the exposed values (e.g. 8G): exposed in groups that fit, refused up front when "
+        "they cannot (default: all at once)",
+    )
     add_report_flags(
         p,
         {"junit": "write JUnit XML, one testcase per shared value", "html": "write an HTML report (normonnx[report])"},
@@ -50,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     tolerance_args(args)
     require_reports(args)
+    max_memory = None
+    if args.max_memory is not None:
+        from ..verify.budget import parse_size
+
+        max_memory = parse_size(args.max_memory)  # a bad size fails before any work
     specs = parse_input_specs(args.input)
     inputs = [t.numpy() for t in random_inputs(specs, args.seed)] if specs else None
     rep = bisect(
@@ -63,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         check=args.check,
         threads=args.threads,
         seed=args.seed,
+        max_memory=max_memory,
     )
     print(rep.format_table())
     for n in rep.notes:

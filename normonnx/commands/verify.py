@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-localize", action="store_true", help="do not localize automatically on a mismatch")
     g.add_argument("--all-layers", action="store_true", help="print every module row, not only up to the failure")
     g.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget for localization's onnxruntime side (e.g. 8G): values exposed in groups that fit, "
+        "refused up front when they cannot (default: all at once)",
+    )
+    g.add_argument(
         "--bisect",
         metavar="OTHER",
         help="compare ONNX value by value with OTHER: another .onnx file (e.g. the optimized one) or a provider "
@@ -103,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         bad = [c for c in args.stress_case if c not in CASES]
         if bad:
             raise InputError(f"unknown --stress-case {', '.join(bad)}", note=f"valid: {', '.join(CASES)}")
+    max_memory = None
+    if args.max_memory is not None:
+        from ..verify.budget import parse_size
+
+        max_memory = parse_size(args.max_memory)  # a bad size fails before any work
     model, inputs, _ = model_and_inputs(args)
     per = {}
     for name in set(atol_per) | set(rtol_per):
@@ -111,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
             atol_per.get(name, atol if atol is not None else base.atol),
             rtol_per.get(name, rtol if rtol is not None else base.rtol),
         )
+    # a large model no later step needs is given up to verify: its weights are freed before
+    # onnxruntime loads the file's (peak: the larger side, not both); a mismatch rebuilds it
+    release = _weights(model) >= RELEASE_MIN and not (
+        args.localize or args.html or args.stress or args.stress_case or args.fp16 or args.bf16
+    )
+    fingerprint = _fingerprint(model) if release and not args.no_localize else None
     rep = verify(
         model,
         args.onnx,
@@ -124,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         check=args.check,
         threads=args.threads,
         latency_reps=args.latency or 0,
+        release_model=release,
     )
     sections: dict[str, Any] = {"verify": rep}
     print(rep.format_table())
@@ -139,7 +157,16 @@ def run(args: argparse.Namespace) -> int:
 
     loc = None
     # --html plots error vs depth and histograms on every run, passing too: they need the layers
-    if args.localize or (args.html and not args.no_localize) or (not rep.passed and not args.no_localize):
+    wanted = args.localize or (args.html and not args.no_localize) or (not rep.passed and not args.no_localize)
+    if wanted and release:  # the model was given up to verify: build it again, the same one
+        model, inputs, _ = model_and_inputs(args)
+        if _fingerprint(model) != fingerprint:
+            wanted = False
+            print(
+                f"note: the mismatch is not localized: building {args.model} again gave other weights "
+                "(no fixed seed?); rerun with --localize, which keeps the model"
+            )
+    if wanted:
         from ..verify.localize import localize
 
         loc = localize(
@@ -151,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             rtol=rtol,
             check=args.check,
             threads=args.threads,
+            max_memory=max_memory,
         )
         sections["localize"] = loc
         print("\nper-layer comparison (onnxruntime optimizations off):")
@@ -214,3 +242,26 @@ def run(args: argparse.Namespace) -> int:
     write_reports(args, sections, ok, text)  # the JSON document is the verify one, other checks as keys
     final_line(ok, text)
     return 0 if ok else 1
+
+
+#: torch weights from which ``normonnx verify`` frees the model before onnxruntime loads the file
+RELEASE_MIN = 256 << 20
+
+
+def _weights(model: Any) -> int:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _fingerprint(model: Any) -> list[tuple[str, tuple[int, ...], float]]:
+    """Names, shapes and float64 sums of the weights: a rebuilt model is the same one."""
+    import torch
+
+    with torch.no_grad():
+        return [
+            (n, tuple(t.shape), float(t.double().sum()) if t.is_floating_point() else float(t.sum()))
+            for n, t in (*model.named_parameters(), *model.named_buffers())
+        ]

@@ -44,22 +44,23 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     m = ir.serde.deserialize_model(infer(model))  # static shapes let Shape/Size fold
     external.set_ir_base(m)  # external weights stay lazy; folding a small one reads it from disk
     common = ir.passes.common
-    for _ in range(2):
-        folded = optimizer.fold_constants(m)
-        m = rewriter.rewrite(m, rules)
-        changed = common.IdentityEliminationPass()(m).modified
-        if not (folded.modified or changed):
-            break
-    for p in (
-        common.RemoveUnusedNodesPass(),
-        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        common.DeduplicateInitializersPass(),
-        common.CommonSubexpressionEliminationPass(),
-        common.RemoveUnusedNodesPass(),
-        common.RemoveUnusedFunctionsPass(),
-        common.RemoveUnusedOpsetsPass(),
-    ):
-        p(m)
+    with external.opaque_weights(m):  # no pass reads (or maps) a large weight
+        for _ in range(2):
+            folded = optimizer.fold_constants(m)
+            m = rewriter.rewrite(m, rules)
+            changed = common.IdentityEliminationPass()(m).modified
+            if not (folded.modified or changed):
+                break
+        for p in (
+            common.RemoveUnusedNodesPass(),
+            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common.DeduplicateInitializersPass(),
+            common.CommonSubexpressionEliminationPass(),
+            common.RemoveUnusedNodesPass(),
+            common.RemoveUnusedFunctionsPass(),
+            common.RemoveUnusedOpsetsPass(),
+        ):
+            p(m)
     return infer(ir.serde.serialize_model(m))
 
 

@@ -64,9 +64,9 @@ def optimize_model(
         original.CopyFrom(model_or_path)
         base = external.base_dir() if external.has_external(original) else None
     else:
-        # weights in a data file stay there: the passes see references (read on use, memory-mapped),
-        # onnxruntime reads the file itself, and io.save copies it in chunks
-        original = nio.load(model_or_path, load_external=False)
+        # weights stay in their file (a data file, or a large inline .onnx itself): the passes see
+        # references (read on use, memory-mapped), onnxruntime reads the file, io.save copies it in chunks
+        original = nio.load_lazy(model_or_path)
         base = os.path.dirname(os.path.abspath(model_or_path)) if external.has_external(original) else None
     with external.reading(base):
         return _optimize(

@@ -163,6 +163,7 @@ def verify(
     ort_optimize: bool = True,
     float64: bool = True,
     latency_reps: int = 0,
+    release_model: bool = False,
 ) -> VerifyReport:
     """Compare ``model`` (torch, eval) with the ONNX file on several inputs; return the evidence.
 
@@ -173,6 +174,10 @@ def verify(
                   (skipped for models over :data:`FLOAT64_TWIN_MAX` of weights: the copy is 2x them).
     latency_reps: > 0: time both sides on the example inputs (3 warm-up calls, then the median
                   of ``latency_reps`` calls); 0 (default): no latency in the report.
+    release_model: the caller gives the torch model up: once torch's outputs are computed (all
+                  of them come first) its weights are freed, before onnxruntime loads the file, so
+                  that peak memory is the larger of the two sides, not their sum (the model is
+                  unusable afterwards; the CLI rebuilds it if a later step needs it).
     """
     import torch
 
@@ -184,7 +189,7 @@ def verify(
     for k, t in (per_output or {}).items():
         if not isinstance(t, Tolerance):
             raise InputError(f"per_output[{k!r}] is {type(t).__name__}, not a Tolerance")
-    proto = nio.load(onnx_path, load_external=False)
+    proto = nio.load_lazy(onnx_path)  # a large inline file is scanned, its weights left in it
     if isinstance(model, torch.nn.Module):
         training = [n or "<root>" for n, m in model.named_modules() if m.training]
         if training:
@@ -203,10 +208,10 @@ def verify(
     for i, a in enumerate(ex):
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise InputError(f"input {i} contains NaN or Inf", note="verification needs finite inputs")
-    sess = session(onnx_path, provider, threads=threads, optimize=ort_optimize)
-    if len(ex) != len(sess.input_names):
+    graph_inputs = [vi.name for vi in proto.graph.input if vi.name not in {t.name for t in proto.graph.initializer}]
+    if len(ex) != len(graph_inputs):
         raise InputError(
-            f"{len(ex)} inputs given but the ONNX model takes {len(sess.input_names)} ({', '.join(sess.input_names)})"
+            f"{len(ex)} inputs given but the ONNX model takes {len(graph_inputs)} ({', '.join(graph_inputs)})"
         )
     rng = np.random.default_rng(seed)
     cases: list[tuple[str, list[np.ndarray]]] = [("example", ex)]
@@ -227,13 +232,39 @@ def verify(
     names = [o.name for o in proto.graph.output]
     samples: list[SampleResult] = []
     f64_err: dict[str, float] = {}
+    # torch first, every case (and its float64 twin), then onnxruntime: with release_model the
+    # torch weights are gone before the session holds the file's
+    refs, r64s = [], []
     for cname, arrays in cases:
         tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         with torch.no_grad():
             try:
-                ref = [t.detach().cpu().numpy() for t in flat_tensors(model(*tin))]
+                refs.append([t.detach().cpu().numpy() for t in flat_tensors(model(*tin))])
             except Exception as e:
                 raise InputError(f"the torch model rejected the {cname} inputs: {str(e).splitlines()[0]}") from None
+            if m64 is not None:
+                r64s.append(
+                    [t.numpy() for t in flat_tensors(m64(*[t.double() if t.is_floating_point() else t for t in tin]))]
+                )
+    t_ms = None
+    if latency_reps > 0:
+        tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in ex]
+        with torch.no_grad():
+            t_ms = _median_ms(lambda: model(*tin), latency_reps)
+    del m64
+    if release_model and isinstance(model, torch.nn.Module):
+        _release(model)
+    if os.path.getsize(onnx_path) >= nio.LAZY_MIN:
+        # a large inline file: onnxruntime would hold the parsed file and its tensors (2x the
+        # weights); given references into the file, it reads each tensor once
+        from .. import external
+
+        with external.reading(os.path.dirname(os.path.abspath(onnx_path))):
+            sess = session(proto, provider, threads=threads, optimize=ort_optimize)
+    else:
+        sess = session(onnx_path, provider, threads=threads, optimize=ort_optimize)
+    for k, (cname, arrays) in enumerate(cases):
+        ref = refs[k]
         got = sess.run(arrays)
         if len(ref) != len(got):
             raise InputError(
@@ -252,10 +283,8 @@ def verify(
             cmp = compare_arrays(name, a, r, tol, check)
             cmp.tolerance_source = source  # whole-model outputs: the table's "model" row (errors compound)
             outs.append(cmp)
-        if m64 is not None:
-            with torch.no_grad():
-                r64 = [t.numpy() for t in flat_tensors(m64(*[t.double() if t.is_floating_point() else t for t in tin]))]
-            for name, a, r in zip(names, got, r64):
+        if r64s:
+            for name, a, r in zip(names, got, r64s[k]):
                 if a.dtype.kind == "f":
                     e = float(np.abs(a.astype(np.float64) - r).max()) if a.size else 0.0
                     f64_err[name] = max(f64_err.get(name, 0.0), e)
@@ -263,11 +292,8 @@ def verify(
     from ..lowering.graph import recorded_lowerings
     from ..runtime.probe import ort_version
 
-    t_ms = o_ms = None
+    o_ms = None
     if latency_reps > 0:
-        tin = [torch.from_numpy(np.ascontiguousarray(a)) for a in ex]
-        with torch.no_grad():
-            t_ms = _median_ms(lambda: model(*tin), latency_reps)
         o_ms = _median_ms(lambda: sess.run(ex), latency_reps)
     return VerifyReport(
         os.fspath(onnx_path),
@@ -286,6 +312,24 @@ def verify(
 #: largest float32 weights for which verify also builds a float64 copy of the torch model (which
 #: holds twice their bytes): above it the copy would more than double verify's memory
 FLOAT64_TWIN_MAX = 512 << 20
+
+
+def _release(model: Any) -> None:
+    """Free a torch model's weights (every parameter and buffer becomes an empty tensor) and hand
+    the memory back to the OS, so that onnxruntime's copy of them replaces them instead of adding."""
+    import ctypes
+    import gc
+
+    import torch
+
+    with torch.no_grad():
+        for t in (*model.parameters(), *model.buffers()):
+            t.data = torch.empty(0, dtype=t.dtype)
+    gc.collect()
+    try:  # glibc keeps freed heap pages (tensors under its mmap threshold) unless asked
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _float64_twin_fits(model: Any) -> bool:

@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .. import external
 from ..errors import NormOnnxError, OptimizeError
 from ..providers import PROVIDERS
 from .compare import OutputComparison, compare_arrays
@@ -149,20 +150,29 @@ def bisect(
     check: str = "elementwise",
     threads: int | None = None,
     seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> BisectReport:
     """Run A (the reference) and B, compare every value they share by name, find the first divergence.
 
     ``other`` is a second ONNX file / model (e.g. the optimized one), or a provider spec for the
     same model: ``"cuda"``, ``"cpu:opt"`` (onnxruntime's graph optimizations on; values we expose
     cannot be fused away, so this compares kernels more than fusions).
+
+    Files are read with their weights left on disk (any size). ``max_memory`` (bytes or ``"8G"``):
+    each side's values are exposed in groups that fit beside its weights and the values kept, A's
+    included while B runs (:mod:`normonnx.verify.budget`).
     """
     check_usage(check, atol, rtol)
-    proto_a, label_a = load_model(onnx_a)
+    if max_memory is not None:
+        from .budget import parse_size
+
+        max_memory = parse_size(max_memory)
+    proto_a, label_a = load_model(onnx_a, lazy=True)
     prov_b, opt_b = _parse_side(other)
     if prov_b is not None:
         proto_b, label_b = proto_a, f"{label_a} on {other}"
     else:
-        proto_b, label_b = load_model(other)
+        proto_b, label_b = load_model(other, lazy=True)
         prov_b, opt_b = provider, False
     if inputs is None:
         arrays = inputs_from_onnx(proto_a, seed)
@@ -172,26 +182,34 @@ def bisect(
         arrays = [to_numpy(t) if hasattr(t, "detach") else np.asarray(t) for t in inputs]
     types_a = infer_types(proto_a)
     types_b = types_a if proto_b is proto_a else infer_types(proto_b)
-    va = run_values(
-        proto_a,
-        onnx_input_arrays(proto_a, arrays),
-        provider=provider,
-        optimize=optimize_a,
-        threads=threads,
-        types=types_a,
-    )
-    vb = run_values(
-        proto_b,
-        onnx_input_arrays(proto_b, arrays),
-        provider=prov_b,
-        optimize=bool(opt_b),
-        threads=threads,
-        types=types_b,
-    )
+    # each file's weights stay in it (references, any size): each side reads beside its own file
+    with external.reading(_base(onnx_a)):
+        va = run_values(
+            proto_a,
+            onnx_input_arrays(proto_a, arrays),
+            provider=provider,
+            optimize=optimize_a,
+            threads=threads,
+            types=types_a,
+            max_memory=max_memory,
+        )
+        const_a = constants(proto_a)
+    if max_memory is not None:  # A's values stay while B runs
+        max_memory -= sum(a.nbytes for a in va.values())
+    with external.reading(_base(onnx_a if proto_b is proto_a else other)):
+        vb = run_values(
+            proto_b,
+            onnx_input_arrays(proto_b, arrays),
+            provider=prov_b,
+            optimize=bool(opt_b),
+            threads=threads,
+            types=types_b,
+            max_memory=max_memory,
+        )
+        const_b = constants(proto_b)
     g = proto_a.graph
     records = norm_records(proto_a)
     tdt = model_dtype(proto_a)
-    const_a, const_b = constants(proto_a), constants(proto_b)
     results: list[ValueResult] = []
     status: dict[str, bool] = {vi.name: True for vi in g.input}  # both sides get the same inputs
 
@@ -265,6 +283,13 @@ def bisect(
     if first is not None and first.op_type not in ("Constant", "initializer"):
         notes += _attribute_diff(proto_a, proto_b, first.name)
     return BisectReport(label_a, label_b, results, outputs, first, only_a, only_b, notes)
+
+
+def _base(side: str | os.PathLike[str] | onnx.ModelProto) -> str | None:
+    """The directory a side's external references resolve against (an in-memory model: the caller's)."""
+    if isinstance(side, onnx.ModelProto):
+        return external.base_dir()
+    return os.path.dirname(os.path.abspath(os.fspath(side)))
 
 
 def _attribute_diff(a: onnx.ModelProto, b: onnx.ModelProto, value: str) -> list[str]:
@@ -401,17 +426,6 @@ def verify_models(
         optimized = cpu_equivalent(optimized)
         note = "target cuda verified on CPU: onnxruntime contrib ops replaced by their reference semantics"
     specs = input_specs(original, shapes)
-    try:
-        s_orig = session(original, "cpu", threads=threads, optimize=False)
-    except NormOnnxError as e:
-        raise OptimizeError(
-            f"the original model does not run in onnxruntime here, so the result cannot be verified: {e.message}",
-            note="pass --no-verify to optimize without verification",
-        ) from None
-    try:
-        s_opt = session(optimized, "cpu", threads=threads, optimize=False)
-    except NormOnnxError as e:
-        return Verification("cpu", [], note, error=f"the optimized model does not load in onnxruntime: {e.message}")
     names = [o.name for o in original.graph.output]
     if [o.name for o in optimized.graph.output] != names:
         return Verification("cpu", [], note, error="the optimized model's outputs differ from the original's")
@@ -421,9 +435,23 @@ def verify_models(
     ]
     for name, stress in OPTIMIZE_STRESS:
         cases.append((name, "stress", feeds(specs, rng, stress)))
+    # one session at a time: the original's outputs first, then the optimized model's session (two
+    # sessions of a large model would hold its weights twice)
+    try:
+        s_orig = session(original, "cpu", threads=threads, optimize=False)
+    except NormOnnxError as e:
+        raise OptimizeError(
+            f"the original model does not run in onnxruntime here, so the result cannot be verified: {e.message}",
+            note="pass --no-verify to optimize without verification",
+        ) from None
+    refs = [s_orig.run(feed) for _, _, feed in cases]
+    del s_orig
+    try:
+        s_opt = session(optimized, "cpu", threads=threads, optimize=False)
+    except NormOnnxError as e:
+        return Verification("cpu", [], note, error=f"the optimized model does not load in onnxruntime: {e.message}")
     samples = []
-    for name, kind, feed in cases:
-        ref = s_orig.run(feed)
+    for (name, kind, feed), ref in zip(cases, refs):
         try:
             got = s_opt.run(feed)
         except NormOnnxError as e:

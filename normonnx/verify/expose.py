@@ -27,11 +27,15 @@ FLOAT_ELEMS = {FLOATS[d]: d for d in NUMPY_FLOATS}  # ONNX code → the NumPy fl
 _BF16_SUFFIX = "::as_float32"
 
 
-def load_model(onnx_model: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """(model, label for reports): a proto as given, or the file at a path (external data loaded)."""
+def load_model(
+    onnx_model: str | os.PathLike[str] | onnx.ModelProto, *, lazy: bool = False
+) -> tuple[onnx.ModelProto, str]:
+    """(model, label for reports): a proto as given, or the file at a path — its external data
+    loaded, or with ``lazy`` its weights left in their file as references (any size; read them
+    inside :func:`normonnx.external.reading` of the file's directory)."""
     if isinstance(onnx_model, onnx.ModelProto):
         return onnx_model, "<in-memory model>"
-    return nio.load(onnx_model), os.fspath(onnx_model)
+    return (nio.load_lazy(onnx_model) if lazy else nio.load(onnx_model)), os.fspath(onnx_model)
 
 
 def infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
@@ -125,11 +129,17 @@ def run_values(
     threads: int | None = None,
     names: Iterable[str] | None = None,
     types: Mapping[str, onnx.TypeProto] | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name."""
+    """Every intermediate float value (or ``names``) of ``model`` on ``arrays``, by value name.
+
+    ``max_memory`` (bytes): expose the values in groups that fit it, one session at a time
+    (:mod:`normonnx.verify.budget`; UnsupportedHere when they cannot)."""
     from ..runtime.session import session
 
     exp, mapping = expose_values(model, names, types)
+    if max_memory is not None:
+        return _run_in_groups(model, exp, mapping, arrays, provider, optimize, threads, types, max_memory)
     sess = session(exp, provider, threads=threads, optimize=optimize)
     if not isinstance(arrays, Mapping):
         arrays = list(arrays)
@@ -150,6 +160,57 @@ def run_values(
             note=f"the model expects {expected} (CLI: --input name:SHAPE[:DTYPE])",
         ) from None
     return {mapping[n]: np.asarray(a) for n, a in zip(sess.output_names, got) if n in mapping}
+
+
+def reading_beside(fn: Any) -> Any:
+    """Run ``fn(model, onnx_path, ...)`` with the references of the file at ``onnx_path``
+    readable (:func:`load_model` with ``lazy``); an in-memory model keeps the caller's."""
+    import functools
+
+    from .. import external
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, onnx_path: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(onnx_path, onnx.ModelProto):
+            return fn(model, onnx_path, *args, **kwargs)
+        with external.reading(os.path.dirname(os.path.abspath(os.fspath(onnx_path)))):
+            return fn(model, onnx_path, *args, **kwargs)
+
+    return wrapper
+
+
+def _run_in_groups(
+    model: onnx.ModelProto,
+    exp: onnx.ModelProto,
+    mapping: Mapping[str, str],
+    arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+    provider: str,
+    optimize: bool,
+    threads: int | None,
+    types: Mapping[str, onnx.TypeProto] | None,
+    max_memory: int,
+) -> dict[str, np.ndarray]:
+    """:func:`run_values` under a memory budget: the exposed values in groups (:mod:`.budget`)."""
+    from .. import external
+    from . import budget
+
+    types = dict(types) if types is not None else infer_types(model)
+    ins = [vi.name for vi in model.graph.input if vi.name not in {t.name for t in model.graph.initializer}]
+    feeds = dict(arrays) if isinstance(arrays, Mapping) else dict(zip(ins, arrays))
+    dims = budget.bound_dims(model, {k: np.asarray(v) for k, v in feeds.items()})
+    outs = [o.name for o in exp.graph.output]
+    sizes = {o: budget.value_bytes(types.get(mapping[o]), dims) for o in outs}
+    for o in outs:  # a bfloat16 value comes back as float32: twice its own bytes
+        if o != mapping[o] and sizes[o] is not None:
+            sizes[o] *= 2
+    groups = budget.plan(outs, sizes, external.weight_bytes(model), max_memory)
+    values: dict[str, np.ndarray] = {}
+    for group in groups:
+        wanted = {mapping[o] for o in group}
+        values.update(
+            run_values(model, feeds, provider=provider, optimize=optimize, threads=threads, names=wanted, types=types)
+        )
+    return values
 
 
 def _feed(sess: Any, arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -174,13 +235,18 @@ def model_dtype(model: onnx.ModelProto) -> str:
 
 
 def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers and ``Constant`` node values by name (float ones only)."""
+    """Initializers and ``Constant`` node values by name (float ones only); external ones
+    memory-mapped when their directory is known (:func:`normonnx.external.reading`)."""
     from onnx import numpy_helper
+
+    from .. import external
 
     out: dict[str, np.ndarray] = {}
     for t in model.graph.initializer:
         if t.data_type in FLOAT_ELEMS and not t.data_location:
             out[t.name] = numpy_helper.to_array(t)
+        elif t.data_type in FLOAT_ELEMS and external.base_dir() is not None:
+            out[t.name] = external.array(t)
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             t = n.attribute[0].t
@@ -198,5 +264,6 @@ __all__ = [
     "load_model",
     "model_dtype",
     "onnx_input_arrays",
+    "reading_beside",
     "run_values",
 ]

@@ -37,7 +37,7 @@ import onnx
 from onnx import helper
 
 from .compare import OutputComparison, compare_arrays
-from .expose import infer_types, load_model, model_dtype, onnx_input_arrays, run_values
+from .expose import infer_types, load_model, model_dtype, onnx_input_arrays, reading_beside, run_values
 from .inputs import torch_inputs
 from .mapping import map_calls, node_meta, norm_records
 from .tolerances import Tolerance, check_usage, tolerance, tolerance_for
@@ -239,6 +239,7 @@ def _norm_info(
     return info
 
 
+@reading_beside
 def localize(
     model: Any,
     onnx_path: str | os.PathLike[str] | onnx.ModelProto,
@@ -253,6 +254,7 @@ def localize(
     seed: int = 0,
     dtype: str | None = None,
     isolated: bool = True,
+    max_memory: int | str | None = None,
 ) -> LocalizeReport:
     """Compare every torch module's output with its ONNX value; report the first divergence.
 
@@ -267,15 +269,29 @@ def localize(
     ``isolated`` (default): each mapped module's ONNX nodes also run on torch's own inputs
     (:mod:`normonnx.verify.isolate`); the culprit is the first module whose *isolated* error fails, so
     drift accumulated upstream never blames a healthy module. Both numbers are reported.
+
+    The file's weights stay in it (any size). ``max_memory`` (bytes or ``"8G"``): the ONNX values
+    are exposed in groups that fit beside the weights and the values kept, one session at a time
+    (:mod:`normonnx.verify.budget`); UnsupportedHere up front when they cannot.
     """
     check_usage(check, atol, rtol)
-    proto, label = load_model(onnx_path)
+    if max_memory is not None:
+        from .budget import parse_size
+
+        max_memory = parse_size(max_memory)
+    proto, label = load_model(onnx_path, lazy=True)
     dtype = dtype or model_dtype(proto)
     tin, arrays = torch_inputs(proto, inputs, seed)
     calls, t_outputs = trace_torch(model, tin)
     types = infer_types(proto)
     values = run_values(
-        proto, onnx_input_arrays(proto, arrays), provider=provider, optimize=ort_optimize, threads=threads, types=types
+        proto,
+        onnx_input_arrays(proto, arrays),
+        provider=provider,
+        optimize=ort_optimize,
+        threads=threads,
+        types=types,
+        max_memory=max_memory,
     )
     out_names = [o.name for o in proto.graph.output]
     outputs = []
