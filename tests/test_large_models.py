@@ -247,8 +247,9 @@ def test_inline_over_the_protobuf_limit_is_refused(tmp_path):
 def test_localize_under_a_memory_budget_runs_in_groups_with_the_same_numbers(model, tmp_path, monkeypatch):
     """--max-memory: the intermediates are exposed a group at a time (one session each), the
     values are the same as all at once, and the file's weights stay references (a lazy load)."""
-    from normonnx import budget
-    from normonnx import localize as loc
+    from normonnx.verify import budget
+    from normonnx.verify import expose as loc
+    from normonnx.verify.localize import localize
 
     m, x = model
     export(m, (x,), tmp_path / "m.onnx", external_data=True)
@@ -270,8 +271,8 @@ def test_localize_under_a_memory_budget_runs_in_groups_with_the_same_numbers(mod
         np.testing.assert_array_equal(grouped[k], v)
 
     # the whole localization: the same layers, the same errors as without a budget
-    free = loc.localize(m, tmp_path / "m.onnx", (x,))
-    report = loc.localize(m, tmp_path / "m.onnx", (x,), max_memory=budget_bytes)
+    free = localize(m, tmp_path / "m.onnx", (x,))
+    report = localize(m, tmp_path / "m.onnx", (x,), max_memory=budget_bytes)
     compared = [(lr.name, lr.comparison.max_abs) for lr in report.layers if lr.comparison is not None]
     assert len(compared) >= 7  # every LayerNorm, Linear and the RMSNorm
     assert compared == [(lr.name, lr.comparison.max_abs) for lr in free.layers if lr.comparison is not None]
@@ -279,16 +280,16 @@ def test_localize_under_a_memory_budget_runs_in_groups_with_the_same_numbers(mod
 
 
 def test_a_memory_budget_that_cannot_fit_is_refused_with_what_each_part_needs(model, tmp_path, capsys):
-    from normonnx import budget
-    from normonnx import localize as loc
     from normonnx.cli import main
     from normonnx.errors import UnsupportedHere
+    from normonnx.verify import budget
+    from normonnx.verify.localize import localize
 
     m, x = model
     export(m, (x,), tmp_path / "m.onnx", external_data=True)
     weights = external.weight_bytes(nio.load_lazy(tmp_path / "m.onnx"))
     with pytest.raises(UnsupportedHere) as e:  # room for the weights, none for the values
-        loc.localize(m, tmp_path / "m.onnx", (x,), max_memory=weights + 1024)
+        localize(m, tmp_path / "m.onnx", (x,), max_memory=weights + 1024)
     text = str(e.value)
     assert (
         f"onnxruntime's weights {budget.gib(weights)}" in text and f"the budget is {budget.gib(weights + 1024)}" in text
@@ -304,7 +305,7 @@ def test_a_memory_budget_that_cannot_fit_is_refused_with_what_each_part_needs(mo
 def test_compare_two_files_with_external_data_in_two_directories_finds_an_edited_weight(model, tmp_path):
     """bisect/compare reads each side beside its own file (weights left on disk, under a budget)
     and still compares the large weights shared by name: an edited one is the first divergence."""
-    from normonnx.bisect import bisect
+    from normonnx.verify.bisect import bisect
 
     m, x = model
     (tmp_path / "a").mkdir()
@@ -343,8 +344,8 @@ def test_verify_frees_a_large_torch_model_before_onnxruntime_loads_the_file(mode
     import json
 
     import normonnx.commands.verify as cmd
-    from normonnx import verifier
     from normonnx.cli import main
+    from normonnx.verify import api as verifier
 
     m, x = model
     mine = Stack().eval()
@@ -381,7 +382,7 @@ def test_verify_of_a_large_inline_file_leaves_its_weights_in_the_file(model, tmp
     the .onnx itself, and the numbers are those of the file."""
     import importlib
 
-    from normonnx import verifier
+    from normonnx.verify import api as verifier
 
     m, x = model
     export(m, (x,), tmp_path / "m.onnx")

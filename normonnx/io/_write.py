@@ -225,7 +225,7 @@ def _set_external(t: onnx.TensorProto, location: str, offset: int, length: int |
 
 def _align(f: object) -> int:
     """Pad the data file ``f`` to the next memory-mappable offset; return it."""
-    from .external import ALIGN
+    from ..external import ALIGN
 
     pos = f.tell()  # type: ignore[attr-defined]
     if pos % ALIGN:
