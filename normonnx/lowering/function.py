@@ -165,8 +165,8 @@ class Function(Strategy):
 
     @property
     def capabilities(self) -> dict[str, Capability]:  # type: ignore[override]
-        """Every registered kind that writes a decomposition (the body is the decomposition)."""
-        return {k: _CAP for k, kind in KINDS.items() if kind.decompose is not None}
+        """The kinds the decomposed strategy lowers (the body is the decomposition)."""
+        return dict.fromkeys(DECOMPOSED.capabilities, _CAP)
 
     def check_spec(self, spec: NormSpec, opset: int, provider: str) -> CheckResult:
         return DECOMPOSED.check_spec(spec, opset, provider)  # the body is the decomposition

@@ -14,19 +14,8 @@ See :mod:`normonnx.nn.layers` for the layers, :mod:`normonnx.nn.ops` for the cus
 
 from __future__ import annotations
 
+from . import layers
 from .convert import Swap, convert, plan
-from .layers import AdaLayerNorm, BatchNorm, GlobalResponseNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, WSConv2d
+from .layers import *  # noqa: F403 -- the layers are listed once, in layers.__all__
 
-__all__ = [
-    "AdaLayerNorm",
-    "BatchNorm",
-    "GlobalResponseNorm",
-    "GroupNorm",
-    "InstanceNorm",
-    "LayerNorm",
-    "RMSNorm",
-    "Swap",
-    "WSConv2d",
-    "convert",
-    "plan",
-]
+__all__ = [*layers.__all__, "Swap", "convert", "plan"]

@@ -97,6 +97,12 @@ class _StatsDtype:
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
+def _normalized_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    """torch's ``normalized_shape`` argument (one size or several) as a tuple of ints."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    return tuple(int(d) for d in shape)
+
+
 def _affine(module: nn.Module, shape: Sequence[int], weight: bool, bias: bool, fill: float, **factory: Any) -> None:
     module.register_parameter("weight", nn.Parameter(torch.full(tuple(shape), fill, **factory)) if weight else None)
     module.register_parameter("bias", nn.Parameter(torch.zeros(tuple(shape), **factory)) if bias else None)
@@ -126,8 +132,7 @@ class LayerNorm(_Reshaping, _StatsDtype, nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        self.normalized_shape = tuple(int(d) for d in shape)
+        self.normalized_shape = _normalized_shape(normalized_shape)
         self.channels_first = _channels_first(channel_axis, data_format, "LayerNorm")
         if self.channels_first and len(self.normalized_shape) != 1:
             raise SpecError("a channels-first LayerNorm normalises axis 1 only: give normalized_shape=C")
@@ -180,8 +185,7 @@ class RMSNorm(_Reshaping, _StatsDtype, nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        self.normalized_shape = tuple(int(d) for d in shape)
+        self.normalized_shape = _normalized_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self.weight_offset = float(weight_offset)

@@ -287,6 +287,46 @@ class NormKind:
             if t is not None
         }
 
+    def _module_spec(self, module: Any, rank: int | None, **fields: Any) -> tuple[NormSpec, Params]:
+        """Spec and float64 parameters of a torch norm module with ``eps``, ``weight`` and ``bias``
+        (the kind's own spec ``fields`` given): its γ / β and, for a ``running_stats`` spec, its
+        running mean / var."""
+        spec = NormSpec(
+            kind=self.name,
+            eps=float(module.eps),
+            has_weight=module.weight is not None,
+            has_bias=module.bias is not None,
+            rank=rank,
+            **fields,
+        )
+        params = self._affine_params(module)
+        if spec.running_stats:
+            params["mean"] = module.running_mean.detach().double().numpy()
+            params["var"] = module.running_var.detach().double().numpy()
+        return spec, params
+
+    def _aten_spec(
+        self, x_shape: Sequence[Any], dtype: str, weight: Any, bias: Any, eps: Any, **fields: Any
+    ) -> NormSpec:
+        """The validated spec of an aten call whose optional γ / β are ``weight`` / ``bias`` and
+        whose ``eps`` None is torch's default 1e-5 (the kind's own spec ``fields`` given)."""
+        spec = NormSpec(
+            kind=self.name,
+            eps=float(eps if eps is not None else 1e-5),
+            has_weight=weight is not None,
+            has_bias=bias is not None,
+            dtype=dtype,
+            rank=len(x_shape),
+            **fields,
+        )
+        self.validate(spec)
+        return spec
+
+    def _check_channels(self, spec: NormSpec) -> None:
+        """The spec of a kind whose parameters live on axis 1 has a positive channel count."""
+        if spec.channels is None or spec.channels < 1:
+            raise SpecError(f"{self.name} norm needs a positive number of channels (axis 1)")
+
     # -- shared math helpers ---------------------------------------------------------------------
     @staticmethod
     def _channel_view(a: np.ndarray, rank: int) -> np.ndarray:
@@ -304,6 +344,47 @@ class NormKind:
     def _check_shape(spec: NormSpec, x: np.ndarray, what: str) -> None:
         if spec.channels is not None and (x.ndim < 2 or x.shape[1] != spec.channels):
             raise SpecError(f"{what}: input of shape {x.shape} does not have {spec.channels} channels on axis 1")
+
+    def _channel_affine(self, spec: NormSpec, y: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``y·γ_c + β_c`` with γ, β per channel on axis 1 (those the spec has)."""
+        cv = lambda a: self._channel_view(np.asarray(a, np.float64), y.ndim)
+        if spec.has_weight:
+            y = y * cv(params["weight"])
+        if spec.has_bias:
+            y = y + cv(params["bias"])
+        return y
+
+    def _channelwise_reference(
+        self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray], axes: tuple[int, ...]
+    ) -> np.ndarray:
+        """The float64 twin of :func:`onnx_blocks.channelwise`: normalise ``x`` with the moments
+        over ``axes`` or, for a ``running_stats`` spec, the stored per-channel mean / var; then
+        γ, β per channel."""
+        self._check_shape(spec, x, f"{self.name} norm")
+        x = np.asarray(x, dtype=np.float64)
+        if spec.running_stats:
+            mean = self._channel_view(np.asarray(params["mean"], np.float64), x.ndim)
+            var = self._channel_view(np.asarray(params["var"], np.float64), x.ndim)
+        else:
+            mean, var = self._moments(x, axes)
+        return self._channel_affine(spec, (x - mean) / np.sqrt(var + spec.eps), params)
+
+    @staticmethod
+    def _plus_residual(spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``x`` in float64, plus the (gated) residual of a fused-residual spec: ``x + r`` or
+        ``x + gate·r``, the sum the fused node normalises."""
+        x = np.asarray(x, dtype=np.float64)
+        if not spec.residual:
+            return x
+        r = np.asarray(params["residual"], np.float64)
+        return x + (np.asarray(params["gate"], np.float64) * r if spec.gated else r)
+
+    def _check_normalized(self, spec: NormSpec, x: np.ndarray, axes: tuple[int, ...]) -> None:
+        """``x``'s sizes on the reduced ``axes`` are the spec's ``normalized_shape``."""
+        if tuple(x.shape[a] for a in axes) != spec.normalized_shape:
+            raise SpecError(
+                f"{self.name} norm over {spec.normalized_shape}: input shape {x.shape} does not end with it"
+            )
 
 
 def silu(y: np.ndarray) -> np.ndarray:

@@ -56,25 +56,13 @@ class BatchNorm(NormKind):
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
-        if spec.channels is None or spec.channels < 1:
-            raise SpecError("batch norm needs a positive number of channels (axis 1)")
+        self._check_channels(spec)
         if spec.groups is not None or spec.channels_first or spec.normalized_shape is not None:
             raise SpecError("batch norm takes no groups, channels_first or normalized_shape")
 
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
-        self._check_shape(spec, x, "batch norm")
-        x = np.asarray(x, dtype=np.float64)
-        cv = lambda a: self._channel_view(np.asarray(a, np.float64), x.ndim)
-        if spec.running_stats:
-            mean, var = cv(params["mean"]), cv(params["var"])
-        else:
-            mean, var = self._moments(x, (0, *tuple(range(2, x.ndim))))
-        y = (x - mean) / np.sqrt(var + spec.eps)
-        if spec.has_weight:
-            y = y * cv(params["weight"])
-        if spec.has_bias:
-            y = y + cv(params["bias"])
-        return y
+        # batch statistics: per channel over N and the spatial axes
+        return self._channelwise_reference(spec, x, params, (0, *range(2, np.ndim(x))))
 
     def native_check(self, spec: NormSpec, opset: int, provider: str) -> str:
         if not spec.running_stats:
@@ -118,20 +106,7 @@ class BatchNorm(NormKind):
 
     def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
         running = module.running_mean is not None and module.track_running_stats
-        spec = NormSpec(
-            kind="batch",
-            eps=float(module.eps),
-            channels=int(module.num_features),
-            has_weight=module.weight is not None,
-            has_bias=module.bias is not None,
-            running_stats=bool(running),
-            rank=rank,
-        )
-        params = self._affine_params(module)
-        if running:
-            params["mean"] = module.running_mean.detach().double().numpy()
-            params["var"] = module.running_var.detach().double().numpy()
-        return spec, params
+        return self._module_spec(module, rank, channels=int(module.num_features), running_stats=bool(running))
 
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
         import torch.nn.functional as F
@@ -165,18 +140,7 @@ class BatchNorm(NormKind):
     def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
         weight, bias, rmean, rvar, training, eps = self._normalize_args(op, args)
         running = (not training) and rmean is not None and rvar is not None
-        spec = NormSpec(
-            kind="batch",
-            eps=float(eps if eps is not None else 1e-5),
-            channels=int(x_shape[1]),
-            has_weight=weight is not None,
-            has_bias=bias is not None,
-            running_stats=running,
-            dtype=dtype,
-            rank=len(x_shape),
-        )
-        self.validate(spec)
-        return spec
+        return self._aten_spec(x_shape, dtype, weight, bias, eps, channels=int(x_shape[1]), running_stats=running)
 
 
 KIND = BatchNorm()

@@ -96,17 +96,9 @@ class GlobalResponseNorm(NormKind):
         return (Layer,)
 
     def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
-        spec = NormSpec(
-            kind="grn",
-            eps=float(module.eps),
-            channels=int(module.num_features),
-            channels_first=bool(module.channels_first),
-            has_weight=module.weight is not None,
-            has_bias=module.bias is not None,
-            rank=rank,
+        return self._module_spec(
+            module, rank, channels=int(module.num_features), channels_first=bool(module.channels_first)
         )
-        params = self._affine_params(module)
-        return spec, params
 
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
         """torch's own ops, in the input dtype: what a torch user of the formula gets."""

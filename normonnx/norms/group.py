@@ -43,9 +43,8 @@ class GroupNorm(NormKind):
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
-        c, g = spec.channels, spec.groups
-        if c is None or c < 1:
-            raise SpecError("group norm needs a positive number of channels (axis 1)")
+        self._check_channels(spec)
+        c, g = spec.channels or 0, spec.groups
         if g is None or g < 1 or c % g != 0:
             divisors = [d for d in range(1, c + 1) if c % d == 0]
             raise SpecError(
@@ -61,12 +60,7 @@ class GroupNorm(NormKind):
         assert spec.groups is not None
         xg = x.reshape(x.shape[0], spec.groups, -1)
         mean, var = self._moments(xg, (2,))
-        y = ((xg - mean) / np.sqrt(var + spec.eps)).reshape(x.shape)
-        cv = lambda a: self._channel_view(np.asarray(a, np.float64), x.ndim)
-        if spec.has_weight:
-            y = y * cv(params["weight"])
-        if spec.has_bias:
-            y = y + cv(params["bias"])
+        y = self._channel_affine(spec, ((xg - mean) / np.sqrt(var + spec.eps)).reshape(x.shape), params)
         return silu(y) if spec.activation == "silu" else y
 
     def build_native(self, b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
@@ -123,17 +117,7 @@ class GroupNorm(NormKind):
         return (nn.GroupNorm,)
 
     def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
-        spec = NormSpec(
-            kind="group",
-            eps=float(module.eps),
-            channels=int(module.num_channels),
-            groups=int(module.num_groups),
-            has_weight=module.weight is not None,
-            has_bias=module.bias is not None,
-            rank=rank,
-        )
-        params = self._affine_params(module)
-        return spec, params
+        return self._module_spec(module, rank, channels=int(module.num_channels), groups=int(module.num_groups))
 
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
         import torch.nn.functional as F
@@ -148,18 +132,7 @@ class GroupNorm(NormKind):
     def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
         # aten::group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True)
         num_groups, weight, bias, eps = (list(args) + [None] * 4)[:4]
-        spec = NormSpec(
-            kind="group",
-            eps=float(eps if eps is not None else 1e-5),
-            channels=int(x_shape[1]),
-            groups=int(num_groups),
-            has_weight=weight is not None,
-            has_bias=bias is not None,
-            dtype=dtype,
-            rank=len(x_shape),
-        )
-        self.validate(spec)
-        return spec
+        return self._aten_spec(x_shape, dtype, weight, bias, eps, channels=int(x_shape[1]), groups=int(num_groups))
 
     def attributes(self, spec: NormSpec) -> dict[str, Any]:
         attrs = super().attributes(spec)

@@ -39,25 +39,13 @@ class InstanceNorm(NormKind):
 
     def validate(self, spec: NormSpec) -> None:
         super().validate(spec)
-        if spec.channels is None or spec.channels < 1:
-            raise SpecError("instance norm needs a positive number of channels (axis 1)")
+        self._check_channels(spec)
         if spec.groups is not None or spec.channels_first or spec.normalized_shape is not None:
             raise SpecError("instance norm takes no groups, channels_first or normalized_shape")
 
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
-        self._check_shape(spec, x, "instance norm")
-        x = np.asarray(x, dtype=np.float64)
-        cv = lambda a: self._channel_view(np.asarray(a, np.float64), x.ndim)
-        if spec.running_stats:
-            mean, var = cv(params["mean"]), cv(params["var"])
-        else:
-            mean, var = self._moments(x, tuple(range(2, x.ndim)))
-        y = (x - mean) / np.sqrt(var + spec.eps)
-        if spec.has_weight:
-            y = y * cv(params["weight"])
-        if spec.has_bias:
-            y = y + cv(params["bias"])
-        return y
+        # per (sample, channel) over the spatial axes
+        return self._channelwise_reference(spec, x, params, tuple(range(2, np.ndim(x))))
 
     def native_for(self, spec: NormSpec) -> NativeOp | None:
         # with running statistics it *is* a batch norm in eval: BatchNormalization, and its facts
@@ -107,20 +95,7 @@ class InstanceNorm(NormKind):
 
     def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
         running = bool(module.track_running_stats and module.running_mean is not None)
-        spec = NormSpec(
-            kind="instance",
-            eps=float(module.eps),
-            channels=int(module.num_features),
-            has_weight=module.weight is not None,
-            has_bias=module.bias is not None,
-            running_stats=running,
-            rank=rank,
-        )
-        params = self._affine_params(module)
-        if running:
-            params["mean"] = module.running_mean.detach().double().numpy()
-            params["var"] = module.running_var.detach().double().numpy()
-        return spec, params
+        return self._module_spec(module, rank, channels=int(module.num_features), running_stats=running)
 
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
         import torch.nn.functional as F
@@ -143,18 +118,7 @@ class InstanceNorm(NormKind):
         # aten::instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn)
         weight, bias, rmean, rvar, use_input_stats, _momentum, eps = (list(args) + [None] * 7)[:7]
         running = (not use_input_stats) and rmean is not None and rvar is not None
-        spec = NormSpec(
-            kind="instance",
-            eps=float(eps if eps is not None else 1e-5),
-            channels=int(x_shape[1]),
-            has_weight=weight is not None,
-            has_bias=bias is not None,
-            running_stats=bool(running),
-            dtype=dtype,
-            rank=len(x_shape),
-        )
-        self.validate(spec)
-        return spec
+        return self._aten_spec(x_shape, dtype, weight, bias, eps, channels=int(x_shape[1]), running_stats=bool(running))
 
 
 KIND = InstanceNorm()

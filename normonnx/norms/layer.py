@@ -71,14 +71,9 @@ class LayerNorm(NormKind):
         return tuple(range(rank - len(spec.normalized_shape), rank))
 
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if spec.residual:
-            r = np.asarray(params["residual"], np.float64)
-            x = x + (np.asarray(params["gate"], np.float64) * r if spec.gated else r)
+        x = self._plus_residual(spec, x, params)
         axes = self.axes(spec, x.ndim)
-        ns = tuple(x.shape[a] for a in axes)
-        if ns != spec.normalized_shape:
-            raise SpecError(f"layer norm over {spec.normalized_shape}: input shape {x.shape} does not end with it")
+        self._check_normalized(spec, x, axes)
         mean, var = self._moments(x, axes)
         y = (x - mean) / np.sqrt(var + spec.eps)
 
@@ -155,16 +150,7 @@ class LayerNorm(NormKind):
         return (nn.LayerNorm,)
 
     def from_module(self, module: Any, rank: int | None = None) -> tuple[NormSpec, Params]:
-        spec = NormSpec(
-            kind="layer",
-            eps=float(module.eps),
-            normalized_shape=tuple(module.normalized_shape),
-            has_weight=module.weight is not None,
-            has_bias=module.bias is not None,
-            rank=rank,
-        )
-        params = self._affine_params(module)
-        return spec, params
+        return self._module_spec(module, rank, normalized_shape=tuple(module.normalized_shape))
 
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
         import torch.nn.functional as F
@@ -186,17 +172,9 @@ class LayerNorm(NormKind):
     def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
         # aten::layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True)
         normalized_shape, weight, bias, eps = (list(args) + [None] * 4)[:4]
-        spec = NormSpec(
-            kind="layer",
-            eps=float(eps if eps is not None else 1e-5),
-            normalized_shape=tuple(int(d) for d in normalized_shape),
-            has_weight=weight is not None,
-            has_bias=bias is not None,
-            dtype=dtype,
-            rank=len(x_shape),
+        return self._aten_spec(
+            x_shape, dtype, weight, bias, eps, normalized_shape=tuple(int(d) for d in normalized_shape)
         )
-        self.validate(spec)
-        return spec
 
     def attributes(self, spec: NormSpec) -> dict[str, Any]:
         attrs = super().attributes(spec)

@@ -74,13 +74,9 @@ class RMSNorm(NormKind):
         return tuple(range(rank - len(spec.normalized_shape), rank))
 
     def reference(self, spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if spec.residual:
-            r = np.asarray(params["residual"], np.float64)
-            x = x + (np.asarray(params["gate"], np.float64) * r if spec.gated else r)
+        x = self._plus_residual(spec, x, params)
         axes = self.axes(spec, x.ndim)
-        if tuple(x.shape[a] for a in axes) != spec.normalized_shape:
-            raise SpecError(f"rms norm over {spec.normalized_shape}: input shape {x.shape} does not end with it")
+        self._check_normalized(spec, x, axes)
         y = x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + spec.eps)
         if spec.has_weight:
             y = y * np.asarray(params["weight"], np.float64)
@@ -157,17 +153,10 @@ class RMSNorm(NormKind):
     def from_aten(self, op: str, args: Sequence[Any], x_shape: Sequence[Any], dtype: str) -> NormSpec:
         # aten::rms_norm(input, normalized_shape, weight=None, eps=None)
         normalized_shape, weight, eps = (list(args) + [None] * 3)[:3]
-        spec = NormSpec(
-            kind="rms",
-            eps=float(eps) if eps is not None else default_eps(dtype),
-            normalized_shape=tuple(int(d) for d in normalized_shape),
-            has_weight=weight is not None,
-            has_bias=False,
-            dtype=dtype,
-            rank=len(x_shape),
+        eps = eps if eps is not None else default_eps(dtype)  # not torch's 1e-5 of the other kinds
+        return self._aten_spec(
+            x_shape, dtype, weight, None, eps, normalized_shape=tuple(int(d) for d in normalized_shape)
         )
-        self.validate(spec)
-        return spec
 
 
 KIND = RMSNorm()
