@@ -172,6 +172,19 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     return out if hits else None
 
 
+def _breakdown(groups: list[tuple[str, bool, float, int]], runs: int) -> dict[str, Any]:
+    """The summary of (op, is_norm, µs over ``runs`` runs, nodes) groups: kernel and norm ms per run,
+    the norm share, and a row per group, longest first (shared by the onnxruntime and torch profiles)."""
+    total_us = sum(us for _, _, us, _ in groups) or 1.0
+    rows = [
+        {"op": op, "norm": norm, "ms": us / runs / 1e3, "share": us / total_us, "nodes": nodes}
+        for op, norm, us, nodes in sorted(groups, key=lambda g: -g[2])
+    ]
+    norm_ms = sum(r["ms"] for r in rows if r["norm"])
+    kernel_ms = total_us / runs / 1e3
+    return {"kernel_ms": kernel_ms, "norm_ms": norm_ms, "norm_share": norm_ms / kernel_ms, "by_op": rows}
+
+
 def profile_breakdown(events: list[dict[str, Any]], norm_nodes: set[str]) -> dict[str, Any]:
     """Kernel time per op type per run (ms), norm nodes separated, from onnxruntime profiler events.
 
@@ -192,24 +205,7 @@ def profile_breakdown(events: list[dict[str, Any]], norm_nodes: set[str]) -> dic
         g = groups.setdefault((op, is_norm), {"op": op, "norm": is_norm, "us": 0.0, "nodes": set()})
         g["us"] += float(e.get("dur", 0))
         g["nodes"].add(node)
-    total_us = sum(g["us"] for g in groups.values()) or 1.0
-    rows = [
-        {
-            "op": g["op"],
-            "norm": g["norm"],
-            "ms": g["us"] / n_runs / 1e3,
-            "share": g["us"] / total_us,
-            "nodes": len(g["nodes"]),
-        }
-        for g in sorted(groups.values(), key=lambda g: -g["us"])
-    ]
-    norm_ms = sum(r["ms"] for r in rows if r["norm"])
-    return {
-        "kernel_ms": total_us / n_runs / 1e3,
-        "norm_ms": norm_ms,
-        "norm_share": norm_ms / (total_us / n_runs / 1e3),
-        "by_op": rows,
-    }
+    return _breakdown([(g["op"], g["norm"], g["us"], len(g["nodes"])) for g in groups.values()], n_runs)
 
 
 def profile(path: str, feed: dict[str, np.ndarray], threads: int, runs: int = PROFILE_RUNS) -> dict[str, Any]:
@@ -250,20 +246,7 @@ def torch_profile(call: Callable[[], Any], runs: int = PROFILE_RUNS) -> dict[str
         g = groups.setdefault(ev.key, {"op": ev.key, "norm": bool(_TORCH_NORM.match(ev.key)), "us": 0.0, "n": 0})
         g["us"] += us
         g["n"] += int(ev.count)
-    total_us = sum(g["us"] for g in groups.values()) or 1.0
-    rows = [
-        {
-            "op": g["op"],
-            "norm": g["norm"],
-            "ms": g["us"] / runs / 1e3,
-            "share": g["us"] / total_us,
-            "nodes": g["n"] // runs,
-        }
-        for g in sorted(groups.values(), key=lambda g: -g["us"])
-    ]
-    norm_ms = sum(r["ms"] for r in rows if r["norm"])
-    kernel_ms = total_us / runs / 1e3
-    return {"kernel_ms": kernel_ms, "norm_ms": norm_ms, "norm_share": norm_ms / kernel_ms, "by_op": rows}
+    return _breakdown([(g["op"], g["norm"], g["us"], g["n"] // runs) for g in groups.values()], runs)
 
 
 # -- one model -----------------------------------------------------------------------------------

@@ -4,9 +4,16 @@
   the normalised (or channel) axes → the same norm with weight / bias.
 - :class:`CastWrapper`: ``Cast(x_low → fp32) → norm(fp32) → Cast(→ low)`` → the norm in the low
   dtype, whose contract is exactly that (statistics in fp32, result rounded once to fp16/bf16).
+- :class:`DecomposedNorm`: the base of ``layer_norm.decomposed`` / ``rms_norm.decomposed``, one
+  normalising Div/Mul (:func:`~normonnx.optimize.patterns.match_normalize`) with / without the mean.
+- :class:`NativeNorm`: the base of the ``<family>.native`` rules, an ONNX norm op (LayerNormalization,
+  GroupNormalization, RMSNormalization) lifted into the portable op; its helpers read the
+  ``axis``/``stash_type`` attributes and the per-element parameters the same way for every family.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -15,7 +22,7 @@ from onnx import helper
 from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
 from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name, norm_node_params, spec_of_node
-from .patterns import affine_param
+from .patterns import affine_param, decomposed_rewrite, match_normalize
 from .rewriter import Rewrite, norm_rewrite
 from .rule import Match, Rule
 
@@ -164,3 +171,131 @@ class CastWrapper(Rule):
         return norm_rewrite(
             g, m.nodes, m.output, m.facts["spec"], m.facts["cin"].input[0], m.facts["params"], m.anchor, "cast_wrapped"
         )
+
+
+class DecomposedNorm(Rule):
+    """``(x − μ)/√(σ² + ε)`` (``centered``) or ``x/√(mean(x²) + ε)`` anchored at its Div/Mul: the
+    match is :func:`~normonnx.optimize.patterns.match_normalize`'s, ``check`` (per family) proves it
+    and leaves the spec, the rewrite is :func:`~normonnx.optimize.patterns.decomposed_rewrite`."""
+
+    anchor_ops = ("Div", "Mul")
+    skip_lowered = True
+    centered: ClassVar[bool] = True
+    #: the name hint of new initializers ("layer_norm", ...)
+    hint: ClassVar[str] = ""
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        nm = match_normalize(g, node)
+        if isinstance(nm, Rejection):
+            return nm
+        if nm.centered != self.centered:
+            return Rejection(
+                "no mean is subtracted (an RMS norm?)" if self.centered else "x − mean(x) is subtracted (a LayerNorm)"
+            )
+        return Match(node, nm.nodes, nm.output, {"nm": nm})
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        return decomposed_rewrite(g, m, m.facts["nm"].x, self.hint)
+
+
+class NativeNorm(Rule):
+    """An ONNX norm op lifted into the portable ``normonnx`` op: the match is the node itself,
+    ``check`` leaves ``spec`` and ``params`` in the facts, the rewrite is the same.
+
+    The default ``check`` is LayerNormalization's and RMSNormalization's: the norm of ``kind`` over
+    axes ``axis … r−1``, inputs 1 and 2 (when given) its weight and bias; GroupNormalization
+    has its own."""
+
+    skip_lowered = True
+    #: the spec's kind ("layer", "rms")
+    kind: ClassVar[str] = ""
+    #: the name hint of new initializers ("layer_norm", ...)
+    hint: ClassVar[str] = ""
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        return Match(node, [node], node.output[0])
+
+    def check(self, g: GraphView, m: Match) -> CheckResult:
+        node = m.anchor
+        x = node.input[0]
+        v, axes, ns = self.trailing_axes(g, node)
+        if not v:
+            return v
+        v, params = self.params(g, node, dict(zip(("weight", "bias"), node.input[1:])), axes, ns)
+        if not v:
+            return v
+        m.facts["params"] = params
+        m.facts["spec"] = NormSpec(
+            self.kind,
+            eps=float(attr(node, "epsilon", 1e-5)),
+            normalized_shape=ns,
+            has_weight="weight" in params,
+            has_bias="bias" in params,
+            dtype=FLOAT_TYPES[g.elem_type(x)],  # type: ignore[index]
+            rank=g.rank(x),
+        )
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        return norm_rewrite(
+            g, m.nodes, m.output, m.facts["spec"], m.anchor.input[0], m.facts["params"], m.anchor, self.hint
+        )
+
+    @staticmethod
+    def float32_stats(g: GraphView, node: onnx.NodeProto) -> CheckResult:
+        """fp16/bf16 statistics must be in float32 (``stash_type=1``), as normonnx computes them."""
+        x = node.input[0]
+        et = g.elem_type(x)
+        if et in LOW_PRECISION and int(attr(node, "stash_type", 1)) != 1:
+            return Rejection(
+                f"stash_type={attr(node, 'stash_type')}: statistics in {dtype_name(et)}; normonnx computes them in float32",
+                x,
+            )
+        return OK
+
+    @classmethod
+    def trailing_axes(cls, g: GraphView, node: onnx.NodeProto) -> tuple[CheckResult, tuple[int, ...], tuple[int, ...]]:
+        """(verdict, axes ``axis … r−1``, their static dims) of LayerNormalization / RMSNormalization
+        over a float input of known shape, its statistics in float32."""
+        x = node.input[0]
+        et = g.elem_type(x)
+        if et not in FLOAT_TYPES:
+            return Rejection(f"input element type {dtype_name(et)} is not a float type", x), (), ()
+        shape = g.shape(x)
+        if shape is None:
+            return Rejection(f"shape of {x!r} is unknown", x), (), ()
+        r = len(shape)
+        axis = int(attr(node, "axis", -1))
+        axis = axis + r if axis < 0 else axis
+        if not 0 <= axis < r:
+            return Rejection(f"axis {attr(node, 'axis', -1)} out of range for rank {r}", x), (), ()
+        v = cls.float32_stats(g, node)
+        if not v:
+            return v, (), ()
+        dims = shape[axis:]
+        if not all(isinstance(d, int) for d in dims):
+            return Rejection(f"normalised dims {list(dims)} of {x!r} are not static", x), (), ()
+        return OK, tuple(range(axis, r)), tuple(int(d) for d in dims)  # type: ignore[arg-type]
+
+    @staticmethod
+    def params(
+        g: GraphView, node: onnx.NodeProto, slots: dict[str, str], axes: tuple[int, ...], target: tuple[int, ...]
+    ) -> tuple[CheckResult, dict[str, object]]:
+        """(verdict, params) of ``slots`` ("weight"/"bias" → value name, "" when absent): a value of
+        the ``target`` shape and the input's type as it is (constant or not), else a constant that
+        varies only along ``axes`` (:func:`~normonnx.optimize.patterns.affine_param`)."""
+        et, r = g.elem_type(node.input[0]), g.rank(node.input[0]) or 0
+        params: dict[str, object] = {}
+        for slot, value in slots.items():
+            if not value:
+                continue
+            if g.shape(value) == target and g.elem_type(value) == et:
+                params[slot] = value  # usable as is (constant or not)
+                continue
+            arr, v = affine_param(
+                g, value, rank=r, axes=axes, target=target, what="scale" if slot == "weight" else "bias"
+            )
+            if not v:
+                return v, {}
+            params[slot] = arr
+        return OK, params

@@ -97,6 +97,26 @@ def _copy_node(node: onnx.NodeProto, inputs: list[str], outputs: list[str], name
     return n
 
 
+def _folded(g: GraphView, m: Match, op: onnx.NodeProto, bn: onnx.NodeProto, x: str, y: str) -> Rewrite:
+    """``op`` with the folded weight / bias (``m.facts`` w2, b2) computing ``y`` from ``x``, in place of
+    the pair: a MatMul becomes MatMul + Add (it has no bias input), a Gemm drops its ``beta``."""
+    wt = tensor(g, f"{op.input[1]}/bn_folded", m.facts["w2"])
+    bt = tensor(g, f"{bn.name or bn.output[0]}/bn_folded_bias", m.facts["b2"])
+    name = g.fresh(f"{op.name or op.output[0]}/bn_folded")
+    if op.op_type == "MatMul":
+        mid = g.fresh(f"{name}/matmul")
+        nodes = [
+            _copy_node(op, [x, wt.name], [mid], name),
+            helper.make_node("Add", [mid, bt.name], [y], name=g.fresh(f"{name}/bias")),
+        ]
+    else:
+        drop = {"beta": True} if op.op_type == "Gemm" else {}
+        nodes = [_copy_node(op, [x, wt.name, bt.name], [y], name, **drop)]
+    for n in nodes:  # verification compares the pair as one: say which BatchNorm went in
+        n.metadata_props.add(key=FOLDED_KEY, value=bn.name or bn.output[0])
+    return Rewrite(m.nodes, nodes, [wt, bt])
+
+
 class BatchNormIntoPreceding(Rule):
     name = "batchnorm.into_preceding"
     anchor_ops = ("BatchNormalization",)
@@ -186,22 +206,7 @@ class BatchNormIntoPreceding(Rule):
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
         bn, op = m.anchor, m.facts["op"]
-        base = bn.name or bn.output[0]
-        wt = tensor(g, f"{op.input[1]}/bn_folded", m.facts["w2"])
-        bt = tensor(g, f"{base}/bn_folded_bias", m.facts["b2"])
-        name = g.fresh(f"{op.name or op.output[0]}/bn_folded")
-        if op.op_type == "MatMul":
-            mid = g.fresh(f"{name}/matmul")
-            nodes = [
-                _copy_node(op, [op.input[0], wt.name], [mid], name),
-                helper.make_node("Add", [mid, bt.name], [bn.output[0]], name=g.fresh(f"{name}/bias")),
-            ]
-        else:
-            drop = {"beta": True} if op.op_type == "Gemm" else {}
-            nodes = [_copy_node(op, [op.input[0], wt.name, bt.name], [bn.output[0]], name, **drop)]
-        for n in nodes:  # verification compares the pair as one: say which BatchNorm went in
-            n.metadata_props.add(key=FOLDED_KEY, value=bn.name or bn.output[0])
-        return Rewrite(m.nodes, nodes, [wt, bt])
+        return _folded(g, m, op, bn, op.input[0], bn.output[0])
 
 
 class BatchNormIntoFollowing(Rule):
@@ -282,21 +287,7 @@ class BatchNormIntoFollowing(Rule):
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
         op, bn = m.anchor, m.facts["bn"]
-        wt = tensor(g, f"{op.input[1]}/bn_folded", m.facts["w2"])
-        bt = tensor(g, f"{bn.name or bn.output[0]}/bn_folded_bias", m.facts["b2"])
-        name = g.fresh(f"{op.name or op.output[0]}/bn_folded")
-        if op.op_type == "MatMul":
-            mid = g.fresh(f"{name}/matmul")
-            nodes = [
-                _copy_node(op, [bn.input[0], wt.name], [mid], name),
-                helper.make_node("Add", [mid, bt.name], [op.output[0]], name=g.fresh(f"{name}/bias")),
-            ]
-        else:
-            drop = {"beta": True} if op.op_type == "Gemm" else {}
-            nodes = [_copy_node(op, [bn.input[0], wt.name, bt.name], [op.output[0]], name, **drop)]
-        for n in nodes:  # verification compares the pair as one: say which BatchNorm went in
-            n.metadata_props.add(key=FOLDED_KEY, value=bn.name or bn.output[0])
-        return Rewrite(m.nodes, nodes, [wt, bt])
+        return _folded(g, m, op, bn, bn.input[0], op.output[0])
 
 
 RULES: list[Rule] = [BatchNormIntoPreceding(), BatchNormIntoFollowing()]

@@ -31,9 +31,9 @@ import onnx
 
 from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
-from ._rules import NormAffine
+from ._rules import NativeNorm, NormAffine
 from ._shapes import dims_of, shape_value
-from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name, norm_axes, norm_node_params, spec_of_node
+from .graph import FLOAT_TYPES, GraphView, attr, dtype_name, norm_axes, norm_node_params, spec_of_node
 from .patterns import check_normalize, decomposed_rewrite, decomposed_spec, match_normalize
 from .rewriter import Rewrite, norm_rewrite
 from .rule import Match, Rule
@@ -104,6 +104,19 @@ def _dtype(g: GraphView, x: str) -> tuple[CheckResult, str]:
     return OK, FLOAT_TYPES[et]
 
 
+def _check_grouped(g: GraphView, view: onnx.NodeProto, back: onnx.NodeProto) -> tuple[CheckResult, str, int, int]:
+    """(verdict, dtype, C, G) of ``back(norm(view(x0)))``: x0 a float tensor, ``view`` the Reshape to
+    [N, G, …] (:func:`check_group_view`), ``back`` the Reshape that restores x0's shape."""
+    x0 = view.input[0]
+    v, dt = _dtype(g, x0)
+    if not v:
+        return v, "", 0, 0
+    v, c, groups = check_group_view(g, view, x0)
+    if not v:
+        return v, "", 0, 0
+    return check_restored(g, back, x0), dt, c, groups
+
+
 class GroupNormViaInstance(Rule):
     name = "group_norm.via_instance"
     anchor_ops = ("Reshape",)
@@ -121,13 +134,7 @@ class GroupNormViaInstance(Rule):
     def check(self, g: GraphView, m: Match) -> CheckResult:
         view, inorm = m.facts["view"], m.facts["inorm"]
         x0 = view.input[0]
-        v, dt = _dtype(g, x0)
-        if not v:
-            return v
-        v, c, groups = check_group_view(g, view, x0)
-        if not v:
-            return v
-        v = check_restored(g, m.anchor, x0)
+        v, dt, c, groups = _check_grouped(g, view, m.anchor)
         if not v:
             return v
         params: dict[str, object] = {}
@@ -189,13 +196,7 @@ class GroupNormDecomposed(Rule):
             return Rejection(
                 f"statistics over axes {list(axes)} of the [N, G, …] view, not over all of 2..{r - 1}", nm.x
             )
-        v, dt = _dtype(g, x0)
-        if not v:
-            return v
-        v, c, groups = check_group_view(g, view, x0)
-        if not v:
-            return v
-        v = check_restored(g, m.anchor, x0)
+        v, dt, c, groups = _check_grouped(g, view, m.anchor)
         if not v:
             return v
         return decomposed_spec(m, mo, "group", (c,), dtype=dt, rank=g.rank(x0), channels=c, groups=groups)
@@ -271,13 +272,10 @@ class GroupNormSplit(Rule):
         return decomposed_rewrite(g, m, m.facts["split"].input[0], "group_norm")
 
 
-class GroupNormNative(Rule):
+class GroupNormNative(NativeNorm):
     name = "group_norm.native"
     anchor_ops = ("GroupNormalization",)
-    skip_lowered = True
-
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        return Match(node, [node], node.output[0])
+    hint = "group_norm"
 
     def check(self, g: GraphView, m: Match) -> CheckResult:
         node = m.anchor
@@ -293,8 +291,9 @@ class GroupNormNative(Rule):
         if groups < 1 or c % groups:
             return Rejection(f"num_groups={groups} does not divide C={c}", x)
         per_group = g.opset < 21  # GroupNormalization-18: scale/bias per group
-        if g.elem_type(x) in LOW_PRECISION and int(attr(node, "stash_type", 1)) != 1:
-            return Rejection("stash_type=0: statistics in low precision; normonnx computes them in float32", x)
+        v = self.float32_stats(g, node)
+        if not v:
+            return v
         params: dict[str, object] = {}
         for slot, value in (("weight", node.input[1]), ("bias", node.input[2])):
             if per_group:
@@ -316,11 +315,6 @@ class GroupNormNative(Rule):
             "group", eps=float(attr(node, "epsilon", 1e-5)), channels=c, groups=groups, dtype=dt, rank=len(shape)
         )
         return OK
-
-    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g, m.nodes, m.output, m.facts["spec"], m.anchor.input[0], m.facts["params"], m.anchor, "group_norm"
-        )
 
 
 class GroupNormAffine(NormAffine):

@@ -26,10 +26,9 @@ from __future__ import annotations
 import onnx
 
 from ..rejection import OK, CheckResult, Rejection
-from ..spec import NormSpec
-from ._rules import CastWrapper, NormAffine
-from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name, norm_node_params, spec_of_node
-from .patterns import affine_param, check_normalize, decomposed_rewrite, decomposed_spec, match_normalize
+from ._rules import CastWrapper, DecomposedNorm, NativeNorm, NormAffine
+from .graph import FLOAT_TYPES, GraphView, attr, norm_node_params, spec_of_node
+from .patterns import check_normalize, decomposed_spec
 from .rewriter import Rewrite, norm_rewrite
 from .rule import Match, Rule
 
@@ -58,18 +57,10 @@ def layer_layout(g: GraphView, x: str, axes: tuple[int, ...]) -> tuple[CheckResu
     )
 
 
-class LayerNormDecomposed(Rule):
+class LayerNormDecomposed(DecomposedNorm):
     name = "layer_norm.decomposed"
-    anchor_ops = ("Div", "Mul")
-    skip_lowered = True
-
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        nm = match_normalize(g, node)
-        if isinstance(nm, Rejection):
-            return nm
-        if not nm.centered:
-            return Rejection("no mean is subtracted (an RMS norm?)")
-        return Match(node, nm.nodes, nm.output, {"nm": nm})
+    centered = True
+    hint = "layer_norm"
 
     def check(self, g: GraphView, m: Match) -> CheckResult:
         nm = m.facts["nm"]
@@ -90,71 +81,12 @@ class LayerNormDecomposed(Rule):
             channels_first=cf,
         )
 
-    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return decomposed_rewrite(g, m, m.facts["nm"].x, "layer_norm")
 
-
-class LayerNormNative(Rule):
+class LayerNormNative(NativeNorm):
     name = "layer_norm.native"
     anchor_ops = ("LayerNormalization",)
-    skip_lowered = True
-
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        return Match(node, [node], node.output[0])
-
-    def check(self, g: GraphView, m: Match) -> CheckResult:
-        node = m.anchor
-        x = node.input[0]
-        et = g.elem_type(x)
-        if et not in FLOAT_TYPES:
-            return Rejection(f"input element type {dtype_name(et)} is not a float type", x)
-        shape = g.shape(x)
-        if shape is None:
-            return Rejection(f"shape of {x!r} is unknown", x)
-        r = len(shape)
-        axis = int(attr(node, "axis", -1))
-        axis = axis + r if axis < 0 else axis
-        if not 0 <= axis < r:
-            return Rejection(f"axis {attr(node, 'axis', -1)} out of range for rank {r}", x)
-        if et in LOW_PRECISION and int(attr(node, "stash_type", 1)) != 1:
-            return Rejection(
-                f"stash_type={attr(node, 'stash_type')}: statistics in {dtype_name(et)}; normonnx computes them in float32",
-                x,
-            )
-        axes = tuple(range(axis, r))
-        v, ns, _ = layer_layout(g, x, axes)
-        if not v:
-            return v
-        params: dict[str, object] = {}
-        for slot, value in (
-            ("weight", node.input[1] if len(node.input) > 1 else ""),
-            ("bias", node.input[2] if len(node.input) > 2 else ""),
-        ):
-            if not value:
-                continue
-            if g.shape(value) == ns and g.elem_type(value) == et:
-                params[slot] = value  # usable as is (constant or not)
-                continue
-            arr, v = affine_param(g, value, rank=r, axes=axes, target=ns, what="scale" if slot == "weight" else "bias")
-            if not v:
-                return v
-            params[slot] = arr
-        m.facts["params"] = params
-        m.facts["spec"] = NormSpec(
-            "layer",
-            eps=float(attr(node, "epsilon", 1e-5)),
-            normalized_shape=ns,
-            has_weight="weight" in params,
-            has_bias="bias" in params,
-            dtype=FLOAT_TYPES[et],
-            rank=r,
-        )
-        return OK
-
-    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g, m.nodes, m.output, m.facts["spec"], m.anchor.input[0], m.facts["params"], m.anchor, "layer_norm"
-        )
+    hint = "layer_norm"
+    kind = "layer"
 
 
 class LayerNormAffine(NormAffine):

@@ -40,14 +40,19 @@ from .rule import Match, Rule
 DOMAIN = "normonnx"
 
 
-class ResidualNorm(Rule):
+class _OnNorm(Rule):
+    """A rule anchored at one normonnx norm op, one instance per family (``name``, ``op``)."""
+
     anchor_domain = DOMAIN
-    #: the Add's output stays produced (as the fused node's second output): not an interior value
-    check_interior = False
 
     def __init__(self, name: str, op: str) -> None:
         self.name = name  # type: ignore[misc]
         self.anchor_ops = (op,)  # type: ignore[misc]
+
+
+class ResidualNorm(_OnNorm):
+    #: the Add's output stays produced (as the fused node's second output): not an interior value
+    check_interior = False
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
         add = g.op(node.input[0], "Add")
@@ -115,15 +120,10 @@ class ResidualNorm(Rule):
         return rw
 
 
-class GatedResidualNorm(Rule):
-    anchor_domain = DOMAIN
+class GatedResidualNorm(_OnNorm):
     #: the norm's sum output stays produced (other readers are expected): the Mul's single reader is
     #: checked in ``check`` instead
     check_interior = False
-
-    def __init__(self, name: str, op: str) -> None:
-        self.name = name  # type: ignore[misc]
-        self.anchor_ops = (op,)  # type: ignore[misc]
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
         if not any(a.name == "has_residual" and a.i for a in node.attribute):

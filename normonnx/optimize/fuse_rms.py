@@ -17,31 +17,19 @@ Rules:
 
 from __future__ import annotations
 
-import onnx
-
-from ..rejection import OK, CheckResult, Rejection
-from ..spec import NormSpec
-from ._rules import CastWrapper, NormAffine
-from .graph import FLOAT_TYPES, LOW_PRECISION, GraphView, attr, dtype_name
-from .patterns import affine_param, check_normalize, decomposed_rewrite, decomposed_spec, match_normalize
-from .rewriter import Rewrite, norm_rewrite
+from ..rejection import CheckResult, Rejection
+from ._rules import CastWrapper, DecomposedNorm, NativeNorm, NormAffine
+from .graph import FLOAT_TYPES, GraphView
+from .patterns import check_normalize, decomposed_spec
 from .rule import Match, Rule
 
 DOMAIN = "normonnx"
 
 
-class RMSNormDecomposed(Rule):
+class RMSNormDecomposed(DecomposedNorm):
     name = "rms_norm.decomposed"
-    anchor_ops = ("Div", "Mul")
-    skip_lowered = True
-
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        nm = match_normalize(g, node)
-        if isinstance(nm, Rejection):
-            return nm
-        if nm.centered:
-            return Rejection("x − mean(x) is subtracted (a LayerNorm)")
-        return Match(node, nm.nodes, nm.output, {"nm": nm})
+    centered = False
+    hint = "rms_norm"
 
     def check(self, g: GraphView, m: Match) -> CheckResult:
         nm = m.facts["nm"]
@@ -67,58 +55,12 @@ class RMSNormDecomposed(Rule):
             normalized_shape=ns,
         )
 
-    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return decomposed_rewrite(g, m, m.facts["nm"].x, "rms_norm")
 
-
-class RMSNormNative(Rule):
+class RMSNormNative(NativeNorm):
     name = "rms_norm.native"
     anchor_ops = ("RMSNormalization",)
-    skip_lowered = True
-
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        return Match(node, [node], node.output[0])
-
-    def check(self, g: GraphView, m: Match) -> CheckResult:
-        node = m.anchor
-        x = node.input[0]
-        et = g.elem_type(x)
-        shape = g.shape(x)
-        if et not in FLOAT_TYPES or shape is None:
-            return Rejection(f"input {x!r} type/shape unknown or not float ({dtype_name(et)})", x)
-        r = len(shape)
-        axis = int(attr(node, "axis", -1))
-        axis = axis + r if axis < 0 else axis
-        if et in LOW_PRECISION and int(attr(node, "stash_type", 1)) != 1:
-            return Rejection("stash_type=0: statistics in low precision; normonnx computes them in float32", x)
-        axes = tuple(range(axis, r))
-        ns = tuple(shape[a] for a in axes)
-        if not ns or not all(isinstance(d, int) for d in ns):
-            return Rejection(f"normalised dims {list(ns)} are not static", x)
-        scale = node.input[1]
-        params: dict[str, object] = {}
-        if g.shape(scale) == ns and g.elem_type(scale) == et:
-            params["weight"] = scale
-        else:
-            arr, v = affine_param(g, scale, rank=r, axes=axes, target=ns, what="scale")
-            if not v:
-                return v
-            params["weight"] = arr
-        m.facts["params"] = params
-        m.facts["spec"] = NormSpec(
-            "rms",
-            eps=float(attr(node, "epsilon", 1e-5)),
-            normalized_shape=ns,
-            has_bias=False,
-            dtype=FLOAT_TYPES[et],
-            rank=r,  # type: ignore[arg-type]
-        )
-        return OK
-
-    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g, m.nodes, m.output, m.facts["spec"], m.anchor.input[0], m.facts["params"], m.anchor, "rms_norm"
-        )
+    hint = "rms_norm"
+    kind = "rms"
 
 
 class RMSNormAffine(NormAffine):

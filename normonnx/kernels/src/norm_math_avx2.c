@@ -88,7 +88,6 @@ static void sumsq_avx2(const float* restrict x, size_t n, double* s2) {
   *s2 += t2;
 }
 
-/* add + sums_avx2 in one loop: the same blocks, accumulators and order as sums_avx2 over s */
 /* r (or fl(g·r), the product kept apart from the sum: see nx_mul_rounded) at x + i */
 static inline __m256 nx_res8(const float* restrict r, const float* restrict g, size_t i) {
   __m256 v = _mm256_loadu_ps(r + i);
@@ -99,6 +98,20 @@ static inline __m256 nx_res8(const float* restrict r, const float* restrict g, s
   return v;
 }
 
+/* v[k] = x + r (or x + fl(g·r)) at i + 8k, the 32 sums stored to s (kept in v for the statistics) */
+static inline void nx_add_store32(const float* restrict x, const float* restrict r, const float* restrict g,
+                                  float* restrict s, size_t i, __m256 v[4]) {
+  v[0] = _mm256_add_ps(_mm256_loadu_ps(x + i), nx_res8(r, g, i));
+  v[1] = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), nx_res8(r, g, i + 8));
+  v[2] = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), nx_res8(r, g, i + 16));
+  v[3] = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), nx_res8(r, g, i + 24));
+  _mm256_storeu_ps(s + i, v[0]);
+  _mm256_storeu_ps(s + i + 8, v[1]);
+  _mm256_storeu_ps(s + i + 16, v[2]);
+  _mm256_storeu_ps(s + i + 24, v[3]);
+}
+
+/* add + sums_avx2 in one loop: the same blocks, accumulators and order as sums_avx2 over s */
 static void add_sums_avx2(const float* restrict x, const float* restrict r, const float* restrict g,
                           float* restrict s, size_t n, double k, double* s1, double* s2) {
   const __m256 kv = _mm256_set1_ps((float)k);
@@ -108,16 +121,10 @@ static void add_sums_avx2(const float* restrict x, const float* restrict r, cons
     size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
     __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, q0 = p0, q1 = p0, q2 = p0, q3 = p0;
     for (; i < end; i += 32) {
-      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), nx_res8(r, g, i));
-      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), nx_res8(r, g, i + 8));
-      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), nx_res8(r, g, i + 16));
-      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), nx_res8(r, g, i + 24));
-      _mm256_storeu_ps(s + i, v0);
-      _mm256_storeu_ps(s + i + 8, v1);
-      _mm256_storeu_ps(s + i + 16, v2);
-      _mm256_storeu_ps(s + i + 24, v3);
-      __m256 d0 = _mm256_sub_ps(v0, kv), d1 = _mm256_sub_ps(v1, kv), d2 = _mm256_sub_ps(v2, kv);
-      __m256 d3 = _mm256_sub_ps(v3, kv);
+      __m256 v[4];
+      nx_add_store32(x, r, g, s, i, v);
+      __m256 d0 = _mm256_sub_ps(v[0], kv), d1 = _mm256_sub_ps(v[1], kv), d2 = _mm256_sub_ps(v[2], kv);
+      __m256 d3 = _mm256_sub_ps(v[3], kv);
       p0 = _mm256_add_ps(p0, d0);
       p1 = _mm256_add_ps(p1, d1);
       p2 = _mm256_add_ps(p2, d2);
@@ -149,18 +156,12 @@ static void add_sumsq_avx2(const float* restrict x, const float* restrict r, con
     size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
     __m256 q0 = _mm256_setzero_ps(), q1 = q0, q2 = q0, q3 = q0;
     for (; i < end; i += 32) {
-      __m256 v0 = _mm256_add_ps(_mm256_loadu_ps(x + i), nx_res8(r, g, i));
-      __m256 v1 = _mm256_add_ps(_mm256_loadu_ps(x + i + 8), nx_res8(r, g, i + 8));
-      __m256 v2 = _mm256_add_ps(_mm256_loadu_ps(x + i + 16), nx_res8(r, g, i + 16));
-      __m256 v3 = _mm256_add_ps(_mm256_loadu_ps(x + i + 24), nx_res8(r, g, i + 24));
-      _mm256_storeu_ps(s + i, v0);
-      _mm256_storeu_ps(s + i + 8, v1);
-      _mm256_storeu_ps(s + i + 16, v2);
-      _mm256_storeu_ps(s + i + 24, v3);
-      q0 = _mm256_fmadd_ps(v0, v0, q0);
-      q1 = _mm256_fmadd_ps(v1, v1, q1);
-      q2 = _mm256_fmadd_ps(v2, v2, q2);
-      q3 = _mm256_fmadd_ps(v3, v3, q3);
+      __m256 v[4];
+      nx_add_store32(x, r, g, s, i, v);
+      q0 = _mm256_fmadd_ps(v[0], v[0], q0);
+      q1 = _mm256_fmadd_ps(v[1], v[1], q1);
+      q2 = _mm256_fmadd_ps(v[2], v[2], q2);
+      q3 = _mm256_fmadd_ps(v[3], v[3], q3);
     }
     a2 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a2, q0), q1), q2), q3);
   }
