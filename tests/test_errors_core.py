@@ -58,9 +58,10 @@ def test_selection_records_reasons():
 
 
 def test_capability_table_prints_every_strategy():
-    text = format_capability_table()
+    text = format_capability_table(("cpu", "cuda"))
     for name in STRATEGIES:
         assert name in text
+    assert "contrib" not in format_capability_table(("cpu",))  # a CUDA-only strategy: no CPU row
     assert "GroupNormalization-21" in text
 
 

@@ -333,6 +333,12 @@ def _provider_names(providers: Sequence[Any]) -> list[str]:
     return names
 
 
+def require_provider(provider: str) -> None:
+    """Raise :class:`~normonnx.errors.UnsupportedHere` (exit 3) now if ``provider`` (short name or
+    onnxruntime's) cannot run here: callers check before work that a missing provider would waste."""
+    _check_available([PROVIDER_NAMES.get(provider, provider)])
+
+
 def _check_available(names: Sequence[str]) -> None:
     available = ort.get_available_providers()
     for name in names:

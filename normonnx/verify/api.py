@@ -181,7 +181,7 @@ def verify(
     """
     import torch
 
-    from ..runtime.session import session
+    from ..runtime.session import require_provider, session
 
     check_statistic(check)
     check_tolerance(atol, "atol")
@@ -189,6 +189,7 @@ def verify(
     for k, t in (per_output or {}).items():
         if not isinstance(t, Tolerance):
             raise InputError(f"per_output[{k!r}] is {type(t).__name__}, not a Tolerance")
+    require_provider(provider)  # before torch runs every case: a missing provider fails first
     proto = nio.load_lazy(onnx_path)  # a large inline file is scanned, its weights left in it
     if isinstance(model, torch.nn.Module):
         training = [n or "<root>" for n, m in model.named_modules() if m.training]
