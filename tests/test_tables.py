@@ -188,7 +188,7 @@ def _imports(path: pathlib.Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("layer", ["bench", "reports"])
+@pytest.mark.parametrize("layer", ["bench", "reports", "verify", "optimize", "lowering", "norms", "io", "runtime"])
 def test_lower_layers_never_import_the_cli(layer):
     offenders = {
         str(f.relative_to(PACKAGE)): sorted(
@@ -198,3 +198,23 @@ def test_lower_layers_never_import_the_cli(layer):
     }
     assert {f: m for f, m in offenders.items() if m} == {}
     assert offenders  # the layer's files were read
+
+
+#: the stages below the pipeline, and what each must never import (the import graph points one way:
+#: commands → pipeline (exporter, optimize) → lowering → norms → spec)
+UPWARD = {
+    "lowering": ("normonnx.optimize", "normonnx.exporter", "normonnx.capture", "normonnx.verify"),
+    "norms": ("normonnx.lowering", "normonnx.optimize", "normonnx.exporter", "normonnx.verify"),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(UPWARD))
+def test_lower_stages_never_import_the_stages_above(layer):
+    offenders = {
+        str(f.relative_to(PACKAGE)): sorted(m for m in _imports(f) if m.startswith(UPWARD[layer]))
+        for f in sorted((PACKAGE / layer).glob("*.py"))
+    }
+    assert {f: m for f, m in offenders.items() if m} == {}
+    assert offenders
+    spec = _imports(PACKAGE / "spec.py")
+    assert {m for m in spec if m.startswith("normonnx")} <= {"normonnx.dtypes", "normonnx.errors"}
