@@ -26,8 +26,7 @@ import json
 import numpy as np
 import onnx
 
-from ..rejection import OK
-from ._old_names import NoMatch, Verdict
+from ..rejection import OK, CheckResult, Rejection
 from .graph import GraphView, dtype_name, norm_node_params, scalar, spec_of_node
 from .rewriter import Rewrite, norm_rewrite
 from .rule import Match, Rule
@@ -46,39 +45,39 @@ class ModulatedNorm(Rule):
     anchor_ops = NORM_OPS
     anchor_domain = DOMAIN
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         if any(p.key == META_KEY for p in node.metadata_props):
-            return NoMatch("already recorded")
+            return Rejection("already recorded")
         if attr_int(node, "modulation"):
-            return NoMatch("already modulated")
+            return Rejection("already modulated")
         if not _identity_affine(g, node):
-            return NoMatch("the norm has its own affine parameters")
+            return Rejection("the norm has its own affine parameters")
         mul = g.single_user(node.output[0])
         if not _plain(mul, "Mul"):
-            return NoMatch("output is not read by a single Mul")
+            return Rejection("output is not read by a single Mul")
         assert mul is not None
         scale_in = mul.input[1] if mul.input[0] == node.output[0] else mul.input[0]
         one_plus = g.op(scale_in, "Add")
         if one_plus is None:
-            return NoMatch("the factor is not 1 + scale")
+            return Rejection("the factor is not 1 + scale")
         ones = [i for i in one_plus.input if scalar(g.const(i)) == 1.0]
         if len(ones) != 1:
-            return NoMatch("the factor is not 1 + scale")
+            return Rejection("the factor is not 1 + scale")
         scale = next(i for i in one_plus.input if i != ones[0])
         add = g.single_user(mul.output[0])
         if not _plain(add, "Add"):
-            return NoMatch("the scaled value is not shifted by an Add")
+            return Rejection("the scaled value is not shifted by an Add")
         assert add is not None
         shift = add.input[1] if add.input[0] == mul.output[0] else add.input[0]
         return Match(
             node, [node], node.output[0], {"scale": scale, "shift": shift, "out": add.output[0], "mul": mul, "add": add}
         )
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         for what in ("scale", "shift"):
             v = m.facts[what]
             if g.const(v) is not None:
-                return Verdict.fail(f"the {what} is a constant (an affine, not a modulation)", v)
+                return Rejection(f"the {what} is a constant (an affine, not a modulation)", v)
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
@@ -113,34 +112,34 @@ class ModulatedLayerNorm(ModulatedNorm):
     name = "modulated.layer"
     anchor_ops = ("LayerNorm",)
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         m = super().match(g, node)
-        if isinstance(m, NoMatch):
+        if isinstance(m, Rejection):
             return m
         return Match(node, [node, m.facts["mul"], m.facts["add"]], m.facts["out"], m.facts)
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         v = super().check(g, m)
         if not v:
             return v
         node = m.anchor
         spec = spec_of_node(g, node)
         if spec is None:
-            return Verdict.fail("the norm's input type is unknown", node.input[0])
+            return Rejection("the norm's input type is unknown", node.input[0])
         if spec.channels_first:
-            return Verdict.fail("a channels-first LayerNorm has no fused modulation form", node.input[0])
+            return Rejection("a channels-first LayerNorm has no fused modulation form", node.input[0])
         x_shape = g.shape(node.input[0])
         ns = spec.normalized_shape or ()
         for what in ("scale", "shift"):
             val = m.facts[what]
             if g.elem_type(val) != spec.onnx_dtype:
-                return Verdict.fail(f"the {what} is {dtype_name(g.elem_type(val))}, the norm {spec.dtype}", val)
+                return Rejection(f"the {what} is {dtype_name(g.elem_type(val))}, the norm {spec.dtype}", val)
             shape = g.shape(val)
             if shape is None or x_shape is None or None in shape:
-                return Verdict.fail(f"the static shape of the {what} {val!r} is unknown", val)
+                return Rejection(f"the static shape of the {what} {val!r} is unknown", val)
             why = _modulation_shape(tuple(shape), tuple(x_shape), ns)
             if why:
-                return Verdict.fail(f"the {what} has shape {list(shape)}: {why}", val)
+                return Rejection(f"the {what} has shape {list(shape)}: {why}", val)
         # γ ≡ 1 and β ≡ 0 (the exporters' LayerNormalization(x, ones, zeros) for elementwise_affine=False)
         # are dropped: n·1 + 0 = n exactly
         m.facts["spec"] = spec.replace(modulation=True, has_weight=False, has_bias=False)

@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..rejection import OK
-from ._old_names import NoMatch, Verdict
+from ..rejection import OK, CheckResult, Rejection
 from .graph import GraphView, dtype_name, norm_node_params, spec_of_node
 from .rewriter import Rewrite, norm_rewrite
 from .rule import Match, Rule
@@ -54,45 +53,43 @@ class ResidualNorm(_OnNorm):
     #: the Add's output stays produced (as the fused node's second output): not an interior value
     check_interior = False
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         add = g.op(node.input[0], "Add")
         if add is None:
-            return NoMatch("input is not produced by an Add")
+            return Rejection("input is not produced by an Add")
         if len(add.input) != 2 or not all(add.input):
-            return NoMatch("the Add does not have two operands")
+            return Rejection("the Add does not have two operands")
         if any(p.key == "normonnx.strategy" for p in node.metadata_props):
-            return NoMatch("already lowered")
+            return Rejection("already lowered")
         if any(a.name == "has_residual" and a.i for a in node.attribute):
-            return NoMatch("already has a residual input")
+            return Rejection("already has a residual input")
         return Match(node, [add, node], node.output[0], {"add": add})
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         node, add = m.anchor, m.facts["add"]
         spec = spec_of_node(g, node)
         if spec is None:
-            return Verdict.fail("the norm's input type is unknown", node.input[0])
+            return Rejection("the norm's input type is unknown", node.input[0])
         if spec.channels_first:
-            return Verdict.fail("a channels-first LayerNorm has no fused residual form", node.input[0])
+            return Rejection("a channels-first LayerNorm has no fused residual form", node.input[0])
         s = add.output[0]
         out = g.shape(s)
         for v in add.input:
             if g.elem_type(v) != spec.onnx_dtype:
-                return Verdict.fail(f"operand {v!r} is {dtype_name(g.elem_type(v))}, the norm {spec.dtype}", v)
+                return Rejection(f"operand {v!r} is {dtype_name(g.elem_type(v))}, the norm {spec.dtype}", v)
             sv = g.shape(v)
             if sv is None or out is None or None in sv or None in out:
-                return Verdict.fail(f"the static shape of {v!r} or of the sum is unknown", v)
+                return Rejection(f"the static shape of {v!r} or of the sum is unknown", v)
             if tuple(sv) != tuple(out):
                 if all(isinstance(d, int) for d in (*sv, *out)):
-                    return Verdict.fail(
-                        f"the Add broadcasts {list(sv)} to {list(out)}: a residual has the sum's shape", v
-                    )
-                return Verdict.fail(f"{list(sv)} and the sum's {list(out)} are not provably the same shape", v)
+                    return Rejection(f"the Add broadcasts {list(sv)} to {list(out)}: a residual has the sum's shape", v)
+                return Rejection(f"{list(sv)} and the sum's {list(out)} are not provably the same shape", v)
         m.facts["spec"] = spec.replace(residual=True)
         m.facts["at"] = self._placement(g, add, node)
         if m.facts["at"] is None:
             readers = [u for u in g.users(s) if u is not node and g.index[id(u)] < g.index[id(node)]]
             late = [v for v in node.input[1:] if v and _produced_after(g, v, add)]
-            return Verdict.fail(
+            return Rejection(
                 f"the sum is read by {readers[0].op_type} node {readers[0].name!r} before the norm, and the norm's "
                 f"input {late[0]!r} is computed after the Add: no position for the fused node keeps the order",
                 late[0],
@@ -125,40 +122,40 @@ class GatedResidualNorm(_OnNorm):
     #: checked in ``check`` instead
     check_interior = False
 
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | NoMatch:
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         if not any(a.name == "has_residual" and a.i for a in node.attribute):
-            return NoMatch("not a residual norm")
+            return Rejection("not a residual norm")
         if any(a.name == "has_gate" and a.i for a in node.attribute):
-            return NoMatch("already gated")
+            return Rejection("already gated")
         if any(p.key == "normonnx.strategy" for p in node.metadata_props):
-            return NoMatch("already lowered")
+            return Rejection("already lowered")
         params = norm_node_params(node)
         for x, other in ((node.input[0], params.get("residual", "")), (params.get("residual", ""), node.input[0])):
             mul = g.op(other, "Mul") if other else None
             if mul is not None and mul.domain in ("", "ai.onnx") and len(mul.input) == 2 and all(mul.input):
                 return Match(node, [mul, node], node.output[0], {"mul": mul, "x": x})
-        return NoMatch("neither operand of the residual sum is a Mul")
+        return Rejection("neither operand of the residual sum is a Mul")
 
-    def check(self, g: GraphView, m: Match) -> Verdict:
+    def check(self, g: GraphView, m: Match) -> CheckResult:
         from .fuse_modulated import _modulation_shape
 
         node, mul = m.anchor, m.facts["mul"]
         spec = spec_of_node(g, node)
         if spec is None:
-            return Verdict.fail("the norm's input type is unknown", node.input[0])
+            return Rejection("the norm's input type is unknown", node.input[0])
         if g.single_user(mul.output[0]) is not node or list(node.input).count(mul.output[0]) != 1:
-            return Verdict.fail("the gated product is also read elsewhere (it would still be computed)", mul.output[0])
+            return Rejection("the gated product is also read elsewhere (it would still be computed)", mul.output[0])
         out = g.shape(mul.output[0])
         ns = spec.normalized_shape or ()
         if out is None or None in out:
-            return Verdict.fail("the static shape of the gated product is unknown", mul.output[0])
+            return Rejection("the static shape of the gated product is unknown", mul.output[0])
         if len(out) <= len(ns):
-            return Verdict.fail("the input has no sample axis before the normalised ones", mul.output[0])
+            return Rejection("the input has no sample axis before the normalised ones", mul.output[0])
         why: dict[str, str] = {}
         for r, gate in ((mul.input[1], mul.input[0]), (mul.input[0], mul.input[1])):
             for v in (r, gate):
                 if g.elem_type(v) != spec.onnx_dtype:
-                    return Verdict.fail(f"operand {v!r} is {dtype_name(g.elem_type(v))}, the norm {spec.dtype}", v)
+                    return Rejection(f"operand {v!r} is {dtype_name(g.elem_type(v))}, the norm {spec.dtype}", v)
             rs, gs = g.shape(r), g.shape(gate)
             if rs is None or gs is None or None in rs or None in gs:
                 why[gate] = "a static shape is unknown"
@@ -173,7 +170,7 @@ class GatedResidualNorm(_OnNorm):
             m.facts.update(r=r, gate=gate, spec=spec.replace(gated=True))
             return OK
         gate, reason = next(iter(why.items()))
-        return Verdict.fail(f"no operand of the Mul is a gate [N or 1, 1, ..., C] of the residual: {reason}", gate)
+        return Rejection(f"no operand of the Mul is a gate [N or 1, 1, ..., C] of the residual: {reason}", gate)
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
         node = m.anchor
