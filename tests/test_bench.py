@@ -248,7 +248,7 @@ def test_compare_reports_changes_removals_and_noise(quick_doc, tmp_path):
     new_path = tmp_path / "new.json"
     new_path.write_text(json.dumps(new))
 
-    diff = report.compare(report.load_document(str(old_path)), report.load_document(str(new_path)))
+    diff = report.diff_documents(report.load_document(str(old_path)), report.load_document(str(new_path)))
     by_key = {(e["key"][0], tuple(e["key"][1]), e["key"][2]): e for e in diff["ops"]}
     e = by_key[(slow["kind"], tuple(slow["shape"]), slow["candidate"])]
     assert e["status"] == "changed" and e["change"] == pytest.approx(1.0)

@@ -20,7 +20,7 @@ from typing import Any
 from .markdown import KIND_TITLES, _shape, diff_markdown, gaps, markdown
 
 # the renderers are :mod:`normonnx.bench.markdown`'s; re-exported here, where callers read the document
-__all__ = ["KIND_TITLES", "compare", "diff_markdown", "gaps", "load_document", "make_document", "markdown"]
+__all__ = ["KIND_TITLES", "diff_documents", "diff_markdown", "gaps", "load_document", "make_document", "markdown"]
 
 SCHEMA = "normonnx.bench/1"
 #: a change smaller than this (relative) is never reported as a change, whatever the spread says
@@ -154,7 +154,7 @@ def _rel_spread(r: dict[str, Any]) -> float:
     return (iqr / m) if m and iqr is not None and m > 0 else 0.0
 
 
-def compare(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """What changed between two benchmark documents, row by row.
 
     For each row present in both: old/new median and ratio (× floor for ops, × torch for models).

@@ -54,7 +54,7 @@ def _names(value: str | None) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
-    from ..bench.report import compare, diff_markdown, load_document, markdown, print_summary
+    from ..bench.report import diff_documents, diff_markdown, load_document, markdown, print_summary
     from ..errors import InputError
     from ..norms import KINDS
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         command=command_line(args),
         progress=progress,
     )
-    diff = compare(old, doc) if old is not None else None
+    diff = diff_documents(old, doc) if old is not None else None
     if diff is not None:
         doc["compare"] = diff
     if args.json:

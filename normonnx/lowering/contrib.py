@@ -97,6 +97,8 @@ class Contrib(Strategy):
 
 
 def _check_group(spec: NormSpec) -> CheckResult:
+    if spec.activation not in ("", "silu"):
+        return Rejection(f"com.microsoft.GroupNorm fuses SiLU only, not {spec.activation}")
     if spec.rank != 4:
         return Rejection(f"com.microsoft.GroupNorm takes rank-4 inputs, this one is rank {spec.rank}")
     cpg = (spec.channels or 0) // (spec.groups or 1)
