@@ -201,6 +201,15 @@ def _param_names(spec):  # type: ignore[no-untyped-def]
     return KINDS[spec.kind].param_names(spec)
 
 
+def _cells(r: dict, value: str, unit: str, prefix: str, digits: int) -> str:
+    """One printed row: each file's time, its speed-up over the default export and the ratio's quartiles."""
+    return "  ".join(
+        f"{k} {r[k][value]:.{digits}f} {unit} ×{r[k][prefix + 'speedup_vs_default']:.3f} "
+        f"[{r[k][prefix + 'ratio_q1']:.3f}, {r[k][prefix + 'ratio_q3']:.3f}]"
+        for k in ("default", "unfused", "normonnx")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=list(MODELS))
@@ -222,12 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.models:
             r = bench_cpu(name, a.rounds)
             rows.append(r)
-            cells = "  ".join(
-                f"{k} {r[k]['cpu_us']:.1f} us ×{r[k]['speedup_vs_default']:.3f} "  # type: ignore[index]
-                f"[{r[k]['ratio_q1']:.3f}, {r[k]['ratio_q3']:.3f}]"  # type: ignore[index]
-                for k in ("default", "unfused", "normonnx")
-            )
-            print(f"{name:<11} cpu, 1 thread: {cells}", flush=True)
+            print(f"{name:<11} cpu, 1 thread: {_cells(r, 'cpu_us', 'us', '', 1)}", flush=True)
         if a.json:
             with open(a.json, "w", encoding="utf-8") as f:
                 json.dump(rows, f, indent=1)
@@ -235,18 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.models:
         r = bench(name, a.rounds, a.threads, a.block_s)
         rows.append(r)
-        cells = "  ".join(
-            f"{k} {r[k]['median_ms']:.3f} ms ×{r[k]['speedup_vs_default']:.3f} "  # type: ignore[index]
-            f"[{r[k]['ratio_q1']:.3f}, {r[k]['ratio_q3']:.3f}]"  # type: ignore[index]
-            for k in ("default", "unfused", "normonnx")
-        )
-        print(f"{name:<11} {cells}", flush=True)
-        cells = "  ".join(
-            f"{k} {r[k]['nospin_median_ms']:.3f} ms ×{r[k]['nospin_speedup_vs_default']:.3f} "  # type: ignore[index]
-            f"[{r[k]['nospin_ratio_q1']:.3f}, {r[k]['nospin_ratio_q3']:.3f}]"  # type: ignore[index]
-            for k in ("default", "unfused", "normonnx")
-        )
-        print(f"{'  no-spin':<11} {cells}", flush=True)
+        print(f"{name:<11} {_cells(r, 'median_ms', 'ms', '', 3)}", flush=True)
+        print(f"{'  no-spin':<11} {_cells(r, 'nospin_median_ms', 'ms', 'nospin_', 3)}", flush=True)
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
