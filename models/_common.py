@@ -89,3 +89,36 @@ def randn(*shape: int, seed: int) -> torch.Tensor:
     """A seeded standard-normal float32 tensor (does not disturb the global RNG)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=gen)
+
+
+class ConvNeXtTrunk(nn.Module):
+    """ConvNeXt's layout (facebookresearch/ConvNeXt, timm): a 4×4 patchify stem and 2×2 downsampling
+    convs each next to a channels-first norm, stages of ``block(dim)``, global average pool, a
+    final norm over the features, a linear head. The norms and the block are each model's own."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        depths: tuple[int, ...],
+        dims: tuple[int, ...],
+        num_classes: int,
+        block: Callable[[int], nn.Module],
+        channels_first_norm: Callable[[int], nn.Module],
+        final_norm: Callable[[int], nn.Module],
+    ) -> None:
+        super().__init__()
+        stem = nn.Sequential(nn.Conv2d(in_ch, dims[0], 4, stride=4), channels_first_norm(dims[0]))
+        self.downsample_layers = nn.ModuleList([stem])
+        for i in range(len(dims) - 1):
+            norm = channels_first_norm(dims[i])
+            self.downsample_layers.append(nn.Sequential(norm, nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)))
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(block(d) for _ in range(n))) for d, n in zip(dims, depths, strict=True)
+        )
+        self.norm = final_norm(dims[-1])
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for down, stage in zip(self.downsample_layers, self.stages, strict=True):
+            x = stage(down(x))
+        return self.head(self.norm(x.mean(dim=(-2, -1))))

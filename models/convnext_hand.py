@@ -36,7 +36,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ._common import build, randn
+from ._common import ConvNeXtTrunk, build, randn
 
 SEED = 7
 
@@ -89,7 +89,7 @@ class Block(nn.Module):
         return x + (self.gamma * h).permute(0, 3, 1, 2)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(ConvNeXtTrunk):
     """ConvNeXt with hand-written LayerNorms: stem, 4 stages with downsampling, pool, LN, head."""
 
     def __init__(
@@ -99,24 +99,15 @@ class ConvNeXt(nn.Module):
         dims: tuple[int, ...] = (32, 64, 128, 256),
         num_classes: int = 10,
     ) -> None:
-        super().__init__()
-        stem = nn.Sequential(
-            nn.Conv2d(in_ch, dims[0], 4, stride=4), LayerNorm(dims[0], eps=1e-6, data_format="channels_first")
+        super().__init__(
+            in_ch,
+            depths,
+            dims,
+            num_classes,
+            Block,
+            lambda d: LayerNorm(d, eps=1e-6, data_format="channels_first"),
+            lambda d: nn.LayerNorm(d, eps=1e-6),
         )
-        self.downsample_layers = nn.ModuleList([stem])
-        for i in range(len(dims) - 1):
-            norm = LayerNorm(dims[i], eps=1e-6, data_format="channels_first")
-            self.downsample_layers.append(nn.Sequential(norm, nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)))
-        self.stages = nn.ModuleList(
-            nn.Sequential(*(Block(d) for _ in range(n))) for d, n in zip(dims, depths, strict=True)
-        )
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for down, stage in zip(self.downsample_layers, self.stages, strict=True):
-            x = stage(down(x))
-        return self.head(self.norm(x.mean(dim=(-2, -1))))
 
 
 def convnext_hand() -> nn.Module:

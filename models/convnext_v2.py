@@ -21,7 +21,7 @@ from torch import nn
 
 from normonnx import nn as nnx
 
-from ._common import build, randn
+from ._common import ConvNeXtTrunk, build, randn
 
 SEED = 12
 
@@ -44,7 +44,7 @@ class Block(nn.Module):
         return x + h.permute(0, 3, 1, 2)
 
 
-class ConvNeXtV2(nn.Module):
+class ConvNeXtV2(ConvNeXtTrunk):
     """Stem, 4 stages with channels-first LayerNorm downsampling, pool, LayerNorm, head."""
 
     def __init__(
@@ -54,22 +54,15 @@ class ConvNeXtV2(nn.Module):
         dims: tuple[int, ...] = (32, 64, 128, 256),
         num_classes: int = 10,
     ) -> None:
-        super().__init__()
-        stem = nn.Sequential(nn.Conv2d(in_ch, dims[0], 4, stride=4), nnx.LayerNorm(dims[0], eps=1e-6, channel_axis=1))
-        self.downsample_layers = nn.ModuleList([stem])
-        for i in range(len(dims) - 1):
-            norm = nnx.LayerNorm(dims[i], eps=1e-6, channel_axis=1)
-            self.downsample_layers.append(nn.Sequential(norm, nn.Conv2d(dims[i], dims[i + 1], 2, stride=2)))
-        self.stages = nn.ModuleList(
-            nn.Sequential(*(Block(d) for _ in range(n))) for d, n in zip(dims, depths, strict=True)
+        super().__init__(
+            in_ch,
+            depths,
+            dims,
+            num_classes,
+            Block,
+            lambda d: nnx.LayerNorm(d, eps=1e-6, channel_axis=1),
+            lambda d: nnx.LayerNorm(d, eps=1e-6),
         )
-        self.norm = nnx.LayerNorm(dims[-1], eps=1e-6)
-        self.head = nn.Linear(dims[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for down, stage in zip(self.downsample_layers, self.stages, strict=True):
-            x = stage(down(x))
-        return self.head(self.norm(x.mean(dim=(-2, -1))))
 
 
 def convnext_v2() -> nn.Module:
