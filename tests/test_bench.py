@@ -12,6 +12,7 @@ import math
 import numpy as np
 import onnx
 import onnxruntime
+import torch
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -457,3 +458,44 @@ def test_norm_attribution_and_profile(tmp_path):
     assert relu and all(not g["norm"] for g in relu)
     # whatever onnxruntime fused the decomposition into, its time is attributed to the norm
     assert any(g["norm"] for g in p["by_op"])
+
+
+class _ResidualNorms(torch.nn.Module):
+    """A pre-norm residual step (plain and gated) whose sums are read again: fused with their
+    residual Adds by normonnx export, with the sum as a second output."""
+
+    def __init__(self, identity_norms: bool = False) -> None:
+        super().__init__()
+        make = (lambda: torch.nn.Identity()) if identity_norms else (lambda: torch.nn.LayerNorm(64))
+        self.n1, self.n2 = make(), make()
+
+    def forward(self, x, r, g):
+        s = x + r
+        t = s + g.unsqueeze(1) * self.n1(s)
+        return self.n2(t), t
+
+
+def test_norm_replaced_keeps_the_residual_sums_of_fused_forms(tmp_path):
+    """A fused residual (and gated residual) LayerNorm kernel node becomes its sum, written to its
+    sum output, then Neg / Identity: the Identity file computes the model with identity norms."""
+    from normonnx.exporter import export
+
+    torch.manual_seed(0)
+    model = _ResidualNorms().eval()
+    args = tuple(torch.randn(*s) for s in ((2, 8, 64), (2, 8, 64), (2, 64)))
+    path = str(tmp_path / "m.onnx")
+    res = export(model, args, path)
+    assert res.fired.get("residual.layer", 0) >= 1, res.fired
+    m = onnx.load(path)
+    kernels = [n for n in m.graph.node if n.op_type == "LayerNorm"]
+    assert kernels and any(len(n.output) > 1 for n in kernels)  # a fused form with its sum read again
+    ident = norm_replaced(m, "Identity")
+    assert ident is not None and not [n for n in ident.graph.node if n.op_type == "LayerNorm"]
+    feed = {i.name: a.numpy() for i, a in zip(m.graph.input, args)}
+    got = onnxruntime.InferenceSession(ident.SerializeToString()).run(None, feed)
+    with torch.no_grad():
+        want = _ResidualNorms(identity_norms=True)(*args)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-6, atol=1e-6)
+    neg = norm_replaced(m, "Neg")
+    assert neg is not None and sum(n.op_type == "Neg" for n in neg.graph.node) == len(kernels)

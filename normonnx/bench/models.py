@@ -148,9 +148,11 @@ NO_NORM = "norm removed"
 def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     """``model`` with every norm node computing ``op``(its input) instead, or None if that is not defined.
 
-    Every norm must be one node of a norm op type with one output (native op, contrib op, normonnx
-    kernel): a norm decomposed into primitive ops has no single node to swap, and a model with
-    one gets None, as does a model without norms. With ``Neg``, the result bounds what any norm
+    Every norm must be one node of a norm op type (native op, contrib op, normonnx kernel) with
+    one output, or a normonnx kernel in a fused form: that keeps its residual sum (``x + r`` or
+    ``x + g·r``, as Mul/Add, written to its sum output when it has one) and ``op`` takes the sum;
+    its modulation goes with the norm. A norm decomposed into primitive ops has no single node
+    to swap, and a model with one gets None, as does a model without norms. With ``Neg``, the result bounds what any norm
     kernel at those positions can reach: one cheap element-wise pass, and (like every custom op)
     not an op onnxruntime's NCHWc layout transformer keeps in its blocked layout, so the layout
     conversions around it stay. With ``Identity`` (onnxruntime removes it, and the conversions
@@ -162,14 +164,54 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     out.CopyFrom(model)
     norms = norm_node_names(model)
     hits = 0
-    for i, n in enumerate(out.graph.node):
+    nodes = []
+    for n in out.graph.node:
         if n.name not in norms:
+            nodes.append(n)
             continue
-        if n.op_type not in NORM_OP_TYPES or len(n.output) != 1 or not n.input or not n.input[0]:
+        if n.op_type not in NORM_OP_TYPES or not n.input or not n.input[0]:
             return None
-        out.graph.node[i].CopyFrom(helper.make_node(op, [n.input[0]], [n.output[0]], name=n.name))
+        fused = _fused_inputs(n)
+        if fused is None:  # a plain norm
+            if len(n.output) != 1:
+                return None
+            nodes.append(helper.make_node(op, [n.input[0]], [n.output[0]], name=n.name))
+        else:  # a fused form keeps its residual sum (not the norm's work); scale/shift go with the norm
+            residual, gate = fused
+            x = n.input[0]
+            if residual:
+                if gate:
+                    nodes.append(helper.make_node("Mul", [gate, residual], [f"{n.name}/gated"], name=f"{n.name}/gate"))
+                    residual = f"{n.name}/gated"
+                total = n.output[1] if len(n.output) > 1 and n.output[1] else f"{n.name}/sum"
+                nodes.append(helper.make_node("Add", [x, residual], [total], name=f"{n.name}/residual"))
+                x = total
+            nodes.append(helper.make_node(op, [x], [n.output[0]], name=n.name))
         hits += 1
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
     return out if hits else None
+
+
+def _fused_inputs(node: onnx.NodeProto) -> tuple[str, str] | None:
+    """(residual, gate) input names of a normonnx kernel node in a fused form ("" if absent), or None
+    for a node that is not a fused form (by the kind's input slots: X first, then its slots)."""
+    from ..lowering.native_kernel import DOMAIN
+    from ..norms import KINDS
+
+    if node.domain != DOMAIN:
+        return None
+    kind = {"LayerNorm": "layer", "RMSNorm": "rms"}.get(node.op_type)
+    if kind is None:
+        return None
+    slots = KINDS[kind].input_slots
+
+    def slot(name: str) -> str:
+        i = 1 + slots.index(name) if name in slots else len(node.input)
+        return node.input[i] if i < len(node.input) else ""
+
+    extra = [slot(name) for name in ("residual", "scale", "shift", "gate")]
+    return (slot("residual"), slot("gate")) if any(extra) or len(node.output) > 1 else None
 
 
 def _breakdown(groups: list[tuple[str, bool, float, int]], runs: int) -> dict[str, Any]:
