@@ -59,8 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-memory",
         metavar="SIZE",
-        help="memory budget for localization's onnxruntime side (e.g. 8G): values exposed in groups that fit, "
-        "refused up front when they cannot (default: all at once)",
+        help="memory budget for the onnxruntime side of localization and of --bisect (e.g. 8G): values exposed "
+        "in groups that fit, refused up front when they cannot (default: all at once)",
     )
     g.add_argument(
         "--bisect",
@@ -222,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             rtol=rtol,
             check=args.check,
             threads=args.threads,
+            max_memory=max_memory,
         )
         sections["bisect"] = bi
         print(f"\nbisect {bi.a} vs {bi.b}:")
