@@ -345,6 +345,9 @@ def test_quick_model_bench_times_default_sessions(tmp_path):
     """One real model through `bench models --quick`: the default-session block is there for the
     three ONNX files, with paired speed-ups (1 for the default export itself) and its table."""
     path, md = tmp_path / "m.json", tmp_path / "m.md"
+    # a file written before, with another script's marked section (bench_export's, in BENCHMARKS.md)
+    kept = "<!-- bench_export: begin -->\n## export table\n| a | b |\n<!-- bench_export: end -->\n"
+    md.write_text("# an older bench report\n\nold numbers\n\n" + kept)
     assert (
         main(["bench", "models", "--quick", "--models", "resnet_gn", "--json", str(path), "--markdown", str(md)]) == 0
     )
@@ -361,6 +364,21 @@ def test_quick_model_bench_times_default_sessions(tmp_path):
     text = md.read_text()
     assert "### End to end in default onnxruntime sessions" in text and "| resnet_gn |" in text
     assert "headroom: norm→Neg" in text
+    assert text.count(kept) == 1 and "old numbers" not in text  # the report is new, the section kept
+
+
+def test_keep_sections_appends_only_the_marked_blocks_the_new_report_lacks():
+    from normonnx.bench.markdown import keep_sections
+
+    a = "<!-- a: begin -->\nA1\n<!-- a: end -->\n"
+    b = "<!-- b-2: begin -->\nB\n<!-- b-2: end -->\n"
+    old = "stale text\n" + a + "between\n" + b
+    assert keep_sections(old, "fresh\n") == "fresh\n\n" + a + "\n" + b
+    fresh_a = "<!-- a: begin -->\nA2\n<!-- a: end -->\n"
+    assert keep_sections(old, "fresh\n" + fresh_a) == "fresh\n" + fresh_a + "\n" + b  # the new a wins
+    assert keep_sections("no sections", "fresh") == "fresh"
+    # a begin without its end is not a section
+    assert keep_sections("<!-- c: begin -->\nC\n", "fresh\n") == "fresh\n"
 
 
 def test_norm_replaced_swaps_exactly_the_norm_nodes():

@@ -5,6 +5,7 @@ the machine header, and the diff of two runs."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -405,3 +406,20 @@ def _busy(m: dict[str, Any]) -> bool:
     loads = [x for x in (m.get("loadavg_start"), m.get("loadavg_end")) if x]
     cores = m.get("cores") or 1
     return any(x[0] > 0.5 * cores for x in loads)
+
+
+_SECTION = re.compile(r"<!-- ([\w.-]+): begin -->\n.*?<!-- \1: end -->\n?", re.S)
+
+
+def keep_sections(old: str, new: str) -> str:
+    """``new`` followed by every ``<!-- NAME: begin --> … <!-- NAME: end -->`` block of ``old``
+    that ``new`` does not have, in ``old``'s order: the sections other scripts write into the
+    same file (BENCHMARKS.md: bench_export, bench_scale, …) survive a ``normonnx bench`` rewrite."""
+    have = {m.group(1) for m in _SECTION.finditer(new)}
+    kept = [m.group(0) for m in _SECTION.finditer(old) if m.group(1) not in have]
+    if not kept:
+        return new
+    out = new if new.endswith("\n") else new + "\n"
+    for block in kept:
+        out += "\n" + (block if block.endswith("\n") else block + "\n")
+    return out

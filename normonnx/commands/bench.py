@@ -9,12 +9,13 @@ everyone, warm-up, round-robin interleaving, medians and interquartile ranges. B
 in default onnxruntime sessions (idle workers spin, as deployed), one session alive at a time,
 ratios paired per round: ops the selected strategy vs torch vs copies using every thread, models
 the three files plus two headroom files (norm nodes replaced by Neg, and removed). Writes
-BENCHMARKS.md (--markdown) and a JSON record (--json); --compare shows what changed since an
-older record."""
+BENCHMARKS.md (--markdown; an existing file keeps its <!-- NAME: begin/end --> sections that the
+report lacks) and a JSON record (--json); --compare shows what changed since an older record."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..bench import WHAT
 from . import final_line, progress, write_json, write_text
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated model names for `models` (default all in models/)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="time budget per op shape / model")
     add_json(p, "the record")
-    p.add_argument("--markdown", metavar="FILE", help="write the report (e.g. BENCHMARKS.md)")
+    p.add_argument("--markdown", metavar="FILE", help="write the report (e.g. BENCHMARKS.md), keeping the file's marked sections the report lacks")
     p.add_argument("--compare", metavar="OLD_JSON", help="show what changed since this earlier --json record")
 
 
@@ -54,6 +55,7 @@ def _names(value: str | None) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
+    from ..bench.markdown import keep_sections
     from ..bench.report import diff_documents, diff_markdown, load_document, markdown, print_summary
     from ..errors import InputError
     from ..norms import KINDS
@@ -80,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, doc)
     if args.markdown:
-        write_text(args.markdown, markdown(doc, diff))
+        text = markdown(doc, diff)
+        if os.path.exists(args.markdown):  # other scripts' marked sections of that file are kept
+            with open(args.markdown, encoding="utf-8") as f:
+                text = keep_sections(f.read(), text)
+        write_text(args.markdown, text)
     if args.json != "-":
         print_summary(doc)
         if diff is not None:
