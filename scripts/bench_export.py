@@ -59,7 +59,9 @@ def _default_export(model: torch.nn.Module, inputs: tuple, path: str) -> None:
         torch.onnx.export(model, inputs, path, dynamo=True)
 
 
-def median_interval(pairs: list[float], *, level: float = 0.90, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+def median_interval(
+    pairs: list[float], *, level: float = 0.90, draws: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Bootstrap interval of the median of the per-round ratios (rounds resampled with replacement)."""
     x = np.asarray(pairs, dtype=float)
     if len(x) < 2:
@@ -181,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", help="models (default: all in models/)")
     p.add_argument("--rounds", type=int, default=150, help="paired rounds per run (default 150)")
-    p.add_argument("--block-s", type=float, default=0.04, help="seconds each candidate is timed per round (default 0.04)")
+    p.add_argument(
+        "--block-s", type=float, default=0.04, help="seconds each candidate is timed per round (default 0.04)"
+    )
     p.add_argument("--no-aa", action="store_true", help="leave out the A/A copy of the default file")
     p.add_argument("--headroom", action="store_true", help="also time normonnx's file with its norms as Neg / removed")
     p.add_argument("--runs", type=int, default=3, help="independent runs (default 3)")

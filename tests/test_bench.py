@@ -12,8 +12,8 @@ import math
 import numpy as np
 import onnx
 import onnxruntime
-import torch
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from normonnx import kernels

@@ -299,9 +299,7 @@ def test_a_memory_budget_that_cannot_fit_is_refused_with_what_each_part_needs(mo
     code = main(["verify", spec, str(tmp_path / "m.onnx"), "--localize", "--max-memory", str(weights + 1024)])
     assert code == 3 and f"the budget is {budget.gib(weights + 1024)}" in capsys.readouterr().err
     # verify --bisect runs under the same budget (it was left unbudgeted by the CLI)
-    code = main(
-        ["verify", spec, str(tmp_path / "m.onnx"), "--bisect", str(tmp_path / "m.onnx"), "--max-memory", "1K"]
-    )
+    code = main(["verify", spec, str(tmp_path / "m.onnx"), "--bisect", str(tmp_path / "m.onnx"), "--max-memory", "1K"])
     err = capsys.readouterr().err
     assert code == 3 and "the budget is" in err and "--max-memory" in err, err
     assert main(["verify", spec, str(tmp_path / "m.onnx"), "--max-memory", "lots"]) == 2

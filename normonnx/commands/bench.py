@@ -32,7 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated model names for `models` (default all in models/)")
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="time budget per op shape / model")
     add_json(p, "the record")
-    p.add_argument("--markdown", metavar="FILE", help="write the report (e.g. BENCHMARKS.md), keeping the file's marked sections the report lacks")
+    p.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="write the report (e.g. BENCHMARKS.md), keeping the file's marked sections the report lacks",
+    )
     p.add_argument("--compare", metavar="OLD_JSON", help="show what changed since this earlier --json record")
 
 
