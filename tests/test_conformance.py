@@ -80,6 +80,7 @@ CASE_EXPECTED: dict[tuple[str, str], str | Support] = {
     ("contrib", "group-r2"): "takes rank-4 inputs, this one is rank 2",
     ("contrib", "group-r3"): "takes rank-4 inputs, this one is rank 3",
     ("contrib", "group-r5"): "takes rank-4 inputs, this one is rank 5",
+    ("contrib", "group-relu"): "com.microsoft.GroupNorm fuses SiLU only, not relu",
     # SkipLayerNormalization is the residual form only; no case here has a residual input
     **{
         ("contrib", cid): "SkipLayerNormalization needs a residual input"

@@ -67,6 +67,8 @@ CASES = {
     # written (pipelined tasks of many segments; lengths off the 32-lane grid)
     "group_pipelined": (NormSpec("group", channels=64, groups=16, rank=4), (3, 64, 17, 19)),
     "group_silu_pipelined": (NormSpec("group", channels=32, groups=8, activation="silu", rank=4), (2, 32, 16, 17)),
+    "group_relu": (NormSpec("group", channels=32, groups=8, activation="relu", rank=4), (2, 32, 9, 11)),
+    "group_relu_pipelined": (NormSpec("group", channels=32, groups=8, activation="relu", rank=4), (2, 32, 16, 17)),
     "instance_pipelined": (NormSpec("instance", channels=24, rank=3), (2, 24, 300)),
     "group_rank5": (NormSpec("group", channels=16, groups=4, rank=5), (1, 16, 3, 8, 8)),
     "layer": (NormSpec("layer", normalized_shape=(77,), rank=3), (2, 7, 77)),
@@ -227,7 +229,9 @@ def test_empty_batch(case, tmp_path):
 
 # -- numerics ----------------------------------------------------------------------------------------
 FLOOR = 1e-7  # ~1 ulp at unit scale, so "2x torch" is not a bound of 0 when torch is exact
-STRESS_CASES = {k: CASES[k] for k in ("group", "group_silu", "layer", "layer_cf", "rms", "instance", "batch_stats")}
+STRESS_CASES = {
+    k: CASES[k] for k in ("group", "group_silu", "group_relu", "layer", "layer_cf", "rms", "instance", "batch_stats")
+}
 
 
 @needs_lib
@@ -289,7 +293,18 @@ def test_deterministic_across_thread_counts(shape, tmp_path):
 
 @needs_lib
 @pytest.mark.parametrize(
-    "case", ["group_silu", "group_pipelined", "group_silu_pipelined", "layer", "layer_cf", "rms", "batch_stats"]
+    "case",
+    [
+        "group_silu",
+        "group_pipelined",
+        "group_silu_pipelined",
+        "group_relu",
+        "group_relu_pipelined",
+        "layer",
+        "layer_cf",
+        "rms",
+        "batch_stats",
+    ],
 )
 def test_portable_loops_match_the_avx2_ones(case, monkeypatch, tmp_path):
     """The library picks its AVX2+FMA loops at registration when the CPU has them; the portable C
@@ -317,6 +332,23 @@ def test_silu_extremes_are_finite_and_exact_in_the_limits(tmp_path):
     with np.errstate(over="ignore"):  # the float64 reference's own e^(1e4)
         ref = _ref32(spec, x, params)
     np.testing.assert_allclose(y, ref, rtol=SILU_LIMITS_TOL, atol=SILU_LIMITS_TOL)
+
+
+@needs_lib
+@pytest.mark.parametrize("case", ["group_relu", "group_relu_pipelined"])
+def test_relu_is_exact_max_of_the_affine_and_keeps_nan(case, tmp_path):
+    """The fused ReLU is the kernel's own affine output with its negatives set to 0 (bitwise, as a
+    Relu node after the same kernel would give), and a NaN input stays NaN in its group, as onnx Relu."""
+    spec, shape = CASES[case]
+    params, x = _inputs(spec, shape)
+    y, _ = run_profiled(_build_native(spec, params), x, tmp_path, custom_ops=True)
+    plain, _ = run_profiled(_build_native(spec.replace(activation=""), params), x, tmp_path, custom_ops=True)
+    assert (plain < 0).any() and (plain > 0).any()
+    np.testing.assert_array_equal(y, np.where(plain < 0, np.float32(0), plain))
+    x[0, 0, 0, 0] = np.nan
+    y, _ = run_profiled(_build_native(spec, params), x, tmp_path, custom_ops=True)
+    group = x.shape[1] // spec.groups
+    assert np.isnan(y[0, :group]).all() and not np.isnan(y[0, group:]).any() and not np.isnan(y[1:]).any()
 
 
 # -- bad cases -----------------------------------------------------------------------------------------

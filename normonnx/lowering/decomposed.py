@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from onnx import TensorProto
 
 from ..norms import KINDS, get_kind
+from ..norms.base import activate_onnx
 from ..norms.onnx_blocks import moments_normalize
 from ..spec import NormSpec
 from .base import ALL_DTYPES, MIN_OPSET, Capability, Strategy, same_dtypes
@@ -58,8 +59,7 @@ def _build_norm(b: Builder, spec: NormSpec, x: str, params: Mapping[str, str]) -
     p = {k: cast_in(v) for k, v in params.items()}
     xc = cast_in(x)
     y = get_kind(spec.kind).decompose(b, spec, xc, p, ct)
-    if spec.activation == "silu":
-        y = b.op("Mul", [y, b.op("Sigmoid", [y])])
+    y = activate_onnx(b, spec, y)
     return b.cast(y, spec.onnx_dtype) if spec.stash_fp32 else y
 
 

@@ -67,7 +67,9 @@ def register_schemas() -> None:
             OpSchema.Attribute("num_groups", OpSchema.AttrType.INT, "groups (group norm)", required=False),
             OpSchema.Attribute("channels_first", OpSchema.AttrType.INT, "layer norm over axis 1", required=False),
             OpSchema.Attribute("running_stats", OpSchema.AttrType.INT, "use mean/var inputs", required=False),
-            OpSchema.Attribute("activation", OpSchema.AttrType.STRING, "fused activation ('silu')", required=False),
+            OpSchema.Attribute(
+                "activation", OpSchema.AttrType.STRING, "fused activation ('silu' or 'relu')", required=False
+            ),
             OpSchema.Attribute("has_residual", OpSchema.AttrType.INT, "normalise X + residual", required=False),
             OpSchema.Attribute("modulation", OpSchema.AttrType.INT, "·(1 + scale) + shift after", required=False),
             OpSchema.Attribute("has_gate", OpSchema.AttrType.INT, "normalise X + gate·residual", required=False),

@@ -39,7 +39,7 @@ class LoweringRecord:
     spec: str
     rejected: list[tuple[str, str]]
     scope: str = ""
-    activation: str = ""  # fused after the norm ("silu"): the node's output is act(norm(x))
+    activation: str = ""  # fused after the norm ("silu", "relu"): the node's output is act(norm(x))
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

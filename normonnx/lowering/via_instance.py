@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..norms.base import activate_onnx
 from ..norms.onnx_blocks import np_dtype as _np_dtype
 from ..rejection import OK, CheckResult
 from ..spec import NormSpec
@@ -48,9 +49,7 @@ class ViaInstance(Strategy):
             y = b.op("Mul", [y, b.op("Reshape", [params["weight"], col])])
         if "bias" in params:
             y = b.op("Add", [y, b.op("Reshape", [params["bias"], col])])
-        if spec.activation == "silu":
-            y = b.op("Mul", [y, b.op("Sigmoid", [y])])
-        return b.op("Reshape", [y, shape])
+        return b.op("Reshape", [activate_onnx(b, spec, y), shape])
 
 
 STRATEGY = ViaInstance()

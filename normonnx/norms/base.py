@@ -119,10 +119,16 @@ class NormKind:
                 f"{self.name} norm does not accept rank-{spec.rank} inputs",
                 note=f"valid ranks: {self.min_rank}..{self.max_rank}",
             )
-        if spec.activation not in ("", "silu"):
-            raise SpecError(f"unknown fused activation {spec.activation!r}", note="valid: '' or 'silu'")
+        if spec.activation and spec.activation not in ACTIVATIONS:
+            raise SpecError(
+                f"unknown fused activation {spec.activation!r}",
+                note=f"valid: '' or {', '.join(map(repr, ACTIVATIONS))}",
+            )
         if spec.activation and spec.activation not in self.activations:
-            raise SpecError(f"a fused activation is only supported on group norm, not {self.name}")
+            raise SpecError(
+                f"{self.name} norm does not fuse activation {spec.activation!r}",
+                note=f"{self.name} norm fuses: {', '.join(sorted(self.activations)) or 'no activation'}",
+            )
         if spec.gated and not spec.residual:
             raise SpecError("a gate multiplies the residual input: gated=True needs residual=True")
         for form in ("residual", "modulation"):
@@ -389,3 +395,39 @@ class NormKind:
 
 def silu(y: np.ndarray) -> np.ndarray:
     return y / (1.0 + np.exp(-y))
+
+
+def relu(y: np.ndarray) -> np.ndarray:
+    return np.where(y < 0, np.zeros((), y.dtype), y)  # NaN stays NaN, as onnx Relu and torch relu
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An activation fused after a norm's affine (``NormSpec.activation``): its float64 reference,
+    its torch function's name in ``torch.nn.functional``, and its ONNX ops (``onnx(builder, y)``)."""
+
+    name: str
+    reference: Callable[[np.ndarray], np.ndarray]
+    torch_fn: str
+    onnx: Callable[[Any, str], str]
+
+
+#: the fused activations, one table for every strategy, the kernels (by name) and the rules
+ACTIVATIONS: dict[str, Activation] = {
+    "silu": Activation("silu", silu, "silu", lambda b, y: b.op("Mul", [y, b.op("Sigmoid", [y])])),
+    "relu": Activation("relu", relu, "relu", lambda b, y: b.op("Relu", [y])),
+}
+
+
+def activate_reference(spec: NormSpec, y: np.ndarray) -> np.ndarray:
+    return ACTIVATIONS[spec.activation].reference(y) if spec.activation else y
+
+
+def activate_onnx(b: Any, spec: NormSpec, y: str) -> str:
+    return ACTIVATIONS[spec.activation].onnx(b, y) if spec.activation else y
+
+
+def activate_torch(spec: NormSpec, y: Any) -> Any:
+    import torch.nn.functional as F
+
+    return getattr(F, ACTIVATIONS[spec.activation].torch_fn)(y) if spec.activation else y

@@ -3,7 +3,8 @@
 ``y = (x − μ_ng)/√(σ²_ng + ε)·γ_c + β_c`` where the mean and biased variance of group g are
 taken over its C/G channels and all spatial positions, and γ, β are **per channel** (as in
 torch and in ONNX GroupNormalization-21; the deprecated opset-18 op had per-group scale and is
-never emitted). ``activation="silu"`` fuses ``y·sigmoid(y)`` (diffusion UNets' GroupNorm+SiLU).
+never emitted). ``activation="silu"`` fuses ``y·sigmoid(y)`` (diffusion UNets' GroupNorm+SiLU),
+``activation="relu"`` ``max(y, 0)`` (ResNets with GroupNorm, BiT, detection heads).
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ import numpy as np
 from ..errors import SpecError
 from ..spec import NormSpec
 from . import onnx_blocks as ob
-from .base import NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES, Example, NativeOp, NormKind, Params, silu
+from .base import (
+    NCHW_BENCH_SHAPES,
+    NCHW_QUICK_SHAPES,
+    Example,
+    NativeOp,
+    NormKind,
+    Params,
+    activate_onnx,
+    activate_reference,
+    activate_torch,
+)
 
 _F = frozenset({"float32", "float16", "float64"})
 #: per-channel scale since 21; onnxruntime has no kernel and inlines the body (see the note)
@@ -38,7 +49,7 @@ class GroupNorm(NormKind):
     native = NATIVE
     aten_ops = ("group_norm",)
     min_rank, max_rank = 2, 5
-    activations = frozenset({"silu"})
+    activations = frozenset({"silu", "relu"})
     bench_shapes, quick_bench_shapes = NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
@@ -61,7 +72,7 @@ class GroupNorm(NormKind):
         xg = x.reshape(x.shape[0], spec.groups, -1)
         mean, var = self._moments(xg, (2,))
         y = self._channel_affine(spec, ((xg - mean) / np.sqrt(var + spec.eps)).reshape(x.shape), params)
-        return silu(y) if spec.activation == "silu" else y
+        return activate_reference(spec, y)
 
     def build_native(self, b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
         c = spec.channels or 0
@@ -76,7 +87,7 @@ class GroupNorm(NormKind):
             epsilon=spec.eps,
             stash_type=11 if spec.dtype == "float64" else 1,  # statistics in double for double inputs
         )
-        return b.op("Mul", [y, b.op("Sigmoid", [y])]) if spec.activation == "silu" else y
+        return activate_onnx(b, spec, y)
 
     def decompose(self, b: Any, spec: NormSpec, x: str, p: Mapping[str, str], compute: int) -> str:
         """Statistics per (sample, group) on an ``[N, G, -1]`` view, γ/β per channel after."""
@@ -94,6 +105,7 @@ class GroupNorm(NormKind):
             ("hw1", NormSpec("group", channels=8, groups=4), (2, 8, 1, 1)),
             ("noaffine", NormSpec("group", channels=8, groups=2, has_weight=False, has_bias=False), (2, 8, 3, 3)),
             ("silu", NormSpec("group", channels=8, groups=4, activation="silu"), (2, 8, 4, 4)),
+            ("relu", NormSpec("group", channels=8, groups=4, activation="relu"), (2, 8, 4, 4)),
         ]
         return [(i, s.replace(rank=len(shape)), shape) for i, s, shape in cases]
 
@@ -123,7 +135,7 @@ class GroupNorm(NormKind):
         import torch.nn.functional as F
 
         y = F.group_norm(x, spec.groups, params.get("weight"), params.get("bias"), spec.eps)
-        return F.silu(y) if spec.activation == "silu" else y
+        return activate_torch(spec, y)
 
     def aten_params(self, op: str, args: Sequence[Any]) -> dict[str, Any]:
         a = list(args) + [None] * 4

@@ -19,6 +19,7 @@ Rules:
   σ² = E[x²] − E[x]² (NaN at offset 1e3), so lifting it is also a fix.
 - ``group_norm.affine``: a following Mul by γ / Add of β shaped [C, 1, …] (per channel).
 - ``group_norm.silu``: the Sigmoid + Mul of SiLU after it becomes ``activation="silu"``.
+- ``group_norm.relu``: a Relu after it (its only reader) becomes ``activation="relu"``.
 
 The group view is proven: its shape constant is [N or 0, G, …] (channels are grouped contiguously
 only when axis 1 of the view is G), G divides C, and the second Reshape restores x's exact shape.
@@ -323,10 +324,40 @@ class GroupNormAffine(NormAffine):
     op = "GroupNorm"
 
 
-class GroupNormSiLU(Rule):
-    name = "group_norm.silu"
+class _GroupNormActivation(Rule):
+    """The activation right after a GroupNorm becomes its ``activation``: the norm's output is read
+    by the activation's nodes only (its value then exists nowhere else), and the result is
+    ``act(norm(x))`` exactly as the nodes computed it, element by element."""
+
     anchor_ops = ("GroupNorm",)
     anchor_domain = DOMAIN
+    activation = ""
+
+    def check(self, g: GraphView, m: Match) -> CheckResult:
+        spec = spec_of_node(g, m.anchor)
+        if spec is None:
+            return Rejection("the norm's input type is unknown", m.anchor.input[0])
+        if spec.activation:
+            return Rejection(f"already has activation {spec.activation!r}", m.anchor.output[0])
+        m.facts["spec"] = spec.replace(activation=self.activation)
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        return norm_rewrite(
+            g,
+            m.nodes,
+            m.output,
+            m.facts["spec"],
+            m.anchor.input[0],
+            norm_node_params(m.anchor),
+            m.anchor,
+            f"group_norm_{self.activation}",
+        )
+
+
+class GroupNormSiLU(_GroupNormActivation):
+    name = "group_norm.silu"
+    activation = "silu"
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
         y = node.output[0]
@@ -339,26 +370,20 @@ class GroupNormSiLU(Rule):
             return Rejection("not y·sigmoid(y)")
         return Match(node, [node, sig, mul], mul.output[0])
 
-    def check(self, g: GraphView, m: Match) -> CheckResult:
-        spec = spec_of_node(g, m.anchor)
-        if spec is None:
-            return Rejection("the norm's input type is unknown", m.anchor.input[0])
-        if spec.activation:
-            return Rejection(f"already has activation {spec.activation!r}", m.anchor.output[0])
-        m.facts["spec"] = spec.replace(activation="silu")
-        return OK
 
-    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g,
-            m.nodes,
-            m.output,
-            m.facts["spec"],
-            m.anchor.input[0],
-            norm_node_params(m.anchor),
-            m.anchor,
-            "group_norm_silu",  # type: ignore[arg-type]
-        )
+class GroupNormReLU(_GroupNormActivation):
+    name = "group_norm.relu"
+    activation = "relu"
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        y = node.output[0]
+        users = g.users(y)
+        if y in g.graph_outputs or len(users) != 1:
+            return Rejection("output is not read by exactly one Relu")
+        relu = users[0]
+        if relu.op_type != "Relu" or relu.domain not in ("", "ai.onnx"):
+            return Rejection(f"read by {relu.op_type}, not Relu")
+        return Match(node, [node, relu], relu.output[0])
 
 
 RULES: list[Rule] = [
@@ -368,4 +393,5 @@ RULES: list[Rule] = [
     GroupNormNative(),
     GroupNormAffine(),
     GroupNormSiLU(),
+    GroupNormReLU(),
 ]

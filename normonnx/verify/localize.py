@@ -426,12 +426,14 @@ def _with_tolerance_facts(cmp: OutputComparison, source: str, derived: Tolerance
 
 def _with_fused_activation(call: ModuleCall, record: Mapping[str, Any]) -> np.ndarray:
     """The torch norm module's output, followed by the activation its ONNX node fused (GroupNorm +
-    SiLU is one node after export/optimize: its value is silu(norm(x)), not the module's output)."""
+    SiLU or ReLU is one node after export/optimize: its value is act(norm(x)), not the module's output)."""
+    from ..norms.base import ACTIVATIONS
+
     out = call.output
-    if call.norm_kind and record.get("activation") == "silu" and out is not None:
-        y = out.astype(np.float64)
-        with np.errstate(over="ignore"):  # exp(-y) → inf for y ≪ 0: silu → -0, as it should
-            return (y / (1.0 + np.exp(-y))).astype(out.dtype)
+    act = ACTIVATIONS.get(str(record.get("activation") or ""))
+    if call.norm_kind and act is not None and out is not None:
+        with np.errstate(over="ignore"):  # silu: exp(-y) → inf for y ≪ 0 gives -0, as it should
+            return act.reference(out.astype(np.float64)).astype(out.dtype)
     return out
 
 

@@ -31,8 +31,11 @@ GAMMA = (1.0 + 0.25 * _CONST.standard_normal(C)).astype(np.float32)
 BETA = (0.25 * _CONST.standard_normal(C)).astype(np.float32)
 
 
-def via_instance_text(*, view="0, 4, -1", silu_tail=True, gamma_shape="8,1,1", opset=17, in_scale="s1") -> str:
-    tail = "ys = Sigmoid(a)\n y = Mul(a, ys)" if silu_tail else "y = Identity(a)"
+def via_instance_text(
+    *, view="0, 4, -1", silu_tail=True, gamma_shape="8,1,1", opset=17, in_scale="s1", tail: str | None = None
+) -> str:
+    if tail is None:
+        tail = "ys = Sigmoid(a)\n y = Mul(a, ys)" if silu_tail else "y = Identity(a)"
     return f"""<ir_version: 8, opset_import: ["" : {opset}]>
 gn (float[2,8,5,6] x) => (float[2,8,5,6] y) {{
  v = Constant <value = int64[3] {{{view}}}> ()
@@ -98,6 +101,34 @@ def test_via_instance_with_silu():
     assert "InstanceNormalization" not in ops(res.model)
     assert ops(res.model).count("Sigmoid") == 1
     check_numbers(res, m, x_of(), SPEC.replace(activation="silu"), PARAMS)
+
+
+def test_via_instance_with_relu():
+    m = model(via_instance_text(tail="y = Relu(a)"), **inits())
+    res = optimize(m)
+    assert res.fired == {"group_norm.via_instance": 1, "group_norm.affine": 2, "group_norm.relu": 1}
+    assert ops(res.model).count("Relu") == 1  # inside the decomposed lowering, after the affine
+    check_numbers(res, m, x_of(), SPEC.replace(activation="relu"), PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("tail", "outputs", "reason"),
+    [
+        # the norm's output is also read elsewhere: its value must stay
+        ("y = Relu(a)\n z = Neg(a)", "y, z", "output is not read by exactly one Relu"),
+        # a look-alike: LeakyRelu is not max(y, 0)
+        ("y = LeakyRelu <alpha = 0.1> (a)", "y", "read by LeakyRelu, not Relu"),
+    ],
+)
+def test_relu_not_fused_when_the_norm_output_is_needed_or_not_relu(tail, outputs, reason):
+    text = via_instance_text(tail=tail)
+    if outputs != "y":
+        text = text.replace("=> (float[2,8,5,6] y)", "=> (float[2,8,5,6] y, float[2,8,5,6] z)")
+    m = model(text, **inits())
+    res = optimize(m, debug=True)  # a pattern that does not match is a near miss, kept in debug mode
+    assert "group_norm.relu" not in res.fired
+    assert ("group_norm.relu", reason) in {(r.rule, r.reason) for r in res.misses}
+    check_numbers(res, m, x_of())
 
 
 def test_via_instance_per_group_affine_folded_per_channel():
@@ -240,6 +271,26 @@ def test_partial_statistics_refused():
 
 
 # -- real exports -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("exporter", "opset"), [("legacy", 17), ("dynamo", 18), ("dynamo", 21)])
+def test_groupnorm_relu_exports(exporter, opset):
+    """ResNet-GN's GroupNorm → ReLU (in place, as torchvision writes it) is one node after optimize."""
+    import torch
+
+    torch.manual_seed(0)
+    gn = torch.nn.GroupNorm(4, 8)
+    with torch.no_grad():
+        gn.weight.normal_(1, 0.2)
+        gn.bias.normal_(0, 0.2)
+    mod = torch.nn.Sequential(gn, torch.nn.ReLU(inplace=True))
+    x = torch.randn(2, 8, 5, 6)
+    m = export(mod, x, exporter, opset)
+    res = optimize(m)
+    assert res.fired.get("group_norm.relu") == 1, res.fired
+    assert not {"InstanceNormalization", "GroupNormalization"} & set(ops(res.model))
+    assert res.passed, res.summary()
+    np.testing.assert_allclose(run(res.model, x.numpy())[0], torch64_out(mod, x), atol=REWRITE_ATOL)
+
+
 def _gn_silu():
     import torch
 

@@ -18,6 +18,9 @@
 
 #include <stddef.h>
 
+/* the activation fused after a channel norm's affine (the node's "activation" attribute) */
+enum { NX_ACT_NONE = 0, NX_ACT_SILU = 1, NX_ACT_RELU = 2 };
+
 typedef struct NxMath {
   const char* isa;
   /* *s1 += Σ(x−k), *s2 += Σ(x−k)² over x[0..n) */
@@ -25,17 +28,17 @@ typedef struct NxMath {
   /* *s2 += Σ x² over x[0..n) */
   void (*sumsq)(const float* x, size_t n, double* s2);
   /* The write passes prefetch pf[0..n) into L2 meanwhile (the next segment; NULL: nothing). */
-  /* y = ((x − mh) − ml)·a + b, optionally followed by SiLU y·σ(y) */
-  void (*affine)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu, const float* pf);
+  /* y = ((x − mh) − ml)·a + b, optionally followed by the activation `act` (NX_ACT_*: SiLU y·σ(y), ReLU) */
+  void (*affine)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int act, const float* pf);
   /* affine over `nch` consecutive channels of `block` elements, channel c with a[c], b[c]: one call
    * instead of one per channel (small maps: an 8x8 channel is 64 elements, call overhead doubled
    * the pass, measured) */
   void (*affine_channels)(const float* x, float* y, size_t block, size_t nch, float mh, float ml, const float* a,
-                          const float* b, int silu);
+                          const float* b, int act);
   /* affine(x → y) over [0, n) fused with sums(xn[0..n), k): normalise this segment while reading
    * the next one for its statistics, so that reads and writes stream together as in a copy.
    * y and *s1, *s2 come out bitwise equal to affine(...) followed by sums(xn, n, k, s1, s2). */
-  void (*affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu,
+  void (*affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int act,
                       const float* xn, double k, double* s1, double* s2);
   /* y[i] = ((x[i] − mh) − ml)·r·w[i] + b[i]; w or b may be NULL (1 / 0) */
   void (*row)(const float* x, float* y, size_t n, float mh, float ml, float r, const float* w, const float* b,

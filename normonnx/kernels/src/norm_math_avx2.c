@@ -177,32 +177,37 @@ static void add_sumsq_avx2(const float* restrict x, const float* restrict r, con
 
 /* affine_span(x → y) and sums_avx2(xn) in one loop: the same blocks of 256, the same accumulators
  * in the same order as sums_avx2 (so the statistics are bitwise those of sums_avx2(xn, n)), with
- * 32 elements of the affine map written per 32 read for the statistics. With SiLU the affine part
- * of each block is affine_span's own loop (compute-bound; the reads of the next block still
- * stream meanwhile). */
+ * 32 elements of the affine map written per 32 read for the statistics (ReLU applied in the same
+ * loop). With SiLU the affine part of each block is affine_span's own loop (compute-bound; the
+ * reads of the next block still stream meanwhile). */
 static void affine_sums_avx2(const float* restrict x, float* restrict y, size_t n, float mh, float ml, float a,
-                             float b, int silu, const float* restrict xn, double k, double* s1, double* s2) {
+                             float b, int act, const float* restrict xn, double k, double* s1, double* s2) {
   const __m256 kv = _mm256_set1_ps((float)k);
   const __m256 mhv = _mm256_set1_ps(mh), mlv = _mm256_set1_ps(ml), av = _mm256_set1_ps(a), bv = _mm256_set1_ps(b);
   __m256d a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd();
   size_t i = 0;
   while (i + 32 <= n) {
     size_t end = i + 256 <= n ? i + 256 : i + ((n - i) & ~(size_t)31);
-    if (silu) affine_span_avx2(x + i, y + i, end - i, mh, ml, a, b, 1);
+    if (act == NX_ACT_SILU) affine_span_avx2(x + i, y + i, end - i, mh, ml, a, b, act);
     __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0, q0 = p0, q1 = p0, q2 = p0, q3 = p0;
     for (; i < end; i += 32) {
       NX_STATS32(xn + i);
-      if (!silu) {
+      if (act == NX_ACT_NONE) {
         for (int u = 0; u < 32; u += 8) {
           __m256 v = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + u), mhv), mlv);
           _mm256_storeu_ps(y + i + u, _mm256_fmadd_ps(v, av, bv));
+        }
+      } else if (act == NX_ACT_RELU) { /* max(0, v) returns v when v is NaN, as affine_span's v < 0 ? 0 : v */
+        for (int u = 0; u < 32; u += 8) {
+          __m256 v = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + u), mhv), mlv);
+          _mm256_storeu_ps(y + i + u, _mm256_max_ps(_mm256_setzero_ps(), _mm256_fmadd_ps(v, av, bv)));
         }
       }
     }
     a1 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a1, p0), p1), p2), p3);
     a2 = nx_widen_sum(nx_widen_sum(nx_widen_sum(nx_widen_sum(a2, q0), q1), q2), q3);
   }
-  if (i < n) affine_span_avx2(x + i, y + i, n - i, mh, ml, a, b, silu);
+  if (i < n) affine_span_avx2(x + i, y + i, n - i, mh, ml, a, b, act);
   double t1 = nx_hsum(a1), t2 = nx_hsum(a2);
   for (; i < n; ++i) {
     double d = (double)xn[i] - k;

@@ -16,7 +16,7 @@
 #define NX_BLOCK 256 /* elements per float block: NX_BLOCK / NX_LANES = 8 terms per float partial sum */
 
 #ifdef NX_HAVE_ISA_AFFINE_SUMS /* defined by the ISA file after this header */
-static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu,
+static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int act,
                                const float* xn, double k, double* s1, double* s2);
 #endif
 
@@ -138,11 +138,16 @@ static inline float NX_FN(nx_expf)(float x) {
   } while (0)
 
 static void NX_FN(affine_span)(const float* restrict x, float* restrict y, size_t n, float mh, float ml, float a,
-                               float b, int silu) {
-  if (silu) {
+                               float b, int act) {
+  if (act == NX_ACT_SILU) {
     for (size_t i = 0; i < n; ++i) {
       float v = ((x[i] - mh) - ml) * a + b;
       y[i] = v / (1.0f + NX_FN(nx_expf)(-v));
+    }
+  } else if (act == NX_ACT_RELU) {
+    for (size_t i = 0; i < n; ++i) {
+      float v = ((x[i] - mh) - ml) * a + b;
+      y[i] = v < 0.0f ? 0.0f : v; /* NaN stays NaN, as onnx Relu */
     }
   } else {
     for (size_t i = 0; i < n; ++i) y[i] = ((x[i] - mh) - ml) * a + b;
@@ -171,21 +176,21 @@ static void NX_FN(rms_span)(const float* restrict x, float* restrict y, size_t n
 }
 
 static void NX_FN(affine_channels)(const float* restrict x, float* restrict y, size_t block, size_t nch, float mh,
-                                   float ml, const float* restrict a, const float* restrict b, int silu) {
-  for (size_t c = 0; c < nch; ++c) NX_FN(affine_span)(x + c * block, y + c * block, block, mh, ml, a[c], b[c], silu);
+                                   float ml, const float* restrict a, const float* restrict b, int act) {
+  for (size_t c = 0; c < nch; ++c) NX_FN(affine_span)(x + c * block, y + c * block, block, mh, ml, a[c], b[c], act);
 }
 
 /* with a prefetch target, the span is written in chunks of NX_CHUNK, one prefetch per line each */
 static void NX_FN(affine)(const float* restrict x, float* restrict y, size_t n, float mh, float ml, float a, float b,
-                          int silu, const float* pf) {
+                          int act, const float* pf) {
   if (!pf) {
-    NX_FN(affine_span)(x, y, n, mh, ml, a, b, silu);
+    NX_FN(affine_span)(x, y, n, mh, ml, a, b, act);
     return;
   }
   for (size_t c = 0; c < n; c += NX_CHUNK) {
     size_t e = c + NX_CHUNK < n ? c + NX_CHUNK : n;
     NX_PREFETCH(pf, c, e);
-    NX_FN(affine_span)(x + c, y + c, e - c, mh, ml, a, b, silu);
+    NX_FN(affine_span)(x + c, y + c, e - c, mh, ml, a, b, act);
   }
 }
 
@@ -278,9 +283,9 @@ static void NX_FN(row_ext)(const float* s, float* y, size_t n, float mh, float m
 
 #ifndef NX_HAVE_ISA_AFFINE_SUMS
 /* generic: the two passes one after the other (an ISA file interleaves them) */
-static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int silu,
+static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, float ml, float a, float b, int act,
                                const float* xn, double k, double* s1, double* s2) {
-  NX_FN(affine_span)(x, y, n, mh, ml, a, b, silu);
+  NX_FN(affine_span)(x, y, n, mh, ml, a, b, act);
   NX_FN(sums)(xn, n, k, s1, s2);
 }
 #endif

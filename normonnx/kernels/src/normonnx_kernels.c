@@ -1,6 +1,6 @@
 /* normonnx native CPU kernels: an onnxruntime custom-op library for the "normonnx.kernels" domain.
  *
- * Registers float32 CPU kernels for GroupNorm (optionally fused SiLU), LayerNorm (trailing axes or
+ * Registers float32 CPU kernels for GroupNorm (optionally fused SiLU or ReLU), LayerNorm (trailing axes or
  * channels_first), RMSNorm, InstanceNorm and BatchNorm, with the node attributes and inputs that
  * normonnx/lowering/function.py defines for the portable "normonnx" ops: inputs (X, weight?, bias?
  * [, mean, var]), absent optional inputs are empty names; attributes epsilon, channels,
@@ -40,7 +40,7 @@
 #include "norm_math.h"
 #include "ort_abi.h"
 
-#define NX_ABI 3 /* bump when the Python side must notice an incompatible library (2: residual, modulation; 3: gate) */
+#define NX_ABI 4 /* bump when the Python side must notice an incompatible library (2: residual, modulation; 3: gate; 4: relu) */
 #define NX_DOMAIN "normonnx.kernels"
 #define NX_MAX_RANK 16
 
@@ -92,7 +92,7 @@ typedef struct NxKernel {
   int64_t groups;
   int channels_first;
   int running_stats;
-  int silu;
+  int act;
   int residual;
   int gate;
   int modulation;
@@ -162,11 +162,11 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
     nx_release(st);
     act[0] = 0;
   }
-  if (act[0] && strcmp(act, "silu") != 0) {
+  if (act[0] && strcmp(act, "silu") != 0 && strcmp(act, "relu") != 0) {
     free(k);
-    return nx_error("normonnx.%s: unknown fused activation '%s' (valid: '' or 'silu')", op->name, act);
+    return nx_error("normonnx.%s: unknown fused activation '%s' (valid: '', 'silu' or 'relu')", op->name, act);
   }
-  k->silu = act[0] != 0;
+  k->act = !act[0] ? NX_ACT_NONE : strcmp(act, "silu") == 0 ? NX_ACT_SILU : NX_ACT_RELU;
 
   if (k->kind == NX_GROUP && k->groups < 1) {
     free(k);
@@ -278,7 +278,7 @@ typedef struct NxSegJob {
   size_t cps;    /* channel mode: segments per sample (groups), to find the first channel */
   size_t cpseg;  /* channel mode: channels per segment */
   double eps;
-  int silu;
+  int act;
   /* fused forms (layer / rms rows): r residual (x + r normalised, the sum in `sum` or, when nobody
    * reads it, in y itself), msc/msh modulation scale/shift with their floats per sample (0: shared),
    * `segs_per_sample` rows per sample */
@@ -338,7 +338,7 @@ static void seg_affine(const NxSegJob* j, size_t s, size_t lo, size_t hi, float 
         a[q] = (float)(rstd * (j->w ? (double)j->w[c] : 1.0));
         b[q] = j->b ? j->b[c] : 0.0f;
       }
-      g_math->affine_channels(x + ci * j->block, y + ci * j->block, j->block, m, mh, ml, a, b, j->silu);
+      g_math->affine_channels(x + ci * j->block, y + ci * j->block, j->block, m, mh, ml, a, b, j->act);
       ci += m;
     }
     return;
@@ -350,7 +350,7 @@ static void seg_affine(const NxSegJob* j, size_t s, size_t lo, size_t hi, float 
     size_t c = c0 + ci;
     double a = rstd * (j->w ? (double)j->w[c] : 1.0);
     float b = j->b ? j->b[c] : 0.0f;
-    g_math->affine(x + lo, y + lo, end - lo, mh, ml, (float)a, b, j->silu, pf ? pf + lo : NULL);
+    g_math->affine(x + lo, y + lo, end - lo, mh, ml, (float)a, b, j->act, pf ? pf + lo : NULL);
     lo = end;
   }
 }
@@ -402,7 +402,7 @@ static void seg_affine_next_stats(const NxSegJob* j, size_t s, float mh, float m
     size_t lo = ci * j->block, c = c0 + ci;
     double a = rstd * (j->w ? (double)j->w[c] : 1.0);
     float b = j->b ? j->b[c] : 0.0f;
-    g_math->affine_sums(x + lo, y + lo, j->block, mh, ml, (float)a, b, j->silu, xn + lo, kn, s1, s2);
+    g_math->affine_sums(x + lo, y + lo, j->block, mh, ml, (float)a, b, j->act, xn + lo, kn, s1, s2);
   }
 }
 
@@ -778,7 +778,7 @@ static OrtStatus* NX_CALL compute(void* kernel, OrtKernelContext* ctx) {
     j.x = X.data, j.y = y, j.w = W.data, j.b = B.data;
     j.segs = n * g, j.len = (c / g) * s;
     j.mode = NX_AFFINE_CHANNEL, j.block = s, j.cps = g, j.cpseg = c / g;
-    j.eps = k->eps, j.silu = k->silu;
+    j.eps = k->eps, j.act = k->act;
     return run_segments(ctx, &j);
   }
   /* batch (either statistics) and instance with running statistics */
