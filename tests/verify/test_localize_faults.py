@@ -167,27 +167,29 @@ def test_custom_tolerance_can_hide_a_small_fault(net, x, exported):
     assert next(lr for lr in rep.layers if lr.name == "gn").comparison.max_abs > 2e-3
 
 
-def test_groupnorm_silu_fused_at_export_is_compared_after_the_silu(tmp_path):
-    """Export fuses GroupNorm → SiLU into one node, whose value is silu(gn(x)): localize compares it
-    with silu of the module's output, so a healthy export has no culprit and a wrong GroupNorm
-    (torch's weights changed after export) is still pinned on the GroupNorm module."""
+@pytest.mark.parametrize("act", ["silu", "relu"])
+def test_groupnorm_activation_fused_at_export_is_compared_after_the_activation(act, tmp_path):
+    """Export fuses GroupNorm → SiLU (or ReLU) into one node, whose value is act(gn(x)): localize
+    compares it with act of the module's output, so a healthy export has no culprit and a wrong
+    GroupNorm (torch's weights changed after export) is still pinned on the GroupNorm module."""
     import torch
 
     from normonnx.exporter import export
 
     torch.manual_seed(0)
+    module = {"silu": torch.nn.SiLU, "relu": torch.nn.ReLU}[act]
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1)
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), module(), torch.nn.Conv2d(8, 4, 1)
     ).eval()
     x = torch.randn(1, 3, 8, 8)
-    res = export(net, (x,), tmp_path / "gn_silu.onnx")
+    res = export(net, (x,), tmp_path / "gn_act.onnx")
     (rec,) = res.lowerings
-    assert rec.activation == "silu"  # fused: one node for GroupNorm + SiLU
-    m = onnx.load(tmp_path / "gn_silu.onnx")
+    assert rec.activation == act  # fused: one node for GroupNorm + the activation
+    m = onnx.load(tmp_path / "gn_act.onnx")
     rep = localize(net, m, (x,))
     assert rep.passed and rep.culprit is None, rep.verdict()
     gn = next(lr for lr in rep.layers if lr.name == "1")
-    assert gn.norm["fused_activation"] == "silu" and gn.comparison.max_abs < FP32_NOISE
+    assert gn.norm["fused_activation"] == act and gn.comparison.max_abs < FP32_NOISE
     with torch.no_grad():
         net[1].weight.mul_(1.5)
     rep = localize(net, m, (x,))
