@@ -333,6 +333,15 @@ class _GroupNormActivation(Rule):
     anchor_domain = DOMAIN
     activation = ""
 
+    @staticmethod
+    def readers(g: GraphView, node: onnx.NodeProto, count: int, what: str) -> list[onnx.NodeProto] | Rejection:
+        """The nodes reading the norm's output, if there are exactly ``count`` and it is no graph output."""
+        y = node.output[0]
+        users = g.users(y)
+        if y in g.graph_outputs or len(users) != count:
+            return Rejection(f"output is not read by exactly {what}")
+        return users
+
     def check(self, g: GraphView, m: Match) -> CheckResult:
         spec = spec_of_node(g, m.anchor)
         if spec is None:
@@ -360,10 +369,9 @@ class GroupNormSiLU(_GroupNormActivation):
     activation = "silu"
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        y = node.output[0]
-        users = g.users(y)
-        if y in g.graph_outputs or len(users) != 2:
-            return Rejection("output is not read by exactly Sigmoid and Mul")
+        y, users = node.output[0], self.readers(g, node, 2, "Sigmoid and Mul")
+        if isinstance(users, Rejection):
+            return users
         sig = next((u for u in users if u.op_type == "Sigmoid" and u.domain in ("", "ai.onnx")), None)
         mul = next((u for u in users if u.op_type == "Mul" and u.domain in ("", "ai.onnx")), None)
         if sig is None or mul is None or sorted(mul.input) != sorted([y, sig.output[0]]):
@@ -376,10 +384,9 @@ class GroupNormReLU(_GroupNormActivation):
     activation = "relu"
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        y = node.output[0]
-        users = g.users(y)
-        if y in g.graph_outputs or len(users) != 1:
-            return Rejection("output is not read by exactly one Relu")
+        users = self.readers(g, node, 1, "one Relu")
+        if isinstance(users, Rejection):
+            return users
         relu = users[0]
         if relu.op_type != "Relu" or relu.domain not in ("", "ai.onnx"):
             return Rejection(f"read by {relu.op_type}, not Relu")
