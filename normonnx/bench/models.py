@@ -152,10 +152,10 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     one output, or a normonnx kernel in a fused form: that keeps its residual sum (``x + r`` or
     ``x + g·r``, as Mul/Add, written to its sum output when it has one) and ``op`` takes the sum;
     its modulation goes with the norm. A norm decomposed into primitive ops has no single node
-    to swap, and a model with one gets None, as does a model without norms. With ``Neg``, the result bounds what any norm
-    kernel at those positions can reach: one cheap element-wise pass, and (like every custom op)
-    not an op onnxruntime's NCHWc layout transformer keeps in its blocked layout, so the layout
-    conversions around it stay. With ``Identity`` (onnxruntime removes it, and the conversions
+    to swap, and a model with one gets None, as does a model without norms. With ``Neg``, the
+    result bounds what any norm kernel at those positions can reach: one cheap element-wise
+    pass, and (like every custom op) not an op onnxruntime's NCHWc layout transformer keeps in
+    its blocked layout, so the layout conversions around it stay. With ``Identity`` (onnxruntime removes it, and the conversions
     with it) it is the model without normalization.
     """
     from onnx import helper
