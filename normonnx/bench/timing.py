@@ -25,6 +25,7 @@ instead: rounds of blocks, one candidate alive at a time (built, warmed up, time
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import random
 import time
@@ -150,8 +151,6 @@ def measure_isolated(
     block. Samples of all rounds are pooled (medians and quartiles as in :func:`measure`), and
     each round's block median is kept for paired ratios (:func:`paired_ratio`).
     """
-    import gc
-
     names = list(factories)
     out = {n: Timing(n, [], 0) for n in names}
     rng = random.Random(seed)
@@ -167,8 +166,6 @@ def measure_isolated(
 
 
 def _visit_rounds(factories, names, out, rng, rounds, block_s, warmup, sample_s, max_inner) -> None:
-    import gc
-
     for _ in range(max(1, rounds)):
         order = names[:]
         rng.shuffle(order)
