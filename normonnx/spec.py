@@ -38,8 +38,8 @@ class NormSpec:
     has_weight/has_bias: whether the affine scale γ / shift β exist.
     running_stats:    statistics are the stored running mean/var, not the input's (batch in eval,
                       instance with ``track_running_stats=True`` in eval).
-    activation:       "", "silu" or "relu": an activation fused after the affine (group norm only;
-                      the table is ``normonnx.norms.base.ACTIVATIONS``).
+    activation:       "", "silu" or "relu": an activation fused after the affine (the channel
+                      norms: group, instance, batch; the table is ``normonnx.norms.base.ACTIVATIONS``).
     residual:         the norm's input is ``X + R`` (a residual input R of X's shape, no
                       broadcasting): ``y = N(X + R)``, the sum available as a second output for the
                       residual stream (trailing layer / rms norm only).

@@ -70,10 +70,12 @@ EXPECTED: dict[tuple[str, str], Support] = {
 #: replaces the kind's entry
 CASE_EXPECTED: dict[tuple[str, str], str | Support] = {
     ("native", "batch-batchstats"): "batch statistics need the decomposition",
+    ("native", "batch-batchstats-silu"): "batch statistics need the decomposition",
     ("native", "layer-cf-r4"): "channels-first needs the decomposition",
     ("native", "layer-cf-r4-hw1"): "channels-first needs the decomposition",
     # with running statistics an instance norm is emitted as BatchNormalization: its facts
     ("native", "instance-running"): Support(13, _on(_F), low_precision_opset=15),
+    ("native", "instance-running-relu"): Support(13, _on(_F), low_precision_opset=15),
     # com.microsoft.GroupNorm: rank 4, an even number of channels per group (read in pairs)
     ("contrib", "group-gC"): "1 channels per group is odd",
     ("contrib", "group-c1"): "1 channels per group is odd",

@@ -81,6 +81,15 @@ CASES = {
     "instance_running": (NormSpec("instance", channels=8, running_stats=True, rank=4), (2, 8, 12, 13)),
     "batch_running": (NormSpec("batch", channels=8, running_stats=True, rank=4), (2, 8, 6, 6)),
     "batch_stats": (NormSpec("batch", channels=8, running_stats=False, rank=4), (3, 8, 6, 6)),
+    # the activation in every channel path: segments (instance), per-channel tasks (running stats, batch)
+    "instance_relu": (NormSpec("instance", channels=8, activation="relu", rank=4), (2, 8, 12, 13)),
+    "instance_relu_pipelined": (NormSpec("instance", channels=24, activation="relu", rank=3), (2, 24, 300)),
+    "instance_running_relu": (
+        NormSpec("instance", channels=8, running_stats=True, activation="relu", rank=4),
+        (2, 8, 12, 13),
+    ),
+    "batch_running_relu": (NormSpec("batch", channels=8, running_stats=True, activation="relu", rank=4), (2, 8, 6, 6)),
+    "batch_stats_silu": (NormSpec("batch", channels=8, running_stats=False, activation="silu", rank=4), (3, 8, 6, 6)),
 }
 
 
@@ -230,7 +239,9 @@ def test_empty_batch(case, tmp_path):
 # -- numerics ----------------------------------------------------------------------------------------
 FLOOR = 1e-7  # ~1 ulp at unit scale, so "2x torch" is not a bound of 0 when torch is exact
 STRESS_CASES = {
-    k: CASES[k] for k in ("group", "group_silu", "group_relu", "layer", "layer_cf", "rms", "instance", "batch_stats")
+    k: CASES[k]
+    for k in ("group", "group_silu", "group_relu", "layer", "layer_cf", "rms", "instance", "instance_relu")
+    + ("batch_stats", "batch_stats_silu")
 }
 
 
@@ -300,6 +311,9 @@ def test_deterministic_across_thread_counts(shape, tmp_path):
         "group_silu_pipelined",
         "group_relu",
         "group_relu_pipelined",
+        "instance_relu_pipelined",
+        "instance_running_relu",
+        "batch_stats_silu",
         "layer",
         "layer_cf",
         "rms",
@@ -335,20 +349,29 @@ def test_silu_extremes_are_finite_and_exact_in_the_limits(tmp_path):
 
 
 @needs_lib
-@pytest.mark.parametrize("case", ["group_relu", "group_relu_pipelined"])
+@pytest.mark.parametrize(
+    "case",
+    ["group_relu", "group_relu_pipelined", "instance_relu", "instance_relu_pipelined", "instance_running_relu"]
+    + ["batch_running_relu"],
+)
 def test_relu_is_exact_max_of_the_affine_and_keeps_nan(case, tmp_path):
     """The fused ReLU is the kernel's own affine output with its negatives set to 0 (bitwise, as a
-    Relu node after the same kernel would give), and a NaN input stays NaN in its group, as onnx Relu."""
+    Relu node after the same kernel would give), and a NaN input stays NaN where its statistics
+    reach (its group or channel; only itself with stored statistics), as onnx Relu."""
     spec, shape = CASES[case]
     params, x = _inputs(spec, shape)
     y, _ = run_profiled(_build_native(spec, params), x, tmp_path, custom_ops=True)
     plain, _ = run_profiled(_build_native(spec.replace(activation=""), params), x, tmp_path, custom_ops=True)
     assert (plain < 0).any() and (plain > 0).any()
     np.testing.assert_array_equal(y, np.where(plain < 0, np.float32(0), plain))
-    x[0, 0, 0, 0] = np.nan
+    x[(0,) * x.ndim] = np.nan
     y, _ = run_profiled(_build_native(spec, params), x, tmp_path, custom_ops=True)
-    group = x.shape[1] // spec.groups
-    assert np.isnan(y[0, :group]).all() and not np.isnan(y[0, group:]).any() and not np.isnan(y[1:]).any()
+    reach = np.zeros(x.shape, bool)
+    if spec.running_stats:
+        reach[(0,) * x.ndim] = True
+    else:
+        reach[0, : x.shape[1] // (spec.groups or x.shape[1])] = True
+    np.testing.assert_array_equal(np.isnan(y), reach)
 
 
 # -- bad cases -----------------------------------------------------------------------------------------
@@ -420,6 +443,26 @@ def test_kernel_rejects_bad_attributes():
         g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(kernels.DOMAIN, 1)], ir_version=10
     )
     with pytest.raises(ModelLoadError, match="unknown fused activation 'gelu'"):
+        normonnx.session(m, custom_ops=True)
+
+
+@needs_lib
+def test_kernel_rejects_an_activation_on_a_layer_norm():
+    """Only the channel norms fuse an activation; a LayerNorm node carrying one is refused at load
+    (ignoring it would compute N(x) where the node says act(N(x)))."""
+    node = helper.make_node(
+        "LayerNorm", ["X", "", ""], ["Y"], domain=kernels.DOMAIN, normalized_shape=[4], epsilon=1e-5, activation="relu"
+    )
+    g = helper.make_graph(
+        [node],
+        "bad",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(kernels.DOMAIN, 1)], ir_version=10
+    )
+    with pytest.raises(ModelLoadError, match="a fused activation is for the channel norms"):
         normonnx.session(m, custom_ops=True)
 
 

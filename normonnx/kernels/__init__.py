@@ -39,7 +39,7 @@ DOMAIN_VERSION = 1
 #: onnxruntime C API version the library requests (``OrtGetApiBase()->GetApi(17)``)
 api_version_required = 17
 #: interface version shared with the C code (``NX_ABI``): a mismatch means a stale build
-ABI = 4
+ABI = 5
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NAME = "_normonnx_kernels" + (".dll" if sys.platform == "win32" else ".dylib" if sys.platform == "darwin" else ".so")

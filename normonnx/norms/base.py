@@ -251,6 +251,8 @@ class NormKind:
             attrs["normalized_shape"] = list(spec.normalized_shape)
         if spec.running_stats:
             attrs["running_stats"] = 1
+        if spec.activation:
+            attrs["activation"] = spec.activation
         if spec.residual:
             attrs["has_residual"] = 1
         if spec.modulation:
@@ -365,7 +367,7 @@ class NormKind:
     ) -> np.ndarray:
         """The float64 twin of :func:`onnx_blocks.channelwise`: normalise ``x`` with the moments
         over ``axes`` or, for a ``running_stats`` spec, the stored per-channel mean / var; then
-        γ, β per channel."""
+        γ, β per channel and the spec's fused activation."""
         self._check_shape(spec, x, f"{self.name} norm")
         x = np.asarray(x, dtype=np.float64)
         if spec.running_stats:
@@ -373,7 +375,7 @@ class NormKind:
             var = self._channel_view(np.asarray(params["var"], np.float64), x.ndim)
         else:
             mean, var = self._moments(x, axes)
-        return self._channel_affine(spec, (x - mean) / np.sqrt(var + spec.eps), params)
+        return activate_reference(spec, self._channel_affine(spec, (x - mean) / np.sqrt(var + spec.eps), params))
 
     @staticmethod
     def _plus_residual(spec: NormSpec, x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:

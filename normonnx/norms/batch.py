@@ -4,7 +4,8 @@ In eval mode μ, σ² are the stored running statistics (``running_stats=True``)
 per-channel affine map. A BatchNorm built with ``track_running_stats=False`` (or
 ``F.batch_norm(training=True)``, as weight standardization code uses) normalises with the
 statistics of the batch itself over every axis but 1 (``running_stats=False``); torch does that
-in eval mode too, and so do we.
+in eval mode too, and so do we. ``activation="relu"`` / ``"silu"`` fuses the activation after
+the affine (pre-activation ResNets and DenseNets run BatchNorm → ReLU with no conv to fold into).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import numpy as np
 from ..errors import SpecError
 from ..spec import NormSpec
 from . import onnx_blocks as ob
-from .base import NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES, Example, NativeOp, NormKind, Params
+from .base import (
+    NCHW_BENCH_SHAPES,
+    NCHW_QUICK_SHAPES,
+    Example,
+    NativeOp,
+    NormKind,
+    Params,
+    activate_onnx,
+    activate_torch,
+)
 
 _F = frozenset({"float32", "float16", "float64"})
 #: BatchNormalization in eval: ``(x − mean)/√(var + ε)·scale + B`` per channel has been the op's
@@ -30,9 +40,10 @@ NATIVE = NativeOp(
 
 
 def build_running_stats(b: Any, spec: NormSpec, x: str, params: Mapping[str, str]) -> str:
-    """BatchNormalization with the stored mean/var (batch in eval, instance with tracked stats)."""
+    """BatchNormalization with the stored mean/var (batch in eval, instance with tracked stats),
+    then the spec's fused activation."""
     c = spec.channels or 0
-    return b.op(
+    y = b.op(
         "BatchNormalization",
         [
             x,
@@ -43,6 +54,7 @@ def build_running_stats(b: Any, spec: NormSpec, x: str, params: Mapping[str, str
         ],
         epsilon=spec.eps,
     )
+    return activate_onnx(b, spec, y)
 
 
 class BatchNorm(NormKind):
@@ -52,6 +64,7 @@ class BatchNorm(NormKind):
     # batch_norm before the exporter's decompositions; the two private overloads after them
     aten_ops = ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit.no_stats")
     min_rank, max_rank = 2, 5
+    activations = frozenset({"silu", "relu"})
     bench_shapes, quick_bench_shapes = NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
@@ -88,6 +101,12 @@ class BatchNorm(NormKind):
             ),
             ("r5-c1", NormSpec("batch", channels=1, running_stats=True, rank=5), (2, 1, 2, 3, 4)),
             ("batchstats", NormSpec("batch", channels=4, running_stats=False, rank=4), (8, 4, 3, 3)),
+            ("relu", NormSpec("batch", channels=6, running_stats=True, activation="relu", rank=4), (2, 6, 5, 4)),
+            (
+                "batchstats-silu",
+                NormSpec("batch", channels=4, running_stats=False, activation="silu", rank=4),
+                (8, 4, 3, 3),
+            ),
         ]
 
     def example_specs(self) -> list[NormSpec]:
@@ -111,7 +130,7 @@ class BatchNorm(NormKind):
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
         import torch.nn.functional as F
 
-        return F.batch_norm(
+        y = F.batch_norm(
             x,
             params.get("mean"),
             params.get("var"),
@@ -120,6 +139,7 @@ class BatchNorm(NormKind):
             training=not spec.running_stats,
             eps=spec.eps,
         )
+        return activate_torch(spec, y)
 
     def _normalize_args(self, op: str, args: Sequence[Any]) -> tuple[Any, ...]:
         """(weight, bias, running_mean, running_var, training, eps) of any of the overloads."""

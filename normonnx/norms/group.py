@@ -149,8 +149,6 @@ class GroupNorm(NormKind):
     def attributes(self, spec: NormSpec) -> dict[str, Any]:
         attrs = super().attributes(spec)
         attrs["num_groups"] = int(spec.groups or 0)
-        if spec.activation:
-            attrs["activation"] = spec.activation
         return attrs
 
 

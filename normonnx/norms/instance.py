@@ -2,7 +2,8 @@
 
 ``y = (x − μ_nc)/√(σ²_nc + ε)·γ_c + β_c``. With ``track_running_stats=True`` torch uses the
 stored running mean/var in eval mode instead (``running_stats=True``): per channel, exactly a
-batch norm in eval.
+batch norm in eval. ``activation="relu"`` / ``"silu"`` fuses the activation after the affine
+(fast style transfer's InstanceNorm → ReLU, CycleGAN / pix2pix generators).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from ..errors import SpecError
 from ..spec import NormSpec
 from . import batch
 from . import onnx_blocks as ob
-from .base import NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES, Example, NativeOp, NormKind, Params
+from .base import (
+    NCHW_BENCH_SHAPES,
+    NCHW_QUICK_SHAPES,
+    Example,
+    NativeOp,
+    NormKind,
+    Params,
+    activate_onnx,
+    activate_torch,
+)
 
 NATIVE = NativeOp(
     "InstanceNormalization",
@@ -35,6 +45,7 @@ class InstanceNorm(NormKind):
     native = NATIVE
     aten_ops = ("instance_norm",)
     min_rank, max_rank = 3, 5
+    activations = frozenset({"silu", "relu"})
     bench_shapes, quick_bench_shapes = NCHW_BENCH_SHAPES, NCHW_QUICK_SHAPES
 
     def validate(self, spec: NormSpec) -> None:
@@ -55,7 +66,7 @@ class InstanceNorm(NormKind):
         if spec.running_stats:
             return batch.build_running_stats(b, spec, x, params)
         c = spec.channels or 0
-        return b.op(
+        y = b.op(
             "InstanceNormalization",
             [
                 x,
@@ -64,6 +75,7 @@ class InstanceNorm(NormKind):
             ],
             epsilon=spec.eps,
         )
+        return activate_onnx(b, spec, y)
 
     def decompose(self, b: Any, spec: NormSpec, x: str, p: Mapping[str, str], compute: int) -> str:
         """Per (sample, channel) over the spatial axes (axis 2 of ``[N, C, -1]``), or the stored
@@ -77,6 +89,9 @@ class InstanceNorm(NormKind):
             ("r5", NormSpec("instance", channels=2, rank=5), (2, 2, 3, 4, 5)),
             ("noaffine", NormSpec("instance", channels=4, has_weight=False, has_bias=False, rank=4), (8, 4, 4, 4)),
             ("running", NormSpec("instance", channels=4, running_stats=True, rank=4), (2, 4, 5, 5)),
+            ("relu", NormSpec("instance", channels=5, activation="relu", rank=4), (2, 5, 6, 7)),
+            ("running-relu", NormSpec("instance", channels=4, running_stats=True, activation="relu", rank=4), (2, 4, 5, 5)),
+            ("silu", NormSpec("instance", channels=3, activation="silu", rank=3), (2, 3, 9)),
         ]
 
     def example_specs(self) -> list[NormSpec]:
@@ -100,7 +115,7 @@ class InstanceNorm(NormKind):
     def torch_forward(self, spec: NormSpec, x: Any, params: Mapping[str, Any]) -> Any:
         import torch.nn.functional as F
 
-        return F.instance_norm(
+        y = F.instance_norm(
             x,
             params.get("mean"),
             params.get("var"),
@@ -109,6 +124,7 @@ class InstanceNorm(NormKind):
             use_input_stats=not spec.running_stats,
             eps=spec.eps,
         )
+        return activate_torch(spec, y)
 
     def aten_params(self, op: str, args: Sequence[Any]) -> dict[str, Any]:
         a = list(args) + [None] * 4

@@ -1,7 +1,7 @@
 /* normonnx native CPU kernels: an onnxruntime custom-op library for the "normonnx.kernels" domain.
  *
- * Registers float32 CPU kernels for GroupNorm (optionally fused SiLU or ReLU), LayerNorm (trailing axes or
- * channels_first), RMSNorm, InstanceNorm and BatchNorm, with the node attributes and inputs that
+ * Registers float32 CPU kernels for GroupNorm, InstanceNorm and BatchNorm (each optionally followed by a
+ * fused SiLU or ReLU), LayerNorm (trailing axes or channels_first) and RMSNorm, with the node attributes and inputs that
  * normonnx/lowering/function.py defines for the portable "normonnx" ops: inputs (X, weight?, bias?
  * [, mean, var]), absent optional inputs are empty names; attributes epsilon, channels,
  * normalized_shape, num_groups, channels_first, running_stats, activation.
@@ -40,7 +40,8 @@
 #include "norm_math.h"
 #include "ort_abi.h"
 
-#define NX_ABI 4 /* bump when the Python side must notice an incompatible library (2: residual, modulation; 3: gate; 4: relu) */
+#define NX_ABI 5 /* bump when the Python side must notice an incompatible library (2: residual, modulation; 3: gate;
+                  * 4: relu; 5: activations on InstanceNorm/BatchNorm) */
 #define NX_DOMAIN "normonnx.kernels"
 #define NX_MAX_RANK 16
 
@@ -168,6 +169,11 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
   }
   k->act = !act[0] ? NX_ACT_NONE : strcmp(act, "silu") == 0 ? NX_ACT_SILU : NX_ACT_RELU;
 
+  if (k->act != NX_ACT_NONE && (k->kind == NX_LAYER || k->kind == NX_RMS)) {
+    free(k);
+    return nx_error("normonnx.%s: a fused activation is for the channel norms (GroupNorm, InstanceNorm, BatchNorm)",
+                    op->name);
+  }
   if (k->kind == NX_GROUP && k->groups < 1) {
     free(k);
     return nx_error("normonnx.GroupNorm: attribute num_groups must be a positive integer");
@@ -556,6 +562,7 @@ typedef struct NxChanJob {
   const float *w, *b, *mean, *var;
   size_t n, c, s; /* x is [n, c, s] */
   double eps;
+  int act; /* NX_ACT_*, applied in the affine pass */
 } NxChanJob;
 
 /* per channel c: statistics over (n, s) unless running mean/var are given; then the affine map */
@@ -577,7 +584,7 @@ static void chan_task(void* p, size_t c) {
   float b = j->b ? j->b[c] : 0.0f;
   for (size_t i = 0; i < j->n; ++i) {
     size_t off = (i * j->c + c) * j->s;
-    g_math->affine(j->x + off, j->y + off, j->s, mh, ml, a, b, 0, NULL);
+    g_math->affine(j->x + off, j->y + off, j->s, mh, ml, a, b, j->act, NULL);
   }
 }
 
@@ -789,7 +796,7 @@ static OrtStatus* NX_CALL compute(void* kernel, OrtKernelContext* ctx) {
     TRY(check_param(k, &V, "var", c));
   }
   NxChanJob j = {X.data, y, W.data, B.data, k->running_stats ? M.data : NULL, k->running_stats ? V.data : NULL,
-                 n, c, s, k->eps};
+                 n, c, s, k->eps, k->act};
   run_parallel(ctx, chan_task, c, &j);
   return NULL;
 }
