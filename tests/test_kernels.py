@@ -240,8 +240,10 @@ def test_empty_batch(case, tmp_path):
 FLOOR = 1e-7  # ~1 ulp at unit scale, so "2x torch" is not a bound of 0 when torch is exact
 STRESS_CASES = {
     k: CASES[k]
-    for k in ("group", "group_silu", "group_relu", "layer", "layer_cf", "rms", "instance", "instance_relu")
-    + ("batch_stats", "batch_stats_silu")
+    for k in (
+        *("group", "group_silu", "group_relu", "layer", "layer_cf", "rms"),
+        *("instance", "instance_relu", "batch_stats", "batch_stats_silu"),
+    )
 }
 
 
@@ -351,8 +353,10 @@ def test_silu_extremes_are_finite_and_exact_in_the_limits(tmp_path):
 @needs_lib
 @pytest.mark.parametrize(
     "case",
-    ["group_relu", "group_relu_pipelined", "instance_relu", "instance_relu_pipelined", "instance_running_relu"]
-    + ["batch_running_relu"],
+    [
+        *("group_relu", "group_relu_pipelined", "instance_relu", "instance_relu_pipelined"),
+        *("instance_running_relu", "batch_running_relu"),
+    ],
 )
 def test_relu_is_exact_max_of_the_affine_and_keeps_nan(case, tmp_path):
     """The fused ReLU is the kernel's own affine output with its negatives set to 0 (bitwise, as a

@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import SpecError
+from ..norms.base import ACTIVATIONS
 from . import ops
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
     "RMSNorm",
     "WSConv2d",
 ]
-
-_ACTIVATIONS = ("", "silu")
 
 
 def _channels_first(channel_axis: int, data_format: str | None, what: str) -> bool:
@@ -60,8 +59,10 @@ def _channels_first(channel_axis: int, data_format: str | None, what: str) -> bo
 
 def _activation(activation: str | None) -> str:
     act = activation or ""
-    if act not in _ACTIVATIONS:
-        raise SpecError(f"unknown activation {activation!r}", note="valid: None or 'silu'")
+    if act and act not in ACTIVATIONS:
+        raise SpecError(
+            f"unknown activation {activation!r}", note=f"valid: None or {', '.join(map(repr, ACTIVATIONS))}"
+        )
     return act
 
 
@@ -207,8 +208,8 @@ class RMSNorm(_Reshaping, _StatsDtype, nn.Module):
 
 
 class GroupNorm(_Reshaping, _StatsDtype, nn.Module):
-    """``torch.nn.GroupNorm`` (per-channel γ, β), optionally followed by ``activation="silu"``,
-    which makes the pair one op and one ONNX node."""
+    """``torch.nn.GroupNorm`` (per-channel γ, β), optionally followed by ``activation="silu"`` or
+    ``"relu"``, which makes the pair one op and one ONNX node."""
 
     #: the normonnx norm kind (models/ counts and randomises norms by it)
     norm_kind: ClassVar[str] = "group"

@@ -6,7 +6,7 @@ selector like every other norm.
 
 - ``normonnx::layer_norm_cf(x, weight, bias, eps)``: LayerNorm over axis 1 of N,C,... (ConvNeXt);
 - ``normonnx::group_norm(x, num_groups, weight, bias, eps, activation)``: GroupNorm, ``activation``
-  "" or "silu" fused after the affine;
+  "", "silu" or "relu" fused after the affine (``normonnx.norms.base.ACTIVATIONS``);
 - ``normonnx::global_response_norm(x, weight, bias, eps, channels_first)``: GRN (ConvNeXt-V2).
 
 Eager implementations are torch's own ops; float16/bfloat16 inputs are computed in float32 and
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..norms.base import ACTIVATIONS
 from ..spec import NormSpec
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -49,10 +50,10 @@ def group_norm_impl(
     eps: float,
     activation: str,
 ) -> torch.Tensor:
-    """``F.group_norm`` then ``activation`` ("" or "silu"), both in the compute dtype."""
+    """``F.group_norm`` then ``activation`` ("", "silu" or "relu"), both in the compute dtype."""
     y = F.group_norm(_stash(x), num_groups, _stash(weight), _stash(bias), eps)
-    if activation == "silu":
-        y = F.silu(y)
+    if activation:
+        y = getattr(F, ACTIVATIONS[activation].torch_fn)(y)
     return y.to(x.dtype)
 
 

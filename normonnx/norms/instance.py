@@ -90,7 +90,11 @@ class InstanceNorm(NormKind):
             ("noaffine", NormSpec("instance", channels=4, has_weight=False, has_bias=False, rank=4), (8, 4, 4, 4)),
             ("running", NormSpec("instance", channels=4, running_stats=True, rank=4), (2, 4, 5, 5)),
             ("relu", NormSpec("instance", channels=5, activation="relu", rank=4), (2, 5, 6, 7)),
-            ("running-relu", NormSpec("instance", channels=4, running_stats=True, activation="relu", rank=4), (2, 4, 5, 5)),
+            (
+                "running-relu",
+                NormSpec("instance", channels=4, running_stats=True, activation="relu", rank=4),
+                (2, 4, 5, 5),
+            ),
             ("silu", NormSpec("instance", channels=3, activation="silu", rank=3), (2, 3, 9)),
         ]
 

@@ -13,6 +13,8 @@
                           restored by Unsqueeze/Reshape, no-op Expand/Reshape), then cleanup;
 6. ``fuse_group``, ``fuse_layer``, ``fuse_rms`` — decomposed and native norms become portable
                           ``normonnx.<Op>`` nodes (:func:`normonnx.lowering.graph.make_norm_node`);
+                          ``fuse_channel`` — InstanceNormalization and unfolded BatchNormalization lifted;
+                          ``activation`` — a SiLU / ReLU after a Group/Instance/BatchNorm fused into it;
                           ``modulated``, ``residual`` — AdaLN's ``·(1 + scale) + shift`` and a residual
                           ``Add`` fused into those nodes (``NormSpec.modulation`` / ``NormSpec.residual``);
 7. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node

@@ -37,6 +37,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("fold_param_norms", "fold_param_norms", "fold"),
     Family("canonical", "canonical", "canonical"),
     Family("fuse_group", "fuse_group", "fuse"),
+    Family("fuse_channel", "fuse_channel", "fuse"),
+    Family("activation", "fuse_activation", "fuse"),
     Family("fuse_layer", "fuse_layer", "fuse"),
     Family("fuse_rms", "fuse_rms", "fuse"),
     Family("modulated", "fuse_modulated", "fuse"),

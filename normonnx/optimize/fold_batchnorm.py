@@ -51,6 +51,9 @@ def bn_affine(g: GraphView, bn: onnx.NodeProto) -> tuple[CheckResult, np.ndarray
     portable = bn.domain == "normonnx"
     if int(attr(bn, "training_mode", 0)) or (portable and not int(attr(bn, "running_stats", 0))):
         return Rejection("BatchNorm in training mode (batch statistics)", bn.output[0]), none, none
+    act = attr(bn, "activation", "") if portable else ""
+    if act:
+        return Rejection(f"BatchNorm has a fused activation ({act}): not an affine map", bn.output[0]), none, none
     vals: list[np.ndarray | None] = []
     for what, v in zip(("γ", "β", "μ", "σ²"), bn.input[1:5]):
         if portable and not v and what in ("γ", "β"):

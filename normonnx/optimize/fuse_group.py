@@ -1,4 +1,4 @@
-"""GroupNorm fusions: ``y = (x − μ_ng)/√(σ²_ng + ε)·γ_c + β_c`` (optionally ·sigmoid) → ``normonnx.GroupNorm``.
+"""GroupNorm fusions: ``y = (x − μ_ng)/√(σ²_ng + ε)·γ_c + β_c`` → ``normonnx.GroupNorm``.
 
 Rules:
 
@@ -18,8 +18,8 @@ Rules:
   value over its C/G channels. onnxruntime has no kernel for it and inlines a function computing
   σ² = E[x²] − E[x]² (NaN at offset 1e3), so lifting it is also a fix.
 - ``group_norm.affine``: a following Mul by γ / Add of β shaped [C, 1, …] (per channel).
-- ``group_norm.silu``: the Sigmoid + Mul of SiLU after it becomes ``activation="silu"``.
-- ``group_norm.relu``: a Relu after it (its only reader) becomes ``activation="relu"``.
+
+The SiLU or ReLU after the norm is fused by the next family (:mod:`.fuse_activation`).
 
 The group view is proven: its shape constant is [N or 0, G, …] (channels are grouped contiguously
 only when axis 1 of the view is G), G divides C, and the second Reshape restores x's exact shape.
@@ -34,7 +34,7 @@ from ..rejection import OK, CheckResult, Rejection
 from ..spec import NormSpec
 from ._rules import NativeNorm, NormAffine
 from ._shapes import dims_of, shape_value
-from .graph import FLOAT_TYPES, GraphView, attr, dtype_name, norm_axes, norm_node_params, spec_of_node
+from .graph import FLOAT_TYPES, GraphView, attr, dtype_name, norm_axes
 from .patterns import check_normalize, decomposed_rewrite, decomposed_spec, match_normalize
 from .rewriter import Rewrite, norm_rewrite
 from .rule import Match, Rule
@@ -324,81 +324,10 @@ class GroupNormAffine(NormAffine):
     op = "GroupNorm"
 
 
-class _GroupNormActivation(Rule):
-    """The activation right after a GroupNorm becomes its ``activation``: the norm's output is read
-    by the activation's nodes only (its value then exists nowhere else), and the result is
-    ``act(norm(x))`` exactly as the nodes computed it, element by element."""
-
-    anchor_ops = ("GroupNorm",)
-    anchor_domain = DOMAIN
-    activation = ""
-
-    @staticmethod
-    def readers(g: GraphView, node: onnx.NodeProto, count: int, what: str) -> list[onnx.NodeProto] | Rejection:
-        """The nodes reading the norm's output, if there are exactly ``count`` and it is no graph output."""
-        y = node.output[0]
-        users = g.users(y)
-        if y in g.graph_outputs or len(users) != count:
-            return Rejection(f"output is not read by exactly {what}")
-        return users
-
-    def check(self, g: GraphView, m: Match) -> CheckResult:
-        spec = spec_of_node(g, m.anchor)
-        if spec is None:
-            return Rejection("the norm's input type is unknown", m.anchor.input[0])
-        if spec.activation:
-            return Rejection(f"already has activation {spec.activation!r}", m.anchor.output[0])
-        m.facts["spec"] = spec.replace(activation=self.activation)
-        return OK
-
-    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        return norm_rewrite(
-            g,
-            m.nodes,
-            m.output,
-            m.facts["spec"],
-            m.anchor.input[0],
-            norm_node_params(m.anchor),
-            m.anchor,
-            f"group_norm_{self.activation}",
-        )
-
-
-class GroupNormSiLU(_GroupNormActivation):
-    name = "group_norm.silu"
-    activation = "silu"
-
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        y, users = node.output[0], self.readers(g, node, 2, "Sigmoid and Mul")
-        if isinstance(users, Rejection):
-            return users
-        sig = next((u for u in users if u.op_type == "Sigmoid" and u.domain in ("", "ai.onnx")), None)
-        mul = next((u for u in users if u.op_type == "Mul" and u.domain in ("", "ai.onnx")), None)
-        if sig is None or mul is None or sorted(mul.input) != sorted([y, sig.output[0]]):
-            return Rejection("not y·sigmoid(y)")
-        return Match(node, [node, sig, mul], mul.output[0])
-
-
-class GroupNormReLU(_GroupNormActivation):
-    name = "group_norm.relu"
-    activation = "relu"
-
-    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        users = self.readers(g, node, 1, "one Relu")
-        if isinstance(users, Rejection):
-            return users
-        relu = users[0]
-        if relu.op_type != "Relu" or relu.domain not in ("", "ai.onnx"):
-            return Rejection(f"read by {relu.op_type}, not Relu")
-        return Match(node, [node, relu], relu.output[0])
-
-
 RULES: list[Rule] = [
     GroupNormViaInstance(),
     GroupNormDecomposed(),
     GroupNormSplit(),
     GroupNormNative(),
     GroupNormAffine(),
-    GroupNormSiLU(),
-    GroupNormReLU(),
 ]

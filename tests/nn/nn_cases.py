@@ -104,6 +104,13 @@ CASES = [
         "group",
     ),
     Case(
+        "group_relu",
+        lambda: _seeded(nnx.GroupNorm(2, 8, activation="relu")),
+        ((2, 8, 5, 4),),
+        lambda m, x: F.relu(F.group_norm(x, 2, m.weight, m.bias, m.eps)),
+        "group",
+    ),
+    Case(
         "batch",
         lambda: _seeded(nnx.BatchNorm(8)),
         ((2, 8, 5, 4),),

@@ -234,7 +234,7 @@ def test_state_dicts_of_other_shapes_and_names_load():
     ("make", "words"),
     [
         (lambda: nnx.GroupNorm(3, 8), "valid num_groups"),
-        (lambda: nnx.GroupNorm(2, 8, activation="relu"), "unknown activation"),
+        (lambda: nnx.GroupNorm(2, 8, activation="gelu"), "unknown activation"),
         (lambda: nnx.LayerNorm(8, channel_axis=2), "channel_axis=2"),
         (lambda: nnx.LayerNorm((4, 4), channel_axis=1), "axis 1 only"),
         (lambda: nnx.GlobalResponseNorm(8, data_format="nhwc"), "data_format"),

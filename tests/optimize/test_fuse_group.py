@@ -1,6 +1,7 @@
 """GroupNorm fusions (normonnx/optimize/fuse_group.py): the exporters' InstanceNormalization form, the
 hand-written decomposition (biased fuses, the tutorial's unbiased x.var() is rewritten exactly when N is static), the native
-op at opsets 18 (per-group scale) and 21, affine, SiLU and ReLU absorption — with reasons for refusals."""
+op at opsets 18 (per-group scale) and 21, affine absorption, and the SiLU and ReLU after it
+(normonnx/optimize/fuse_activation.py) — with reasons for refusals."""
 
 from __future__ import annotations
 
