@@ -1,9 +1,9 @@
-"""What fusing GroupNorm + ReLU into the kernel gives, per model: ``normonnx export``'s file against
-the same file with each fused ReLU taken back out into its own Relu node (same kernels otherwise),
-in default onnxruntime sessions, 150 paired rounds of 0.04 s (``measure_isolated``). The two files'
+"""What fusing a channel norm's ReLU (GroupNorm, InstanceNorm, BatchNorm) into the kernel gives, per
+model: ``normonnx export``'s file against the same file with each fused ReLU taken back out into
+its own Relu node (same kernels otherwise), in default onnxruntime sessions, 150 paired rounds of 0.04 s (``measure_isolated``). The two files'
 outputs are checked bitwise equal first.
 
-    python scripts/bench_relu_fusion.py [MODEL ...] [--runs 2]       # default: resnet_gn resnet_ws
+    python scripts/bench_relu_fusion.py [MODEL ...] [--runs 2]   # default: resnet_gn resnet_ws style_transfer
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from normonnx.exporter import export
 
 
 def relu_apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """``model`` with every kernel GroupNorm's fused ReLU as a Relu node after it (timing only: the
+    """``model`` with every kernel channel norm's fused ReLU as a Relu node after it (timing only: the
     node keeps its overload, whose function body still has the ReLU, so it runs with the library)."""
     out, nodes, n_apart = onnx.ModelProto(), [], 0
     out.CopyFrom(model)
     for n in out.graph.node:
         act = [a for a in n.attribute if a.name == "activation" and a.s == b"relu"]
-        if n.op_type == "GroupNorm" and act:
+        if n.op_type in ("GroupNorm", "InstanceNorm", "BatchNorm") and act:
             n.attribute.remove(act[0])
             y = n.output[0]
             n.output[0] = f"{y}/pre_relu"
@@ -46,7 +46,7 @@ def relu_apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="*", default=["resnet_gn", "resnet_ws"])
+    p.add_argument("models", nargs="*", default=["resnet_gn", "resnet_ws", "style_transfer"])
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=150)
     args = p.parse_args(argv)

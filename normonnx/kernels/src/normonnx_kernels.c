@@ -1,10 +1,10 @@
 /* normonnx native CPU kernels: an onnxruntime custom-op library for the "normonnx.kernels" domain.
  *
- * Registers float32 CPU kernels for GroupNorm, InstanceNorm and BatchNorm (each optionally followed by a
- * fused SiLU or ReLU), LayerNorm (trailing axes or channels_first) and RMSNorm, with the node attributes and inputs that
- * normonnx/lowering/function.py defines for the portable "normonnx" ops: inputs (X, weight?, bias?
- * [, mean, var]), absent optional inputs are empty names; attributes epsilon, channels,
- * normalized_shape, num_groups, channels_first, running_stats, activation.
+ * Registers float32 CPU kernels for GroupNorm, InstanceNorm and BatchNorm (each optionally followed
+ * by a fused SiLU or ReLU), LayerNorm (trailing axes or channels_first) and RMSNorm, with the node
+ * attributes and inputs that normonnx/lowering/function.py defines for the portable "normonnx" ops:
+ * inputs (X, weight?, bias? [, mean, var]), absent optional inputs are empty names; attributes
+ * epsilon, channels, normalized_shape, num_groups, channels_first, running_stats, activation.
  *
  * Fused forms of the trailing-axes LayerNorm (inputs X, weight?, bias?, residual?, scale?, shift?,
  * gate?) and RMSNorm (X, weight?, residual?, gate?): attribute has_residual=1 normalises S = X + R
