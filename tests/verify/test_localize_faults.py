@@ -167,30 +167,40 @@ def test_custom_tolerance_can_hide_a_small_fault(net, x, exported):
     assert next(lr for lr in rep.layers if lr.name == "gn").comparison.max_abs > 2e-3
 
 
+@pytest.mark.parametrize("norm", ["group", "instance", "batch"])
 @pytest.mark.parametrize("act", ["silu", "relu"])
-def test_groupnorm_activation_fused_at_export_is_compared_after_the_activation(act, tmp_path):
-    """Export fuses GroupNorm → SiLU (or ReLU) into one node, whose value is act(gn(x)): localize
-    compares it with act of the module's output, so a healthy export has no culprit and a wrong
-    GroupNorm (torch's weights changed after export) is still pinned on the GroupNorm module."""
+def test_norm_activation_fused_at_export_is_compared_after_the_activation(norm, act, tmp_path):
+    """Export fuses a channel norm → SiLU (or ReLU) into one node, whose value is act(norm(x)):
+    localize compares it with act of the module's output, so a healthy export has no culprit and a
+    wrong norm (torch's weights changed after export) is still pinned on the norm module. (The Tanh
+    keeps the BatchNorm from being folded into the Conv.)"""
     import torch
 
     from normonnx.exporter import export
 
     torch.manual_seed(0)
     module = {"silu": torch.nn.SiLU, "relu": torch.nn.ReLU}[act]
+    layer = {
+        "group": lambda: torch.nn.GroupNorm(4, 8),
+        "instance": lambda: torch.nn.InstanceNorm2d(8, affine=True),
+        "batch": lambda: torch.nn.BatchNorm2d(8),
+    }[norm]()
+    with torch.no_grad():
+        layer.weight.normal_(1, 0.2)
+        layer.bias.normal_(0, 0.2)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), module(), torch.nn.Conv2d(8, 4, 1)
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(), layer, module(), torch.nn.Conv2d(8, 4, 1)
     ).eval()
     x = torch.randn(1, 3, 8, 8)
-    res = export(net, (x,), tmp_path / "gn_act.onnx")
+    res = export(net, (x,), tmp_path / "norm_act.onnx")
     (rec,) = res.lowerings
-    assert rec.activation == act  # fused: one node for GroupNorm + the activation
-    m = onnx.load(tmp_path / "gn_act.onnx")
+    assert (rec.kind, rec.activation) == (norm, act)  # fused: one node for the norm + the activation
+    m = onnx.load(tmp_path / "norm_act.onnx")
     rep = localize(net, m, (x,))
     assert rep.passed and rep.culprit is None, rep.verdict()
-    gn = next(lr for lr in rep.layers if lr.name == "1")
-    assert gn.norm["fused_activation"] == act and gn.comparison.max_abs < FP32_NOISE
+    lr = next(lr for lr in rep.layers if lr.name == "2")
+    assert lr.norm["fused_activation"] == act and lr.comparison.max_abs < FP32_NOISE
     with torch.no_grad():
-        net[1].weight.mul_(1.5)
+        net[2].weight.mul_(1.5)
     rep = localize(net, m, (x,))
-    assert rep.culprit is not None and rep.culprit.name == "1", rep.verdict()
+    assert rep.culprit is not None and rep.culprit.name == "2", rep.verdict()
