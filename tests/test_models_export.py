@@ -94,6 +94,14 @@ def test_dit_block_reads_its_adaln_rows_without_unsqueeze(tmp_path):
     assert all(
         any(a.name == "sample_operands" and a.i for a in n.attribute) for n in m.graph.node if n.op_type == "LayerNorm"
     )
+    # ONNX inference through the function bodies (their Unsqueeze of the rows): every norm output is
+    # [batch, tokens, 128], the sum outputs too
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info
+    }
+    outs = [o for n in m.graph.node if n.op_type == "LayerNorm" for o in n.output if o in shapes]
+    assert len(outs) == 8 and all(shapes[o] == ["batch", "tokens", 128] for o in outs), {o: shapes[o] for o in outs}
     second = tuple(entry.second_size_inputs())
     rep = verify(model, res.path, inputs, n_samples=1, second_size=second, float64=False)
     assert rep.passed, rep.format_table()
