@@ -338,6 +338,14 @@ def test_sample_operands_spec_round_trips_and_needs_a_rank():
         KINDS["layer"].validate(CASES["layer_res"].replace(sample_operands=True))
     with pytest.raises(SpecError, match="known input rank > 1, got None"):
         KINDS["layer"].validate(spec.replace(rank=None))
+    # the float64 reference reads [N, C] rows as the function body does: aligned to axis 0
+    base = CASES["layer_res_gate_mod"]
+    feeds = _operands(base, (3, 7, 72))
+    p = {"residual": feeds["R"], **{k: feeds[k] for k in ("scale", "shift", "gate")}}
+    rows = {k: v[:, 0, :] if k != "residual" else v for k, v in p.items()}
+    np.testing.assert_array_equal(
+        KINDS["layer"].reference(spec, feeds["X"], rows), KINDS["layer"].reference(base, feeds["X"], p)
+    )
 
 
 @needs_lib
