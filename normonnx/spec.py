@@ -49,6 +49,11 @@ class NormSpec:
     modulation:       ``y = N(x)·(1 + scale) + shift`` with run-time scale and shift of shape
                       ``[N or 1, 1, ..., 1, *normalized_shape]`` (AdaLN of diffusion transformers;
                       trailing layer norm without γ/β only).
+    sample_operands:  with ``modulation`` or ``gated``: scale, shift and gate are ``[N or 1,
+                      *normalized_shape]`` instead, aligned to the input's axis 0 and broadcast over
+                      the axes between (the un-unsqueezed ``Split`` outputs of a DiT's AdaLN
+                      projection); the same numbers as their ``[N or 1, 1, ..., 1, *ns]`` unsqueeze.
+                      Needs ``rank`` (the axes between depend on it, so it is part of :meth:`key`).
     dtype:            element type of input and output; fp16/bf16 compute statistics in fp32.
     rank:             input rank if known (None: any rank the kind accepts).
     """
@@ -66,6 +71,7 @@ class NormSpec:
     residual: bool = False
     modulation: bool = False
     gated: bool = False
+    sample_operands: bool = False
     dtype: str = "float32"
     rank: int | None = None
 
@@ -133,6 +139,8 @@ class NormSpec:
             parts.append("gate")
         if self.modulation:
             parts.append("mod")
+        if self.sample_operands:  # the function body's Unsqueeze axes depend on the rank
+            parts.append(f"so{self.rank}")
         parts.append(f"e{self.eps:.3g}")
         parts.append(self.dtype)
         return "_".join(parts).replace("+", "").replace("-", "m").replace(".", "p")

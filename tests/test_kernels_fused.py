@@ -317,3 +317,80 @@ def test_native_lowering_survives_onnxruntime_graph_optimizations(tmp_path):
     feeds = _operands(spec, _shape(spec))
     (y,) = normonnx.session(m, threads=2, optimize=True).run(feeds)
     np.testing.assert_allclose(y, _reference(spec, feeds, {}), atol=FUSED_ATOL, rtol=0)
+
+
+# -- per-sample operands [N, C] (sample_operands=1) -----------------------------------------------------
+SAMPLE_CASES = ("layer_mod", "layer_res_gate_mod", "layer_res_gate", "rms_res_gate")
+
+
+def _rows(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same feeds with scale / shift / gate ``[N, 1, C]`` → ``[N, C]`` (what a Split gives)."""
+    return {k: v[:, 0, :] if k in ("scale", "shift", "gate") else v for k, v in feeds.items()}
+
+
+def test_sample_operands_spec_round_trips_and_needs_a_rank():
+    spec = CASES["layer_res_gate_mod"].replace(sample_operands=True)
+    assert spec.key().endswith("_res_gate_mod_so3_e1em05_float32")  # the body's Unsqueeze axes depend on the rank
+    attrs = KINDS["layer"].attributes(spec)
+    assert attrs["sample_operands"] == 1
+    assert KINDS["layer"].spec_from_attributes(attrs, [False, False], "float32", 3) == spec
+    with pytest.raises(SpecError, match="needs modulation=1 or has_gate=1"):
+        KINDS["layer"].validate(CASES["layer_res"].replace(sample_operands=True))
+    with pytest.raises(SpecError, match="known input rank > 1, got None"):
+        KINDS["layer"].validate(spec.replace(rank=None))
+    # the float64 reference reads [N, C] rows as the function body does: aligned to axis 0
+    base = CASES["layer_res_gate_mod"]
+    feeds = _operands(base, (3, 7, 72))
+    p = {"residual": feeds["R"], **{k: feeds[k] for k in ("scale", "shift", "gate")}}
+    rows = {k: v[:, 0, :] if k != "residual" else v for k, v in p.items()}
+    np.testing.assert_array_equal(
+        KINDS["layer"].reference(spec, feeds["X"], rows), KINDS["layer"].reference(base, feeds["X"], p)
+    )
+
+
+@needs_lib
+@pytest.mark.parametrize("case", SAMPLE_CASES)
+def test_sample_operands_give_bitwise_the_unsqueezed_numbers(case, tmp_path):
+    """The kernel reads row n of a ``[N, C]`` operand for sample n: the same floats at the same places
+    as the ``[N, 1, C]`` form, so bitwise the same outputs; without the library the function body
+    (onnxruntime inlining it, and onnx.reference) unsqueezes them itself."""
+    from onnx.reference import ReferenceEvaluator
+
+    spec = CASES[case]
+    params = _params(spec)
+    feeds = _operands(spec, _shape(spec, (3, 7)), seed=7)
+    so = spec.replace(sample_operands=True)
+    m, m_so = _model(spec, params, "native_kernel"), _model(so, params, "native_kernel")
+    node = next(n for n in m_so.graph.node if n.domain == kernels.DOMAIN)
+    assert {a.name: a.i for a in node.attribute}["sample_operands"] == 1
+    before, _ = _run(m, feeds, tmp_path)
+    after, ops = _run(m_so, _rows(feeds), tmp_path)
+    assert ops == sorted([KINDS[spec.kind].normonnx_op, "Identity"]), ops  # the kernel ran, no Unsqueeze
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    ref = _reference(spec, feeds, params)
+    body, body_ops = _run(m_so, _rows(feeds), tmp_path, custom_ops=False)
+    assert "Unsqueeze" in body_ops and KINDS[spec.kind].normonnx_op not in body_ops
+    evaluated = ReferenceEvaluator(m_so).run(None, _rows(feeds))
+    for y in (body[0], evaluated[0]):
+        np.testing.assert_allclose(y, ref, atol=FUSED_ATOL, rtol=0)
+    if spec.residual:
+        np.testing.assert_array_equal(body[1], _sum(spec, feeds))
+        np.testing.assert_array_equal(evaluated[1], _sum(spec, feeds))
+
+
+@needs_lib
+def test_sample_operands_shared_row_and_wrong_shapes(tmp_path):
+    spec = CASES["layer_res_gate_mod"].replace(sample_operands=True)
+    params = _params(spec)
+    feeds = _rows(_operands(spec, (3, 7, 72)))
+    feeds["shift"] = feeds["shift"][:1]  # [1, C]: one row shared by the samples
+    m = _model(spec, params, "native_kernel")
+    (y, s), _ = _run(m, feeds, tmp_path)
+    unsq = {k: v[:, None, :] if k in ("scale", "shift", "gate") else v for k, v in feeds.items()}
+    np.testing.assert_allclose(y, _reference(spec.replace(sample_operands=False), unsq, params), atol=2e-6, rtol=0)
+    np.testing.assert_array_equal(s, _sum(spec, unsq))
+    # the model declares scale [m0, m2]: a rank-2 feed of another batch or width reaches the kernel's check
+    for bad in (np.ones((2, 72), np.float32), np.ones((3, 71), np.float32)):
+        with pytest.raises(Exception, match="with sample_operands=1, scale must be \\[N or 1, normalized_shape\\]"):
+            _run(m, {**feeds, "scale": bad}, tmp_path)

@@ -62,3 +62,55 @@ def test_model_exports_and_verifies(name, opset, tmp_path):
         assert lowered != entry.expected_norms, f"{name} now exports right: remove it from PENDING_ISSUE_11"
         pytest.xfail(f"issue 11, hand-written norms not recognised at export: {message}")
     assert lowered == entry.expected_norms, message
+
+
+@pytest.mark.slow
+def test_dit_block_reads_its_adaln_rows_without_unsqueeze(tmp_path):
+    """The 14 ``[N, C] → [N, 1, C]`` Unsqueezes of the DiT's AdaLN vectors (scale, shift per norm,
+    gate per gated residual) are absorbed into the 5 fused LayerNorms (``sample_operands=1``): none
+    left, verified against torch, and bitwise the outputs of the same pipeline without that rule
+    (the kernel reads the same rows), at a dynamic batch of 2 as well."""
+    import contextlib
+    import io
+
+    import numpy as np
+    import onnx
+
+    from normonnx.optimize import optimize_model, rule_names
+    from normonnx.runtime import session
+
+    entry = models.get("dit_block")
+    model = entry.factory()
+    inputs = tuple(entry.example_inputs())
+    with contextlib.redirect_stdout(io.StringIO()):
+        res = export(model, inputs, tmp_path / "dit.onnx", opset=18, dynamic=entry.dynamic_axes, input_names=["x", "c"])
+        proto = torch.onnx.export(
+            model, inputs, dynamo=True, opset_version=18, input_names=["x", "c"], dynamic_axes=entry.dynamic_axes
+        ).model_proto
+    m = onnx.load(tmp_path / "dit.onnx")
+    op_types = Counter(n.op_type for n in m.graph.node)
+    assert op_types["Unsqueeze"] == 0 and op_types["LayerNorm"] == 5
+    assert res.fired["sample_operands.layer"] == 5
+    assert all(
+        any(a.name == "sample_operands" and a.i for a in n.attribute) for n in m.graph.node if n.op_type == "LayerNorm"
+    )
+    # ONNX inference through the function bodies (their Unsqueeze of the rows): every norm output is
+    # [batch, tokens, 128], the sum outputs too
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    shapes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info
+    }
+    outs = [o for n in m.graph.node if n.op_type == "LayerNorm" for o in n.output if o in shapes]
+    assert len(outs) == 8 and all(shapes[o] == ["batch", "tokens", 128] for o in outs), {o: shapes[o] for o in outs}
+    second = tuple(entry.second_size_inputs())
+    rep = verify(model, res.path, inputs, n_samples=1, second_size=second, float64=False)
+    assert rep.passed, rep.format_table()
+    after = optimize_model(proto, verify=False)
+    before = optimize_model(proto, verify=False, rules=[f for f in rule_names() if f != "sample_operands"])
+    assert Counter(n.op_type for n in before.model.graph.node)["Unsqueeze"] == 14
+    assert Counter(n.op_type for n in after.model.graph.node)["Unsqueeze"] == 0
+    for feeds in ([t.numpy() for t in inputs], [t.numpy() for t in second]):  # batch 1, and 2 rows per operand
+        for custom_ops in (True, False):  # the kernels bitwise; the function bodies too (the same ops plus Unsqueeze)
+            (ya,) = session(after.model, custom_ops=custom_ops).run(feeds)
+            (yb,) = session(before.model, custom_ops=custom_ops).run(feeds)
+            np.testing.assert_array_equal(ya, yb)

@@ -209,7 +209,8 @@ def build_model(
     """A one-norm ONNX model ``X → Y`` lowered by ``strategy`` (or the selected one).
 
     A residual spec also takes input ``R`` and outputs ``S = X + R``; a modulated one takes inputs
-    ``scale`` and ``shift``.
+    ``scale`` and ``shift``, a gated one ``gate`` (rank ``1 + len(normalized_shape)`` for a
+    ``sample_operands`` spec).
 
     Parameters become initializers in the spec's dtype (or graph inputs with
     ``params_as_inputs``). Used by tests, benchmarks and the capability report.
@@ -238,6 +239,8 @@ def build_model(
     x_shape = [f"d{i}" for i in range(rank)] if rank is not None else None
     inputs = [helper.make_tensor_value_info("X", spec.onnx_dtype, x_shape)]
     mod_shape = [f"m{i}" for i in range(rank)] if rank is not None else None
+    if spec.sample_operands and mod_shape is not None:  # [N or 1, *normalized_shape]
+        mod_shape = [mod_shape[0], *mod_shape[rank - len(spec.normalized_shape or ()) :]]
     inputs += [
         helper.make_tensor_value_info(extra_names[k], spec.onnx_dtype, x_shape if k == "residual" else mod_shape)
         for k in extra

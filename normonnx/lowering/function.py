@@ -73,6 +73,13 @@ def register_schemas() -> None:
             OpSchema.Attribute("has_residual", OpSchema.AttrType.INT, "normalise X + residual", required=False),
             OpSchema.Attribute("modulation", OpSchema.AttrType.INT, "·(1 + scale) + shift after", required=False),
             OpSchema.Attribute("has_gate", OpSchema.AttrType.INT, "normalise X + gate·residual", required=False),
+            OpSchema.Attribute(
+                "sample_operands",
+                OpSchema.AttrType.INT,
+                "scale/shift/gate are [N or 1, *normalized_shape], aligned to X's axis 0 and broadcast over the "
+                "axes between (else [N or 1, 1, ..., 1, *normalized_shape], right-aligned)",
+                required=False,
+            ),
         ]
         schema = OpSchema(
             kind.normonnx_op,

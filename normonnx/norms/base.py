@@ -137,6 +137,15 @@ class NormKind:
                     f"a fused {form} is not supported on {self.name} norm",
                     note=f"{self.name} norm fuses: {', '.join(sorted(self.fused_forms)) or 'nothing'}",
                 )
+        if spec.sample_operands:
+            if not (spec.modulation or spec.gated):
+                raise SpecError("sample_operands=1 describes scale/shift/gate: it needs modulation=1 or has_gate=1")
+            ns = spec.normalized_shape or ()
+            if spec.rank is None or spec.rank < len(ns) + 1:
+                raise SpecError(
+                    f"sample_operands=1 aligns [N, *normalized_shape] operands to axis 0 of the input: it needs a "
+                    f"known input rank > {len(ns)}, got {spec.rank}"
+                )
 
     def param_names(self, spec: NormSpec) -> list[str]:
         """Names of the parameter inputs this spec needs, in the normonnx op's input order."""
@@ -259,6 +268,8 @@ class NormKind:
             attrs["modulation"] = 1
         if spec.gated:
             attrs["has_gate"] = 1
+        if spec.sample_operands:
+            attrs["sample_operands"] = 1
         return attrs
 
     def spec_from_attributes(
@@ -280,6 +291,7 @@ class NormKind:
             residual=bool(attrs.get("has_residual", 0)),
             modulation=bool(attrs.get("modulation", 0)),
             gated=bool(attrs.get("has_gate", 0)),
+            sample_operands=bool(attrs.get("sample_operands", 0)),
             dtype=dtype,
             rank=rank,
         )
@@ -385,7 +397,18 @@ class NormKind:
         if not spec.residual:
             return x
         r = np.asarray(params["residual"], np.float64)
-        return x + (np.asarray(params["gate"], np.float64) * r if spec.gated else r)
+        return x + (NormKind._row_operand(spec, params["gate"], x.ndim) * r if spec.gated else r)
+
+    @staticmethod
+    def _row_operand(spec: NormSpec, a: np.ndarray, rank: int) -> np.ndarray:
+        """A scale / shift / gate in float64, broadcastable against the rank-``rank`` input: a
+        ``sample_operands`` spec's ``[N or 1, *ns]`` gets the axes between as 1s (as the function
+        body's Unsqueeze does); the ``[N or 1, 1, …, 1, *ns]`` form is already right-aligned."""
+        a = np.asarray(a, np.float64)
+        if not spec.sample_operands:
+            return a
+        k = len(spec.normalized_shape or ())
+        return a.reshape((a.shape[0], *([1] * (rank - 1 - k)), *a.shape[1:]))
 
     def _check_normalized(self, spec: NormSpec, x: np.ndarray, axes: tuple[int, ...]) -> None:
         """``x``'s sizes on the reduced ``axes`` are the spec's ``normalized_shape``."""

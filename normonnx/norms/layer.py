@@ -86,7 +86,8 @@ class LayerNorm(NormKind):
         if spec.has_bias:
             y = y + view(params["bias"])
         if spec.modulation:
-            y = y * (1.0 + np.asarray(params["scale"], np.float64)) + np.asarray(params["shift"], np.float64)
+            scale, shift = (self._row_operand(spec, params[k], x.ndim) for k in ("scale", "shift"))
+            y = y * (1.0 + scale) + shift
         return y
 
     def native_check(self, spec: NormSpec, opset: int, provider: str) -> str:

@@ -17,6 +17,7 @@
                           ``activation`` — a SiLU / ReLU after a Group/Instance/BatchNorm fused into it;
                           ``modulated``, ``residual`` — AdaLN's ``·(1 + scale) + shift`` and a residual
                           ``Add`` fused into those nodes (``NormSpec.modulation`` / ``NormSpec.residual``);
+                          ``sample_operands`` — their ``Unsqueeze``d ``[N, C]`` rows read directly;
 7. lowering             — :func:`normonnx.lowering.graph.lower_model` picks the best strategy per node
                           for the target (``--target cuda`` first tries onnxruntime's contrib ops,
                           the ``contrib`` strategy, :mod:`normonnx.lowering.contrib`);

@@ -43,6 +43,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("fuse_rms", "fuse_rms", "fuse"),
     Family("modulated", "fuse_modulated", "fuse"),
     Family("residual", "fuse_residual", "fuse"),
+    Family("sample_operands", "fuse_sample", "fuse"),  # after the fusions that make the per-sample operands
 )
 
 #: family names by stage, in pipeline order

@@ -50,6 +50,8 @@ class ModulatedNorm(Rule):
             return Rejection("already recorded")
         if attr_int(node, "modulation"):
             return Rejection("already modulated")
+        if attr_int(node, "sample_operands"):  # a [N or 1, 1, …, C] scale/shift would not fit it
+            return Rejection("the node reads per-sample [N, C] operands (sample_operands=1)")
         if not _identity_affine(g, node):
             return Rejection("the norm has its own affine parameters")
         mul = g.single_user(node.output[0])

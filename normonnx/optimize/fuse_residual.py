@@ -127,6 +127,8 @@ class GatedResidualNorm(_OnNorm):
             return Rejection("not a residual norm")
         if any(a.name == "has_gate" and a.i for a in node.attribute):
             return Rejection("already gated")
+        if any(a.name == "sample_operands" and a.i for a in node.attribute):  # a [N or 1, 1, …, C] gate would not fit
+            return Rejection("the node reads per-sample [N, C] operands (sample_operands=1)")
         if any(p.key == "normonnx.strategy" for p in node.metadata_props):
             return Rejection("already lowered")
         params = norm_node_params(node)

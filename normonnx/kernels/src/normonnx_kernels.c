@@ -10,7 +10,8 @@
  * gate?) and RMSNorm (X, weight?, residual?, gate?): attribute has_residual=1 normalises S = X + R
  * (R of X's shape), S written to the optional second output when the node has one; has_gate=1
  * makes it S = X + fl(gate·R) (AdaLN-Zero); modulation=1 (LayerNorm without γ/β) gives
- * N(x)·(1 + scale) + shift. gate, scale and shift are [N or 1, 1, ..., C].
+ * N(x)·(1 + scale) + shift. gate, scale and shift are [N or 1, 1, ..., C], or with sample_operands=1
+ * [N or 1, C] (aligned to X's axis 0: the same row per sample, only the shape check differs).
  *
  * Why a domain of its own: once a library registers an op, onnxruntime (1.31, measured) binds
  * every node of that (domain, op) to the library's schema and no longer to the model-local
@@ -41,7 +42,7 @@
 #include "ort_abi.h"
 
 #define NX_ABI 5 /* bump when the Python side must notice an incompatible library (2: residual, modulation; 3: gate;
-                  * 4: relu; 5: activations on InstanceNorm/BatchNorm) */
+                  * 4: relu; 5: activations on InstanceNorm/BatchNorm, sample_operands) */
 #define NX_DOMAIN "normonnx.kernels"
 #define NX_MAX_RANK 16
 
@@ -97,6 +98,7 @@ typedef struct NxKernel {
   int residual;
   int gate;
   int modulation;
+  int sample_operands; /* scale/shift/gate are [N or 1, *normalized_shape] */
   size_t ns_len;
   int64_t ns[NX_MAX_RANK];
 } NxKernel;
@@ -135,6 +137,8 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
   k->modulation = v != 0;
   get_int(info, "has_gate", 0, &v);
   k->gate = v != 0;
+  get_int(info, "sample_operands", 0, &v);
+  k->sample_operands = v != 0;
 
   size_t len = 0;
   st = API(NxKernelInfoGetAttributeArrayInt64, NX_SLOT_KernelInfoGetAttributeArray_int64)(info, "normalized_shape",
@@ -191,6 +195,11 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
   if (k->gate && !k->residual) {
     free(k);
     return nx_error("normonnx.%s: has_gate=1 gates the residual input and needs has_residual=1", op->name);
+  }
+  if (k->sample_operands && !k->modulation && !k->gate) {
+    free(k);
+    return nx_error("normonnx.%s: sample_operands=1 describes scale/shift/gate and needs modulation=1 or has_gate=1",
+                    op->name);
   }
   if (k->kind == NX_LAYER && k->channels_first && k->ns_len != 1) {
     free(k);
@@ -646,10 +655,21 @@ static OrtStatus* setup_residual(OrtKernelContext* ctx, const NxKernel* k, const
 }
 
 /* a per-sample row (scale, shift, gate) of shape [N or 1, 1, ..., 1, *normalized_shape] (right-aligned
- * against X); *stride: its floats per sample (0: one row shared by the samples) */
+ * against X), or with sample_operands=1 [N or 1, *normalized_shape] (aligned to X's axis 0); the rows
+ * are laid out alike either way. *stride: its floats per sample (0: one row shared by the samples) */
 static OrtStatus* check_row_operand(const NxKernel* k, const NxTensor* X, const NxTensor* p, const char* what,
                                     const char* form, size_t len, size_t* stride) {
   if (!p->data) return nx_error("normonnx.%s: %s=1 needs the %s input", k->op, form, what);
+  if (k->sample_operands) {
+    int ok = X->rank > k->ns_len && p->rank == k->ns_len + 1 && (p->dims[0] == 1 || p->dims[0] == X->dims[0]);
+    for (size_t i = 0; ok && i < k->ns_len; ++i) ok = p->dims[1 + i] == k->ns[i];
+    if (!ok)
+      return nx_error("normonnx.%s: with sample_operands=1, %s must be [N or 1, normalized_shape] (rank %zu, first "
+                      "dim %lld or 1), got rank %zu with %zu elements",
+                      k->op, what, k->ns_len + 1, X->rank ? (long long)X->dims[0] : -1LL, p->rank, p->count);
+    *stride = p->count == len ? 0 : len;
+    return NULL;
+  }
   size_t r = X->rank, lead = r - k->ns_len, pad = r - p->rank;
   int ok = p->rank <= r && lead >= 1;
   for (size_t i = 0; ok && i < r; ++i) {
