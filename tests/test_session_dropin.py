@@ -411,3 +411,25 @@ def test_truncated_external_data_and_truncated_model(tmp_path):
     bad.write_bytes(_helper_model().SerializeToString()[:25])
     with pytest.raises(ModelLoadError, match=r"is not a readable ONNX model \(truncated or corrupt\?\)"):
         session(str(bad))
+
+
+def test_an_input_without_a_declared_shape_is_not_called_a_scalar():
+    """onnxruntime reports an input that declares no shape as [] (a scalar's shape): a run that fails
+    for another reason (here a Reshape that cannot apply) reports onnxruntime's own reason, never
+    "the model expects [] (rank 0)"."""
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "shape"], ["Y"])],
+        "undeclared",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("shape", TensorProto.INT64, [1], [3])],
+    )
+    s = session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert s.get_inputs()[0].shape == []
+    with pytest.raises(InputError) as info:
+        s.run({"X": np.ones(4, np.float32)})
+    assert "rank 0" not in info.value.message
+    assert info.value.message.startswith("onnxruntime rejected the inputs (X:[4]:tensor(float)): ")
+    assert "reshape" in info.value.message.lower()
+    assert info.value.note == "the model expects X [] (a scalar, or no declared shape) tensor(float)"
+    np.testing.assert_array_equal(s.run({"X": np.ones(3, np.float32)})[0], np.ones(3, np.float32))

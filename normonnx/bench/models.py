@@ -165,6 +165,7 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     norms = norm_node_names(model)
     hits = 0
     nodes = []
+    ranks: dict[str, int] | None = None
     for n in out.graph.node:
         if n.name not in norms:
             nodes.append(n)
@@ -180,6 +181,16 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
             residual, gate = fused
             x = n.input[0]
             if residual:
+                if gate and _attr(n, "sample_operands"):  # an [N, *ns] row: broadcast it as the node did
+                    if ranks is None:
+                        ranks = _ranks(model)
+                    axes = list(range(1, ranks.get(x, 0) - len(_attr(n, "normalized_shape") or ())))
+                    if not axes:
+                        return None
+                    name = f"{n.name}/gate_rows"
+                    nodes.append(helper.make_node("Constant", [], [f"{name}/axes"], value_ints=axes))
+                    nodes.append(helper.make_node("Unsqueeze", [gate, f"{name}/axes"], [name], name=name))
+                    gate = name
                 if gate:
                     nodes.append(helper.make_node("Mul", [gate, residual], [f"{n.name}/gated"], name=f"{n.name}/gate"))
                     residual = f"{n.name}/gated"
@@ -191,6 +202,23 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out if hits else None
+
+
+def _attr(node: onnx.NodeProto, name: str) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Value name → rank, from ONNX shape inference (through the kernel nodes' function bodies)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    return {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in (*g.input, *g.value_info, *g.output)
+        if v.type.tensor_type.HasField("shape")
+    }
 
 
 def _fused_inputs(node: onnx.NodeProto) -> tuple[str, str] | None:

@@ -152,7 +152,7 @@ def input_error(sess: Any, e: Exception, feed: Mapping[str, Any], output_names: 
     problems = []
     for i in sess.get_inputs():
         if i.name not in feed and not i.type.startswith("optional"):
-            problems.append(f"input {i.name!r} is missing (the model expects {shape_text(i.shape)} {i.type})")
+            problems.append(f"input {i.name!r} is missing (the model expects {_declared_text(i.shape)} {i.type})")
     for name, value in feed.items():
         if name not in declared:
             problems.append(f"{name!r} is not an input of the model")
@@ -180,7 +180,12 @@ def shape_text(shape: Any) -> str:
 
 
 def expected_inputs(args: Sequence[Any]) -> str:
-    return ", ".join(f"{a.name} {shape_text(a.shape)} {a.type}" for a in args) or "no inputs"
+    return ", ".join(f"{a.name} {_declared_text(a.shape)} {a.type}" for a in args) or "no inputs"
+
+
+def _declared_text(shape: Any) -> str:
+    # onnxruntime reports an input that declares no shape as [] too, the shape of a scalar
+    return "[] (a scalar, or no declared shape)" if shape == [] else shape_text(shape)
 
 
 def _given_shape_type(value: Any) -> tuple[tuple[int, ...] | None, str | None]:
@@ -208,8 +213,8 @@ def _value_problem(name: str, value: Any, arg: Any) -> str | None:
     if typ is not None and typ != arg.type:
         return f"input {name!r} is {typ}, the model expects {arg.type} (shape {shape_text(arg.shape)})"
     want = arg.shape
-    if shape is None or want is None:
-        return None
+    if shape is None or want is None or want == []:
+        return None  # [] is also what onnxruntime reports when no shape is declared: no claim then
     if len(shape) != len(want):
         return (
             f"input {name!r} has shape {list(shape)} (rank {len(shape)}), the model expects "
