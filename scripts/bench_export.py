@@ -45,7 +45,7 @@ import torch
 
 import models
 from normonnx.bench.models import norm_replaced
-from normonnx.bench.timing import default_session, measure_isolated, paired_ratio
+from normonnx.bench.timing import default_session, default_visit, measure_isolated, paired_ratio
 from normonnx.exporter import export
 
 
@@ -115,19 +115,14 @@ def bench_model(
         feeds[label] = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)}
         del sess
 
-    def factory(label: str, path: str):
-        def build():
-            sess = default_session(path, threads)
-            feed = feeds[label]
-            return lambda: sess.run(None, feed)
-
-        return build
-
     ratios, medians, intervals, aa_ratios, aa_intervals = [], [], [], [], []
     bounds: dict[str, list[float]] = {}
     for run in range(runs):
         t = measure_isolated(
-            {label: factory(label, path) for label, path in paths.items()}, rounds=rounds, block_s=block_s, seed=run
+            {label: default_visit(path, feeds[label], threads) for label, path in paths.items()},
+            rounds=rounds,
+            block_s=block_s,
+            seed=run,
         )
         ratios.append(paired_ratio(t["default"], t["normonnx"]))
         intervals.append(median_interval(_round_ratios(t["default"], t["normonnx"]), seed=run))

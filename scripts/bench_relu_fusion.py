@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 import models
-from normonnx.bench.timing import default_session, measure_isolated, paired_ratio
+from normonnx.bench.timing import default_session, default_visit, measure_isolated, paired_ratio
 from normonnx.exporter import export
 
 
@@ -65,16 +65,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             del sess
 
-            def factory(path: str, feed: dict = feed):
-                def build():
-                    s = default_session(path, 2)
-                    return lambda: s.run(None, feed)
-
-                return build
-
             for run in range(args.runs):
                 t = measure_isolated(
-                    {"fused": factory(fused), "apart": factory(apart)}, rounds=args.rounds, block_s=0.04, seed=run
+                    {"fused": default_visit(fused, feed, 2), "apart": default_visit(apart, feed, 2)},
+                    rounds=args.rounds,
+                    block_s=0.04,
+                    seed=run,
                 )
                 print(
                     f"{name}: {n_apart} ReLUs fused, speed-up {paired_ratio(t['apart'], t['fused']):.3f} "

@@ -27,7 +27,7 @@ import onnx
 import torch
 
 import models
-from normonnx.bench.timing import default_session, measure_isolated, paired_ratio
+from normonnx.bench.timing import default_session, default_visit, measure_isolated, paired_ratio
 from normonnx.optimize import optimize_model, rule_names
 
 
@@ -60,13 +60,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             del sess
 
-            def factory(path: str, feed: dict = feed):
-                def build():
-                    s = default_session(path, 2)
-                    return lambda: s.run(None, feed)
-
-                return build
-
             nodes = {k: sum(c.values()) for k, c in counts.items()}
             print(
                 f"{name}: {counts['unsqueezed']['Unsqueeze']} -> {counts['absorbed']['Unsqueeze']} Unsqueeze, "
@@ -75,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for run in range(args.runs):
                 t = measure_isolated(
-                    {k: factory(v) for k, v in paths.items()}, rounds=args.rounds, block_s=0.04, seed=run
+                    {k: default_visit(v, feed, 2) for k, v in paths.items()}, rounds=args.rounds, block_s=0.04, seed=run
                 )
                 print(
                     f"{name} run {run}: speed-up {paired_ratio(t['unsqueezed'], t['absorbed']):.3f} "

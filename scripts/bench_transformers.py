@@ -73,20 +73,14 @@ def files(name: str, d: str) -> tuple[dict[str, str], list[np.ndarray]]:
 
 
 def bench(name: str, rounds: int, threads: int, block_s: float) -> dict[str, object]:
-    from normonnx.bench.timing import default_session, measure, measure_isolated, ort_session, paired_ratio
+    from normonnx.bench.timing import default_visit, measure, measure_isolated, ort_session, paired_ratio
 
     with tempfile.TemporaryDirectory(prefix="nx-bench-tf-") as d:
         paths, arrays = files(name, d)
 
-        def factory(path: str):  # type: ignore[no-untyped-def]
-            def build():  # type: ignore[no-untyped-def]
-                sess = default_session(path, threads)
-                feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
-                return lambda: sess.run(None, feed)
-
-            return build
-
-        t = measure_isolated({k: factory(p) for k, p in paths.items()}, rounds=rounds, block_s=block_s)
+        t = measure_isolated(
+            {k: default_visit(p, arrays, threads) for k, p in paths.items()}, rounds=rounds, block_s=block_s
+        )
         sessions = {k: ort_session(p, threads) for k, p in paths.items()}
         calls = {
             k: (lambda s=s: s.run(None, {i.name: a for i, a in zip(s.get_inputs(), arrays)}))

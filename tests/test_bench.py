@@ -20,7 +20,7 @@ from normonnx import kernels
 from normonnx.bench import ops as bops
 from normonnx.bench import report
 from normonnx.bench.models import norm_node_names, norm_replaced, profile
-from normonnx.bench.timing import measure, measure_isolated, paired_ratio
+from normonnx.bench.timing import default_visit, measure, measure_isolated, paired_ratio
 from normonnx.cli import main
 from normonnx.lowering import select
 from normonnx.lowering.graph import lower_model, make_norm_node
@@ -517,3 +517,23 @@ def test_norm_replaced_keeps_the_residual_sums_of_fused_forms(tmp_path):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-6, atol=1e-6)
     neg = norm_replaced(m, "Neg")
     assert neg is not None and sum(n.op_type == "Neg" for n in neg.graph.node) == len(kernels)
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_default_visit_runs_the_model_on_its_feed(as_list):
+    """The benchmark scripts' candidate: each visit opens a session of the model and its call runs
+    that session on the feed (by input name, or a list in input order)."""
+    g = helper.make_graph(
+        [helper.make_node("Sub", ["A", "B"], ["Y"])],
+        "sub",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("A", "B")],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 3])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.full((2, 3), 2.0, np.float32)
+    build = default_visit(m, [a, b] if as_list else {"B": b, "A": a}, 1)
+    call = build()
+    (y,) = call()
+    np.testing.assert_array_equal(y, a - b)  # the inputs in their places: A − B, not B − A
+    (y2,) = build()()
+    np.testing.assert_array_equal(y2, y)

@@ -433,10 +433,18 @@ def test_kernel_rejects_input_that_contradicts_attributes():
 
 
 @needs_lib
-def test_kernel_rejects_bad_attributes():
-    node = helper.make_node(
-        "GroupNorm", ["X", "", ""], ["Y"], domain=kernels.DOMAIN, num_groups=2, epsilon=1e-5, activation="gelu"
-    )
+@pytest.mark.parametrize(
+    ("op", "attrs", "message"),
+    [
+        ("GroupNorm", {"num_groups": 2, "activation": "gelu"}, "unknown fused activation 'gelu'"),
+        # only the channel norms fuse an activation: ignoring it would compute N(x) where the node
+        # says act(N(x))
+        ("LayerNorm", {"normalized_shape": [4], "activation": "relu"}, "a fused activation is for the channel norms"),
+    ],
+    ids=["unknown_activation", "activation_on_layer_norm"],
+)
+def test_kernel_rejects_bad_attributes(op, attrs, message):
+    node = helper.make_node(op, ["X", "", ""], ["Y"], domain=kernels.DOMAIN, epsilon=1e-5, **attrs)
     g = helper.make_graph(
         [node],
         "bad",
@@ -446,27 +454,7 @@ def test_kernel_rejects_bad_attributes():
     m = helper.make_model(
         g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(kernels.DOMAIN, 1)], ir_version=10
     )
-    with pytest.raises(ModelLoadError, match="unknown fused activation 'gelu'"):
-        normonnx.session(m, custom_ops=True)
-
-
-@needs_lib
-def test_kernel_rejects_an_activation_on_a_layer_norm():
-    """Only the channel norms fuse an activation; a LayerNorm node carrying one is refused at load
-    (ignoring it would compute N(x) where the node says act(N(x)))."""
-    node = helper.make_node(
-        "LayerNorm", ["X", "", ""], ["Y"], domain=kernels.DOMAIN, normalized_shape=[4], epsilon=1e-5, activation="relu"
-    )
-    g = helper.make_graph(
-        [node],
-        "bad",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-    )
-    m = helper.make_model(
-        g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(kernels.DOMAIN, 1)], ir_version=10
-    )
-    with pytest.raises(ModelLoadError, match="a fused activation is for the channel norms"):
+    with pytest.raises(ModelLoadError, match=message):
         normonnx.session(m, custom_ops=True)
 
 

@@ -234,6 +234,19 @@ def default_session(model: Any, threads: int) -> Any:
     return ort_session(model, threads, spinning=True)
 
 
+def default_visit(model: Any, feed: Any, threads: int) -> Callable[[], Callable[[], Any]]:
+    """A :func:`measure_isolated` candidate: each visit opens a :func:`default_session` of ``model``
+    and returns the call that runs it on ``feed`` (a dict of arrays by input name, or a list of
+    arrays in the model's input order)."""
+
+    def build() -> Callable[[], Any]:
+        sess = default_session(model, threads)
+        named = feed if isinstance(feed, dict) else {i.name: a for i, a in zip(sess.get_inputs(), feed)}
+        return lambda: sess.run(None, named)
+
+    return build
+
+
 def set_threads(threads: int) -> None:
     """Give torch ``threads`` intra-op threads (onnxruntime sessions get the same count explicitly)."""
     import torch

@@ -18,6 +18,8 @@ Both run after :mod:`.fuse_group`, whose ``group_norm.via_instance`` claims the
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import onnx
 
 from ..rejection import OK, CheckResult, Rejection
@@ -53,44 +55,50 @@ def _per_channel(g: GraphView, node: onnx.NodeProto, slots: tuple[str, ...], c: 
     return params
 
 
-class InstanceNormNative(NativeNorm):
-    name = "instance_norm.native"
-    anchor_ops = ("InstanceNormalization",)
-    hint = "instance_norm"
+class _ChannelNative(NativeNorm):
+    """A native per-channel norm op lifted: its float input with a static channel dim, inputs 1…
+    the per-channel ``slots`` of shape [C], the spec of ``kind`` with ``fields``."""
+
+    min_rank: ClassVar[int] = 2
+    slots: ClassVar[tuple[str, ...]] = ()
+    fields: ClassVar[dict[str, object]] = {}
+
+    def refuse(self, node: onnx.NodeProto) -> CheckResult:
+        return OK
 
     def check(self, g: GraphView, m: Match) -> CheckResult:
-        v, dt, c, rank = _channels(g, m.anchor, 3)
+        v = self.refuse(m.anchor)
         if not v:
             return v
-        params = _per_channel(g, m.anchor, ("weight", "bias"), c)
+        v, dt, c, rank = _channels(g, m.anchor, self.min_rank)
+        if not v:
+            return v
+        params = _per_channel(g, m.anchor, self.slots, c)
         if not isinstance(params, dict):
             return params
         m.facts["params"] = params
-        m.facts["spec"] = NormSpec(
-            "instance", eps=float(attr(m.anchor, "epsilon", 1e-5)), channels=c, dtype=dt, rank=rank
-        )
+        eps = float(attr(m.anchor, "epsilon", 1e-5))
+        m.facts["spec"] = NormSpec(self.kind, eps=eps, channels=c, dtype=dt, rank=rank, **self.fields)  # type: ignore[arg-type]
         return OK
 
 
-class BatchNormNative(NativeNorm):
+class InstanceNormNative(_ChannelNative):
+    name = "instance_norm.native"
+    anchor_ops = ("InstanceNormalization",)
+    hint = "instance_norm"
+    kind, min_rank, slots = "instance", 3, ("weight", "bias")
+
+
+class BatchNormNative(_ChannelNative):
     name = "batch_norm.native"
     anchor_ops = ("BatchNormalization",)
     hint = "batch_norm"
+    kind, min_rank, slots = "batch", 2, ("weight", "bias", "mean", "var")
+    fields: ClassVar[dict[str, object]] = {"running_stats": True}
 
-    def check(self, g: GraphView, m: Match) -> CheckResult:
-        node = m.anchor
+    def refuse(self, node: onnx.NodeProto) -> CheckResult:
         if int(attr(node, "training_mode", 0)) or len([o for o in node.output if o]) > 1:
             return Rejection("BatchNormalization in training mode (batch statistics, running-statistics outputs)")
-        v, dt, c, rank = _channels(g, node, 2)
-        if not v:
-            return v
-        params = _per_channel(g, node, ("weight", "bias", "mean", "var"), c)
-        if not isinstance(params, dict):
-            return params
-        m.facts["params"] = params
-        m.facts["spec"] = NormSpec(
-            "batch", eps=float(attr(node, "epsilon", 1e-5)), channels=c, running_stats=True, dtype=dt, rank=rank
-        )
         return OK
 
 
