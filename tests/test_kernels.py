@@ -294,9 +294,21 @@ def test_zero_variance_gives_exactly_bias(case, tmp_path):
 
 
 @needs_lib
-@pytest.mark.parametrize("shape", [(1, 2, 1024, 512), (2, 64, 16, 16)], ids=["two_phase", "per_group"])
-def test_deterministic_across_thread_counts(shape, tmp_path):
-    spec = NormSpec("group", channels=shape[1], groups=2, rank=4)
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        (NormSpec("group", channels=2, groups=2, rank=4), (1, 2, 1024, 512)),
+        (NormSpec("group", channels=64, groups=2, rank=4), (2, 64, 16, 16)),
+        # 32 groups in tasks of 12 rebalanced to 4 tasks of 8; short rows split in one task per thread
+        (NormSpec("group", channels=1280, groups=32, rank=4), (1, 1280, 8, 8)),
+        (NormSpec("layer", normalized_shape=(32,), rank=4), (1, 16, 16, 32)),
+        (NormSpec("rms", normalized_shape=(128,), has_bias=False, rank=3), (2, 65, 128)),
+    ],
+    ids=["two_phase", "per_group", "rebalanced_groups", "short_rows", "short_rms_rows"],
+)
+def test_deterministic_across_thread_counts(spec, shape, tmp_path):
+    """Tasks hold whole segments (or fixed chunks), so how the work is split over the threads never
+    changes a bit of the output."""
     params, x = _inputs(spec, shape)
     m = _build_native(spec, params)
     y1, _ = run_profiled(m, x, tmp_path, custom_ops=True, threads=1)

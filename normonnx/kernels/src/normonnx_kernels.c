@@ -515,6 +515,13 @@ static void seg_phase2(void* p, size_t t) {
 }
 
 #define NX_TASK_ELEMS ((size_t)32768)  /* ~128 KiB of input per task: L2-resident between the passes */
+/* Short segments are compute-bound: a row costs ~33 ns + 0.2 ns per element on the AVX2 loops
+ * (the statistics' reduction and finish, two calls into the loops; measured for rows of 32-256),
+ * so 256 rows of 32 took 10 us in one task (fewer than NX_TASK_ELEMS elements) while the other
+ * thread idled. Such an input is split into one balanced task per processor when its estimated
+ * time exceeds NX_SPLIT_NS, about three times what handing a task to another thread costs. */
+#define NX_ROW_NS(len) (33.0 + 0.2 * (double)(len))
+#define NX_SPLIT_NS 6000.0
 #define NX_SPLIT_ELEMS ((size_t)65536) /* segments longer than this are split when there are few */
 /* Prefetching the next segment while writing this one overlaps the next statistics read with the
  * writes, as a copy does: measured 1.76x -> 1.35x of memcpy for 16.8 MB of 1024-element rows, but
@@ -523,16 +530,33 @@ static void seg_phase2(void* p, size_t t) {
 #define NX_TASKS_PER_CPU ((size_t)4)
 #define NX_PREFETCH_MIN_BYTES ((size_t)4 << 20)
 
+/* segments per task of run_segments' whole-segment tasks */
+static size_t seg_task_size(const NxSegJob* j) {
+  size_t per = j->len >= NX_TASK_ELEMS ? 1 : NX_TASK_ELEMS / j->len;
+  if (per >= j->segs && g_ncpu > 1 && j->segs > 1 && (double)j->segs * NX_ROW_NS(j->len) >= NX_SPLIT_NS) {
+    size_t n = g_ncpu < j->segs ? g_ncpu : j->segs; /* short rows: one balanced task per processor */
+    per = (j->segs + n - 1) / n;
+  }
+  if (seg_pipelined(j)) {
+    /* the first segment of a task is read twice, the others once: longer tasks, but still about
+     * NX_TASKS_PER_CPU per processor so that the pool's threads stay balanced */
+    size_t even = j->segs / (NX_TASKS_PER_CPU * g_ncpu);
+    if (even > per) per = even;
+  }
+  size_t tasks = (j->segs + per - 1) / per;
+  if (tasks > 1 && tasks < 8 * g_ncpu && tasks % g_ncpu) {
+    /* a few tasks that do not divide evenly over the processors (32 GroupNorm segments in tasks of
+     * 12: 24 on one thread, 8 on the other): a multiple of the processors instead, the next one up */
+    tasks += g_ncpu - tasks % g_ncpu;
+    per = (j->segs + tasks - 1) / tasks;
+  }
+  return per;
+}
+
 static OrtStatus* run_segments(OrtKernelContext* ctx, NxSegJob* j) {
   if (j->segs == 0 || j->len == 0) return NULL;
   if (j->segs >= 4 || j->len <= 2 * NX_SPLIT_ELEMS) {
-    j->segs_per_task = j->len >= NX_TASK_ELEMS ? 1 : NX_TASK_ELEMS / j->len;
-    if (seg_pipelined(j)) {
-      /* the first segment of a task is read twice, the others once: longer tasks, but still about
-       * NX_TASKS_PER_CPU per processor so that the pool's threads stay balanced */
-      size_t even = j->segs / (NX_TASKS_PER_CPU * g_ncpu);
-      if (even > j->segs_per_task) j->segs_per_task = even;
-    }
+    j->segs_per_task = seg_task_size(j);
     j->prefetch = !seg_ext(j) && j->len <= NX_PREFETCH_MAX_LEN && j->segs * j->len * sizeof(float) >= NX_PREFETCH_MIN_BYTES;
     run_parallel(ctx, seg_task, (j->segs + j->segs_per_task - 1) / j->segs_per_task, j);
     return NULL;
