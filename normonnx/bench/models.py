@@ -160,6 +160,8 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     """
     from onnx import helper
 
+    from ..optimize.graph import attr
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     norms = norm_node_names(model)
@@ -181,10 +183,10 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
             residual, gate = fused
             x = n.input[0]
             if residual:
-                if gate and _attr(n, "sample_operands"):  # an [N, *ns] row: broadcast it as the node did
+                if gate and attr(n, "sample_operands", 0):  # an [N, *ns] row: broadcast it as the node did
                     if ranks is None:
                         ranks = _ranks(model)
-                    axes = list(range(1, ranks.get(x, 0) - len(_attr(n, "normalized_shape") or ())))
+                    axes = list(range(1, ranks.get(x, 0) - len(attr(n, "normalized_shape", ()))))
                     if not axes:
                         return None
                     name = f"{n.name}/gate_rows"
@@ -202,12 +204,6 @@ def norm_replaced(model: onnx.ModelProto, op: str) -> onnx.ModelProto | None:
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out if hits else None
-
-
-def _attr(node: onnx.NodeProto, name: str) -> Any:
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:

@@ -36,10 +36,6 @@ SAMPLE_SLOTS = ("scale", "shift", "gate")
 ATTRIBUTE = "sample_operands"
 
 
-def _attr_on(node: onnx.NodeProto, name: str) -> bool:
-    return any(a.name == name and a.i for a in node.attribute)
-
-
 def unsqueeze_axes(g: GraphView, n: onnx.NodeProto) -> tuple[int, ...] | None:
     """The axes of Unsqueeze ``n`` as written (input 1 from opset 13, else the attribute); None when
     they are not a constant."""
@@ -60,9 +56,9 @@ class SampleOperands(Rule):
         self.anchor_ops = (op,)  # type: ignore[misc]
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        if not (_attr_on(node, "modulation") or _attr_on(node, "has_gate")):
+        if not (attr(node, "modulation", 0) or attr(node, "has_gate", 0)):
             return Rejection("no per-sample operands (neither modulation=1 nor has_gate=1)")
-        if _attr_on(node, ATTRIBUTE):
+        if attr(node, ATTRIBUTE, 0):
             return Rejection("already reads per-sample operands")
         if any(p.key == "normonnx.strategy" for p in node.metadata_props):
             return Rejection("already lowered")
