@@ -76,6 +76,15 @@ CASES = {
     "layer_weight_only": (NormSpec("layer", normalized_shape=(40,), has_bias=False, rank=2), (5, 40)),
     "layer_cf": (NormSpec("layer", normalized_shape=(48,), channels_first=True, rank=4), (2, 48, 17, 19)),
     "rms": (NormSpec("rms", normalized_shape=(96,), has_bias=False, rank=3), (3, 5, 96)),
+    # short rows (a multiple of 8, at most 256) go through the ISA's short_rows, whole tiles of rows
+    # per call; the row counts leave a partial tile, the lengths take each of its three reductions
+    "layer_short": (NormSpec("layer", normalized_shape=(32,), rank=4), (2, 15, 16, 32)),
+    "layer_short_bias_only": (NormSpec("layer", normalized_shape=(120,), has_weight=False, rank=3), (3, 7, 120)),
+    "layer_short_no_affine": (
+        NormSpec("layer", normalized_shape=(200,), has_weight=False, has_bias=False, rank=3),
+        (3, 13, 200),
+    ),
+    "rms_short": (NormSpec("rms", normalized_shape=(64,), has_bias=False, rank=3), (3, 11, 64)),
     "rms_no_weight": (NormSpec("rms", normalized_shape=(33,), has_weight=False, has_bias=False, rank=2), (4, 33)),
     "instance": (NormSpec("instance", channels=8, rank=4), (2, 8, 12, 13)),
     "instance_running": (NormSpec("instance", channels=8, running_stats=True, rank=4), (2, 8, 12, 13)),
@@ -242,6 +251,7 @@ STRESS_CASES = {
     k: CASES[k]
     for k in (
         *("group", "group_silu", "group_relu", "layer", "layer_cf", "rms"),
+        *("layer_short", "layer_short_bias_only", "layer_short_no_affine", "rms_short"),
         *("instance", "instance_relu", "batch_stats", "batch_stats_silu"),
     )
 }

@@ -62,13 +62,19 @@ typedef struct NxMath {
   /* column statistics over rows r < `rows` (≤ 8) of x (row stride `stride`):
    * s1[p] += Σ_r x[r][p] − k[p], s2[p] += Σ_r (x[r][p] − k[p])², in float64 */
   void (*col_sums)(const float* x, size_t stride, size_t rows, size_t n, const float* k, double* s1, double* s2);
-  /* per position p: mean = k[p] + s1[p]/count → (mh, ml), r = 1/√(max(s2/count − (s1/count)², 0) + ε) */
-  void (*col_finish)(size_t n, const float* k, const double* s1, const double* s2, double count, double eps, float* mh,
-                     float* ml, float* r);
-  /* column normalisation: y[p] = ((x[p] − mh[p]) − ml[p])·(r[p]·a) + b, evaluated in float64 */
-  void (*col_affine)(const float* x, float* y, size_t n, const float* mh, const float* ml, const float* r, float a,
-                     float b);
+  /* per position p, in place: s1[p] ← mean = k[p] + s1[p]/count, s2[p] ← 1/√(max(s2/count − (s1/count)², 0) + ε) */
+  void (*col_finish)(size_t n, const float* k, double* s1, double* s2, double count, double eps);
+  /* column normalisation: y[p] = (x[p] − mean[p])·(rstd[p]·a) + b, evaluated in float64 */
+  void (*col_affine)(const float* x, float* y, size_t n, const double* mean, const double* rstd, float a, float b);
+  /* Short rows, whole: `m` rows of `len` contiguous elements (len a multiple of 8, at most
+   * NX_SHORT_MAX_LEN), each normalised as a layer row (rms = 0: statistics as `sums` with k = the
+   * row's first element, then `row`) or an rms row (Σx², then `rms_row`): one call per task instead
+   * of two per row. NULL in an ISA without it (the caller goes row by row). */
+  void (*short_rows)(const float* x, float* y, size_t m, size_t len, const float* w, const float* b, double eps,
+                     int rms);
 } NxMath;
+
+#define NX_SHORT_MAX_LEN ((size_t)256)
 
 /* fl(a·b) as a separate rounding: an empty asm hides the product from the compiler, which may
  * otherwise contract a·b + c into an fma (GCC's default -ffp-contract=fast) */

@@ -17,6 +17,7 @@
 #define NX_HAVE_ISA_SUMS 1
 #define NX_HAVE_ISA_AFFINE_SUMS 1
 #define NX_HAVE_ISA_ADD_SUMS 1
+#define NX_HAVE_ISA_SHORT_ROWS 1
 
 static inline __m256d nx_widen_sum(__m256d acc, __m256 v) {
   acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
@@ -174,6 +175,116 @@ static void add_sumsq_avx2(const float* restrict x, const float* restrict r, con
 }
 
 #include "norm_math_impl.h"
+
+/* -- short rows, whole (layer / rms rows of ≤ NX_SHORT_MAX_LEN elements, a multiple of 8) ----------
+ * For a tile of NX_SHORT_TILE rows: the statistics of sums_avx2 (shift k = the row's first element;
+ * four float accumulator pairs, 32 elements per step, ≤ 8 terms per lane), then the rows' finishes
+ * four at a time in vector registers, then the writes of row_span / rms_span. Row by row
+ * (seg_task_tiled) a 32-element row cost ~30 ns where the arithmetic is a few: two indirect calls
+ * per row, sixteen float64 widen-adds in two serial chains, a scalar finish. Rows of 32, 64 and 128
+ * come out bitwise as before (the float64 adds are exact there); others differ in the last bits
+ * (sums_avx2 sums the < 32 last elements in float64, here they go to the float lanes). */
+#define NX_SHORT_TILE 8
+
+/* the eight floats of v as four float64 pair sums */
+static inline __m256d nx_widen(__m256 v) {
+  return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+/* float accumulators p[0..3] → one float64 vector: each widened and added in a tree (the serial
+ * chain of sums_avx2 was latency-bound). Pre-adding them in float instead, as long as the sums kept
+ * ≤ 8 terms per lane, was 10 % faster but doubled the output error on rows of 32 (1.4x torch's, from
+ * 0.8x, tests/test_kernels.py layer_short) */
+static inline __m256d nx_short_reduce(const __m256 p[4]) {
+  return _mm256_add_pd(_mm256_add_pd(nx_widen(p[0]), nx_widen(p[1])), _mm256_add_pd(nx_widen(p[2]), nx_widen(p[3])));
+}
+
+/* the horizontal sums of four rows' float64 vectors, as one vector [row 0, row 1, row 2, row 3] */
+static inline __m256d nx_hsum4(__m256d a, __m256d b, __m256d c, __m256d d) {
+  __m256d ab = _mm256_hadd_pd(a, b); /* a01 b01 a23 b23 */
+  __m256d cd = _mm256_hadd_pd(c, d); /* c01 d01 c23 d23 */
+  return _mm256_add_pd(_mm256_permute2f128_pd(ab, cd, 0x20), _mm256_permute2f128_pd(ab, cd, 0x31));
+}
+
+static void short_rows_avx2(const float* restrict x, float* restrict y, size_t m, size_t len, const float* restrict w,
+                            const float* restrict b, double eps, int rms) {
+  const __m256d inv = _mm256_set1_pd(1.0 / (double)len), epsv = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.0);
+  const __m256d zero = _mm256_setzero_pd();
+  for (size_t t0 = 0; t0 < m; t0 += NX_SHORT_TILE) {
+    size_t mt = m - t0 < NX_SHORT_TILE ? m - t0 : NX_SHORT_TILE;
+    __m256d A1[NX_SHORT_TILE], A2[NX_SHORT_TILE];
+    double kd[NX_SHORT_TILE];
+    float mh[NX_SHORT_TILE], ml[NX_SHORT_TILE], rs[NX_SHORT_TILE];
+    for (size_t q = 0; q < NX_SHORT_TILE; ++q) {
+      if (q >= mt) {
+        A1[q] = A2[q] = zero, kd[q] = 0.0;
+        continue;
+      }
+      const float* xr = x + (t0 + q) * len;
+      const __m256 kv = _mm256_set1_ps(rms ? 0.0f : xr[0]);
+      kd[q] = rms ? 0.0 : (double)xr[0];
+      __m256 p[4], s[4];
+      for (int u = 0; u < 4; ++u) p[u] = s[u] = _mm256_setzero_ps();
+      size_t i = 0;
+      for (; i + 32 <= len; i += 32)
+        for (int u = 0; u < 4; ++u) {
+          __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i + 8 * u), kv);
+          p[u] = _mm256_add_ps(p[u], d);
+          s[u] = _mm256_fmadd_ps(d, d, s[u]);
+        }
+      for (int u = 0; i < len; i += 8, ++u) { /* the last < 32 elements, 8 at a time */
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i), kv);
+        p[u] = _mm256_add_ps(p[u], d);
+        s[u] = _mm256_fmadd_ps(d, d, s[u]);
+      }
+      A1[q] = rms ? zero : nx_short_reduce(p);
+      A2[q] = nx_short_reduce(s);
+    }
+    for (size_t q = 0; q < mt; q += 4) { /* finish_moments of four rows at once */
+      __m256d s1 = nx_hsum4(A1[q], A1[q + 1], A1[q + 2], A1[q + 3]);
+      __m256d s2 = nx_hsum4(A2[q], A2[q + 1], A2[q + 2], A2[q + 3]);
+      __m256d var, mean;
+      if (rms) {
+        var = _mm256_mul_pd(s2, inv), mean = zero;
+      } else {
+        __m256d m1 = _mm256_mul_pd(s1, inv);
+        var = _mm256_sub_pd(_mm256_mul_pd(s2, inv), _mm256_mul_pd(m1, m1));
+        var = _mm256_max_pd(zero, var); /* clamped at 0; NaN stays NaN (max returns its second operand) */
+        mean = _mm256_add_pd(_mm256_loadu_pd(kd + q), m1);
+      }
+      __m128 hi = _mm256_cvtpd_ps(mean);
+      __m128 lo = _mm256_cvtpd_ps(_mm256_sub_pd(mean, _mm256_cvtps_pd(hi)));
+      __m128 r = _mm256_cvtpd_ps(_mm256_div_pd(one, _mm256_sqrt_pd(_mm256_add_pd(var, epsv))));
+      _mm_storeu_ps(mh + q, hi), _mm_storeu_ps(ml + q, lo), _mm_storeu_ps(rs + q, r);
+    }
+    for (size_t q = 0; q < mt; ++q) { /* row_span / rms_span, inline: the same operations */
+      const float* xr = x + (t0 + q) * len;
+      float* yr = y + (t0 + q) * len;
+      const __m256 rv = _mm256_set1_ps(rs[q]);
+      if (rms) {
+        for (size_t i = 0; i < len; i += 8) {
+          __m256 u = _mm256_mul_ps(_mm256_loadu_ps(xr + i), rv);
+          _mm256_storeu_ps(yr + i, w ? _mm256_mul_ps(u, _mm256_loadu_ps(w + i)) : u);
+        }
+        continue;
+      }
+      const __m256 mhv = _mm256_set1_ps(mh[q]), mlv = _mm256_set1_ps(ml[q]);
+      for (size_t i = 0; i < len; i += 8) {
+        __m256 t = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), mhv), mlv);
+        __m256 v;
+        if (w && b)
+          v = _mm256_fmadd_ps(_mm256_mul_ps(t, rv), _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i));
+        else if (w)
+          v = _mm256_mul_ps(_mm256_mul_ps(t, rv), _mm256_loadu_ps(w + i));
+        else if (b)
+          v = _mm256_fmadd_ps(t, rv, _mm256_loadu_ps(b + i));
+        else
+          v = _mm256_mul_ps(t, rv);
+        _mm256_storeu_ps(yr + i, v);
+      }
+    }
+  }
+}
 
 /* affine_span(x → y) and sums_avx2(xn) in one loop: the same blocks of 256, the same accumulators
  * in the same order as sums_avx2 (so the statistics are bitwise those of sums_avx2(xn, n)), with

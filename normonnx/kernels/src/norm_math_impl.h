@@ -20,6 +20,14 @@ static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, flo
                                const float* xn, double k, double* s1, double* s2);
 #endif
 
+#ifdef NX_HAVE_ISA_SHORT_ROWS
+static void NX_FN(short_rows)(const float* restrict x, float* restrict y, size_t m, size_t len, const float* restrict w,
+                              const float* restrict b, double eps, int rms);
+#define NX_SHORT_ROWS_FN NX_FN(short_rows)
+#else
+#define NX_SHORT_ROWS_FN NULL /* the caller goes row by row */
+#endif
+
 #ifndef NX_HAVE_ISA_SUMS /* an ISA file may supply hand-written sums/sumsq instead */
 /* Σ(x − k), Σ(x − k)²: each block of NX_BLOCK elements is summed per lane in float (8 terms of
  * (x − k), rounding ≤ 8·2⁻²⁴ relative per partial sum, unbiased), then added to float64 lanes,
@@ -320,33 +328,31 @@ static void NX_FN(col_sums)(const float* restrict x, size_t stride, size_t rows,
   }
 }
 
-/* per position: mean = k + s1/count split into float hi/lo, r = 1/√(max(σ², 0) + ε) */
-static void NX_FN(col_finish)(size_t n, const float* restrict k, const double* restrict s1, const double* restrict s2,
-                              double count, double eps, float* restrict mh, float* restrict ml, float* restrict r) {
+/* per position, in place: s1 ← mean = k + s1/count, s2 ← 1/√(max(σ², 0) + ε), both kept in float64 */
+static void NX_FN(col_finish)(size_t n, const float* restrict k, double* restrict s1, double* restrict s2, double count,
+                              double eps) {
   const double inv = 1.0 / count;
   for (size_t p = 0; p < n; ++p) {
     double m1 = s1[p] * inv;
     double var = s2[p] * inv - m1 * m1;
     var = var > 0.0 ? var : 0.0;
-    double mean = (double)k[p] + m1;
-    float hi = (float)mean;
-    mh[p] = hi;
-    ml[p] = (float)(mean - (double)hi);
-    r[p] = (float)(1.0 / sqrt(var + eps)); /* vectorised given -fno-math-errno */
+    s1[p] = (double)k[p] + m1;
+    s2[p] = 1.0 / sqrt(var + eps); /* vectorised given -fno-math-errno */
   }
 }
 
-static void NX_FN(col_affine)(const float* restrict x, float* restrict y, size_t n, const float* restrict mh,
-                              const float* restrict ml, const float* restrict r, float a, float b) {
+static void NX_FN(col_affine)(const float* restrict x, float* restrict y, size_t n, const double* restrict mean,
+                              const double* restrict rstd, float a, float b) {
   /* in float64 with one final rounding: over a short channel axis the float form's four roundings
-   * (x − mh, − ml, r·a, ·, + b) cost ~3 ulp, twice torch's error (tests/test_stress.py, layer_cf) */
+   * (x − mh, − ml, r·a, ·, + b) cost ~3 ulp, twice torch's error (tests/test_stress.py, layer_cf).
+   * The mean and 1/σ stay float64 from col_finish: converting a float hi/lo split of them back for
+   * every element made this loop conversion-bound (61 % of a 32 x 256 tile, measured) */
   const double ad = (double)a, bd = (double)b;
-  for (size_t p = 0; p < n; ++p)
-    y[p] = (float)((((double)x[p] - (double)mh[p]) - (double)ml[p]) * ((double)r[p] * ad) + bd);
+  for (size_t p = 0; p < n; ++p) y[p] = (float)(((double)x[p] - mean[p]) * (rstd[p] * ad) + bd);
 }
 
 const NxMath NX_FN(nx_math) = {
     NX_ISA_NAME,      NX_FN(sums),     NX_FN(sumsq),      NX_FN(affine),     NX_FN(affine_channels), NX_FN(affine_sums),
     NX_FN(row),       NX_FN(rms_row),  NX_FN(add),        NX_FN(add_sums),   NX_FN(add_sumsq), NX_FN(row_ext),    NX_FN(col_sums),
-    NX_FN(col_finish), NX_FN(col_affine),
+    NX_FN(col_finish), NX_FN(col_affine), NX_SHORT_ROWS_FN,
 };

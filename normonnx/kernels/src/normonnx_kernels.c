@@ -462,6 +462,12 @@ static void seg_task_tiled(const NxSegJob* j, size_t s0, size_t s1e) {
   }
 }
 
+/* plain layer / rms rows that the ISA's short_rows takes whole (no residual, modulation or prefetch) */
+static int seg_short(const NxSegJob* j) {
+  return g_math->short_rows && j->mode != NX_AFFINE_CHANNEL && !seg_ext(j) && !j->prefetch && j->len % 8 == 0 &&
+         j->len <= NX_SHORT_MAX_LEN;
+}
+
 static void seg_task(void* p, size_t t) {
   const NxSegJob* j = (const NxSegJob*)p;
   size_t s0 = t * j->segs_per_task, s1e = s0 + j->segs_per_task;
@@ -480,6 +486,11 @@ static void seg_task(void* p, size_t t) {
       a1 = a2 = 0.0;
       seg_affine_next_stats(j, s, mh, ml, rstd, k, &a1, &a2);
     }
+    return;
+  }
+  if (seg_short(j)) {
+    g_math->short_rows(j->x + s0 * j->len, j->y + s0 * j->len, s1e - s0, j->len, j->w, j->b, j->eps,
+                       j->mode == NX_AFFINE_RMS);
     return;
   }
   if (j->len <= NX_TILE_MAX_LEN && !j->prefetch) {
@@ -519,7 +530,10 @@ static void seg_phase2(void* p, size_t t) {
  * (the statistics' reduction and finish, two calls into the loops; measured for rows of 32-256),
  * so 256 rows of 32 took 10 us in one task (fewer than NX_TASK_ELEMS elements) while the other
  * thread idled. Such an input is split into one balanced task per processor when its estimated
- * time exceeds NX_SPLIT_NS, about three times what handing a task to another thread costs. */
+ * time exceeds NX_SPLIT_NS, about three times what handing a task to another thread costs.
+ * The estimate is the row-by-row loop's; the ISA's short_rows is 1.3-2x faster on the same rows but
+ * keeps this estimate: re-estimated with its own cost, 256 rows of 32 stayed on one thread and
+ * measured 0.87-0.96x in chains of 40 kernel nodes; a lower NX_SPLIT_NS (2 us) was 0.79-0.91x. */
 #define NX_ROW_NS(len) (33.0 + 0.2 * (double)(len))
 #define NX_SPLIT_NS 6000.0
 #define NX_SPLIT_ELEMS ((size_t)65536) /* segments longer than this are split when there are few */
@@ -640,16 +654,16 @@ static void col_task(void* p, size_t t) {
   size_t np = j->s - p0 < j->cols ? j->s - p0 : j->cols;
   const float* x = j->x + i * j->c * j->s + p0;
   float* y = j->y + i * j->c * j->s + p0;
-  float k[NX_COLS], mh[NX_COLS], ml[NX_COLS], r[NX_COLS];
-  double s1[NX_COLS], s2[NX_COLS];
+  float k[NX_COLS];
+  double s1[NX_COLS], s2[NX_COLS]; /* the sums, then in place the mean and 1/σ */
   memcpy(k, x, np * sizeof(float));
   memset(s1, 0, np * sizeof(double));
   memset(s2, 0, np * sizeof(double));
   for (size_t c = 0; c < j->c; c += 8)
     g_math->col_sums(x + c * j->s, j->s, j->c - c < 8 ? j->c - c : 8, np, k, s1, s2);
-  g_math->col_finish(np, k, s1, s2, (double)j->c, j->eps, mh, ml, r);
+  g_math->col_finish(np, k, s1, s2, (double)j->c, j->eps);
   for (size_t c = 0; c < j->c; ++c)
-    g_math->col_affine(x + c * j->s, y + c * j->s, np, mh, ml, r, j->w ? j->w[c] : 1.0f, j->b ? j->b[c] : 0.0f);
+    g_math->col_affine(x + c * j->s, y + c * j->s, np, s1, s2, j->w ? j->w[c] : 1.0f, j->b ? j->b[c] : 0.0f);
 }
 
 /* -- fused forms -------------------------------------------------------------------------------- */
