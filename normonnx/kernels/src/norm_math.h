@@ -69,9 +69,10 @@ typedef struct NxMath {
   /* Short rows, whole: `m` rows of `len` contiguous elements (len a multiple of 8, at most
    * NX_SHORT_MAX_LEN), each normalised as a layer row (rms = 0: statistics as `sums` with k = the
    * row's first element, then `row`) or an rms row (Σx², then `rms_row`): one call per task instead
-   * of two per row. NULL in an ISA without it (the caller goes row by row). */
-  void (*short_rows)(const float* x, float* y, size_t m, size_t len, const float* w, const float* b, double eps,
-                     int rms);
+   * of two per row. With a residual r (non-NULL) the rows are x + r, stored to `sum` as `add_sums`
+   * does (sum may be y itself). NULL in an ISA without it (the caller goes row by row). */
+  void (*short_rows)(const float* x, const float* r, float* sum, float* y, size_t m, size_t len, const float* w,
+                     const float* b, double eps, int rms);
 } NxMath;
 
 #define NX_SHORT_MAX_LEN ((size_t)256)

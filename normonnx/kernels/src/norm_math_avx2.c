@@ -206,8 +206,8 @@ static inline __m256d nx_hsum4(__m256d a, __m256d b, __m256d c, __m256d d) {
   return _mm256_add_pd(_mm256_permute2f128_pd(ab, cd, 0x20), _mm256_permute2f128_pd(ab, cd, 0x31));
 }
 
-static void short_rows_avx2(const float* restrict x, float* restrict y, size_t m, size_t len, const float* restrict w,
-                            const float* restrict b, double eps, int rms) {
+static void short_rows_avx2(const float* x, const float* r, float* sum, float* y, size_t m, size_t len,
+                            const float* restrict w, const float* restrict b, double eps, int rms) {
   const __m256d inv = _mm256_set1_pd(1.0 / (double)len), epsv = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.0);
   const __m256d zero = _mm256_setzero_pd();
   for (size_t t0 = 0; t0 < m; t0 += NX_SHORT_TILE) {
@@ -220,20 +220,22 @@ static void short_rows_avx2(const float* restrict x, float* restrict y, size_t m
         A1[q] = A2[q] = zero, kd[q] = 0.0;
         continue;
       }
-      const float* xr = x + (t0 + q) * len;
-      const __m256 kv = _mm256_set1_ps(rms ? 0.0f : xr[0]);
-      kd[q] = rms ? 0.0 : (double)xr[0];
+      const size_t o = (t0 + q) * len;
+      const float* xr = x + o;
+      const float k = rms ? 0.0f : (r ? xr[0] + r[o] : xr[0]); /* the first element of the row normalised */
+      const __m256 kv = _mm256_set1_ps(k);
+      kd[q] = (double)k;
       __m256 p[4], s[4];
       for (int u = 0; u < 4; ++u) p[u] = s[u] = _mm256_setzero_ps();
       size_t i = 0;
-      for (; i + 32 <= len; i += 32)
-        for (int u = 0; u < 4; ++u) {
-          __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i + 8 * u), kv);
-          p[u] = _mm256_add_ps(p[u], d);
-          s[u] = _mm256_fmadd_ps(d, d, s[u]);
+      for (; i < len; i += 8) { /* accumulator u = (i / 8) % 4: 32 elements per round, as sums_avx2 */
+        __m256 v = _mm256_loadu_ps(xr + i);
+        if (r) { /* the residual sum, rounded as the Add it replaces, stored for the writes (and output 1) */
+          v = _mm256_add_ps(v, _mm256_loadu_ps(r + o + i));
+          _mm256_storeu_ps(sum + o + i, v);
         }
-      for (int u = 0; i < len; i += 8, ++u) { /* the last < 32 elements, 8 at a time */
-        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i), kv);
+        __m256 d = _mm256_sub_ps(v, kv);
+        int u = (int)((i >> 3) & 3);
         p[u] = _mm256_add_ps(p[u], d);
         s[u] = _mm256_fmadd_ps(d, d, s[u]);
       }
@@ -258,7 +260,7 @@ static void short_rows_avx2(const float* restrict x, float* restrict y, size_t m
       _mm_storeu_ps(mh + q, hi), _mm_storeu_ps(ml + q, lo), _mm_storeu_ps(rs + q, r);
     }
     for (size_t q = 0; q < mt; ++q) { /* row_span / rms_span, inline: the same operations */
-      const float* xr = x + (t0 + q) * len;
+      const float* xr = r ? sum + (t0 + q) * len : x + (t0 + q) * len; /* may be yr itself: read before written */
       float* yr = y + (t0 + q) * len;
       const __m256 rv = _mm256_set1_ps(rs[q]);
       if (rms) {

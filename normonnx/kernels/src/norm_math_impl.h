@@ -21,8 +21,8 @@ static void NX_FN(affine_sums)(const float* x, float* y, size_t n, float mh, flo
 #endif
 
 #ifdef NX_HAVE_ISA_SHORT_ROWS
-static void NX_FN(short_rows)(const float* restrict x, float* restrict y, size_t m, size_t len, const float* restrict w,
-                              const float* restrict b, double eps, int rms);
+static void NX_FN(short_rows)(const float* x, const float* r, float* sum, float* y, size_t m, size_t len,
+                              const float* restrict w, const float* restrict b, double eps, int rms);
 #define NX_SHORT_ROWS_FN NX_FN(short_rows)
 #else
 #define NX_SHORT_ROWS_FN NULL /* the caller goes row by row */

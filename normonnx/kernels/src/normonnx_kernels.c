@@ -462,10 +462,10 @@ static void seg_task_tiled(const NxSegJob* j, size_t s0, size_t s1e) {
   }
 }
 
-/* plain layer / rms rows that the ISA's short_rows takes whole (no residual, modulation or prefetch) */
+/* layer / rms rows, plain or with an ungated residual, that the ISA's short_rows takes whole */
 static int seg_short(const NxSegJob* j) {
-  return g_math->short_rows && j->mode != NX_AFFINE_CHANNEL && !seg_ext(j) && !j->prefetch && j->len % 8 == 0 &&
-         j->len <= NX_SHORT_MAX_LEN;
+  return g_math->short_rows && j->mode != NX_AFFINE_CHANNEL && !j->msc && !j->gate && !j->prefetch &&
+         j->len % 8 == 0 && j->len <= NX_SHORT_MAX_LEN;
 }
 
 static void seg_task(void* p, size_t t) {
@@ -489,8 +489,8 @@ static void seg_task(void* p, size_t t) {
     return;
   }
   if (seg_short(j)) {
-    g_math->short_rows(j->x + s0 * j->len, j->y + s0 * j->len, s1e - s0, j->len, j->w, j->b, j->eps,
-                       j->mode == NX_AFFINE_RMS);
+    g_math->short_rows(j->x + s0 * j->len, j->r ? j->r + s0 * j->len : NULL, j->r ? seg_sum_buf(j, s0) : NULL,
+                       j->y + s0 * j->len, s1e - s0, j->len, j->w, j->b, j->eps, j->mode == NX_AFFINE_RMS);
     return;
   }
   if (j->len <= NX_TILE_MAX_LEN && !j->prefetch) {
