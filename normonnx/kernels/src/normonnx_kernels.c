@@ -219,8 +219,16 @@ typedef struct NxTensor {
   int64_t dims[NX_MAX_RANK];
 } NxTensor;
 
+/* no tensor (an absent optional input): only these fields are read then. Not a memset of the whole
+ * struct: with its 16 dims that was a `rep stos` per tensor, ~80 % of compute's own time (perf) */
+static void nx_absent(NxTensor* t) {
+  t->data = NULL;
+  t->count = 0;
+  t->rank = 0;
+}
+
 static OrtStatus* read_input(OrtKernelContext* ctx, const NxKernel* k, size_t index, size_t n_inputs, NxTensor* t) {
-  memset(t, 0, sizeof *t);
+  nx_absent(t);
   if (index >= n_inputs) return NULL;
   const OrtValue* v = NULL;
   TRY(API(NxKernelContextGetInput, NX_SLOT_KernelContext_GetInput)(ctx, index, &v));
@@ -757,8 +765,7 @@ static OrtStatus* NX_CALL compute(void* kernel, OrtKernelContext* ctx) {
   size_t n_in = 0;
   TRY(API(NxKernelContextGetInputCount, NX_SLOT_KernelContext_GetInputCount)(ctx, &n_in));
   NxTensor X, W, B, M, V, R, SC, SH, G;
-  memset(&B, 0, sizeof B), memset(&M, 0, sizeof M), memset(&V, 0, sizeof V);
-  memset(&R, 0, sizeof R), memset(&SC, 0, sizeof SC), memset(&SH, 0, sizeof SH), memset(&G, 0, sizeof G);
+  nx_absent(&B), nx_absent(&M), nx_absent(&V), nx_absent(&R), nx_absent(&SC), nx_absent(&SH), nx_absent(&G);
   TRY(read_input(ctx, k, 0, n_in, &X));
   TRY(read_input(ctx, k, 1, n_in, &W));
   if (k->kind != NX_RMS) TRY(read_input(ctx, k, 2, n_in, &B));
