@@ -537,3 +537,28 @@ def test_default_visit_runs_the_model_on_its_feed(as_list):
     np.testing.assert_array_equal(y, a - b)  # the inputs in their places: A − B, not B − A
     (y2,) = build()()
     np.testing.assert_array_equal(y2, y)
+
+
+@pytest.mark.parametrize("case", ["layer:2,5,32", "layer_cf:1,8,3,4", "rms:2,3,64"])
+def test_kernel_chain_computes_the_node_length_times(case):
+    """scripts/bench_kernel_chain.py times a chain of one norm node: it must compute that node applied
+    `length` times, each reading the previous output (checked against the one-node file run three
+    times), and its Neg chain must be that of Neg."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "bench_kernel_chain.py"
+    spec = importlib.util.spec_from_file_location("bench_kernel_chain", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    one, shape, x = mod.kernel_one(case)
+    m = mod.chain(one, shape, 3)
+    op = one.graph.node[0].op_type
+    assert [n.op_type for n in m.graph.node] == [op] * 3 and op in {"LayerNorm", "RMSNorm"}
+    y = x
+    for _ in range(3):
+        y = default_visit(one, {"X": y}, 1)()()[0]
+    (got,) = default_visit(m, {"X": x}, 1)()()
+    np.testing.assert_array_equal(got, y)
+    (neg,) = default_visit(mod.chain(mod.neg_one(shape), shape, 3), {"X": x}, 1)()()
+    np.testing.assert_array_equal(neg, -x)
