@@ -540,8 +540,9 @@ static void seg_phase2(void* p, size_t t) {
  * thread idled. Such an input is split into one balanced task per processor when its estimated
  * time exceeds NX_SPLIT_NS, about three times what handing a task to another thread costs.
  * The estimate is the row-by-row loop's; the ISA's short_rows is 1.3-2x faster on the same rows but
- * keeps this estimate: re-estimated with its own cost, 256 rows of 32 stayed on one thread and
- * measured 0.87-0.96x in chains of 40 kernel nodes; a lower NX_SPLIT_NS (2 us) was 0.79-0.91x. */
+ * keeps this estimate: re-estimated with its own cost, fewer inputs are split and chains of 40
+ * kernel nodes measured 0.87-1.02x (256 rows of 32, left on one thread: 0.90x); a lower
+ * NX_SPLIT_NS (2 us) was 0.79-0.91x. */
 #define NX_ROW_NS(len) (33.0 + 0.2 * (double)(len))
 #define NX_SPLIT_NS 6000.0
 #define NX_SPLIT_ELEMS ((size_t)65536) /* segments longer than this are split when there are few */
