@@ -26,7 +26,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from strict_tolerances import (
     FLOAT64_STATS_ATOL,
     ISA_ATOL,
@@ -233,6 +233,49 @@ def test_kernel_survives_onnxruntime_graph_optimizations(tmp_path):
     y, ops = run_profiled(_build_native(spec, params), x, tmp_path, custom_ops=True, optimize=True)
     assert "LayerNorm" in ops
     np.testing.assert_allclose(y, _ref32(spec, x, params), atol=FLOAT64_STATS_ATOL)
+
+
+def _params_as_inputs(m: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``m`` with the norm node's initializers turned into graph inputs of any size, and their values
+    as feeds."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    node = next(n for n in out.graph.node if n.domain == kernels.DOMAIN)
+    feeds = {}
+    for init in list(out.graph.initializer):
+        if init.name in node.input[1:]:
+            feeds[init.name] = numpy_helper.to_array(init)
+            out.graph.initializer.remove(init)
+            dims = [f"{init.name}_{i}" for i in range(len(init.dims))]  # symbolic: the kernel checks sizes
+            out.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, dims))
+    return out, feeds
+
+
+@needs_lib
+@pytest.mark.parametrize("case", ["layer", "rms", "group", "layer_cf", "batch_running"])
+def test_parameters_read_once_as_constants_or_each_run_as_inputs(case, tmp_path):
+    """The kernel reads constant weight/bias once, when onnxruntime creates it, and any other input at
+    every run: the two give bitwise the same output, and a weight of the wrong size is reported the
+    same way in both."""
+    spec, shape = CASES[case]
+    params, x = _inputs(spec, shape)
+    m = _build_native(spec, params)
+    m_in, feeds = _params_as_inputs(m)
+    assert feeds, "the case has parameters"
+    (y_const,) = normonnx.session(m, threads=1).run({"X": x})
+    (y_input,) = normonnx.session(m_in, threads=1).run({"X": x, **feeds})
+    np.testing.assert_array_equal(y_const, y_input)
+    w_name = next(n for n in m_in.graph.input if n.name != "X").name
+    short = {**feeds, w_name: feeds[w_name][:-1]}
+    bad = onnx.ModelProto()
+    bad.CopyFrom(m)
+    for init in bad.graph.initializer:  # the same shortened weight, as a constant initializer
+        if init.name == w_name:
+            init.CopyFrom(numpy_helper.from_array(short[w_name], w_name))
+    for model, feed in ((bad, {"X": x}), (m_in, {"X": x, **short})):
+        s = normonnx.session(model, threads=1, optimize=False)
+        with pytest.raises(Exception, match=r"(weight|mean) has \d+ elements, expected \d+"):
+            s.run(feed)
 
 
 @needs_lib

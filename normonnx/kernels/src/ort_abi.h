@@ -22,6 +22,7 @@
  *  88 KernelContext_GetInputCount, 89 _GetOutputCount, 90 _GetInput, 91 _GetOutput  (v1)
  *  93 ReleaseStatus, 99 ReleaseTensorTypeAndShapeInfo, 101 ReleaseCustomOpDomain    (v1)
  * 163 KernelInfoGetAttributeArray_int64                                              (v8)
+ * 249 KernelInfoGetConstantInput_tensor                                              (v15)
  * 274 KernelContext_ParallelFor  (runs a callback on the session's intra-op pool)    (v17)
  */
 #ifndef NORMONNX_ORT_ABI_H
@@ -126,6 +127,8 @@ typedef void(NX_CALL* NxReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo
 typedef void(NX_CALL* NxReleaseCustomOpDomain)(OrtCustomOpDomain* domain);
 typedef OrtStatus*(NX_CALL* NxKernelInfoGetAttributeArrayInt64)(const OrtKernelInfo* info, const char* name,
                                                                 int64_t* out, size_t* size);
+typedef OrtStatus*(NX_CALL* NxKernelInfoGetConstantInputTensor)(const OrtKernelInfo* info, size_t index,
+                                                                int* is_constant, const OrtValue** out);
 typedef OrtStatus*(NX_CALL* NxKernelContextParallelFor)(const OrtKernelContext* ctx, void (*fn)(void*, size_t),
                                                         size_t total, size_t num_batch, void* user_data);
 
@@ -152,6 +155,7 @@ enum {
   NX_SLOT_ReleaseTensorTypeAndShapeInfo = 99,
   NX_SLOT_ReleaseCustomOpDomain = 101,
   NX_SLOT_KernelInfoGetAttributeArray_int64 = 163,
+  NX_SLOT_KernelInfoGetConstantInput_tensor = 249,
   NX_SLOT_KernelContext_ParallelFor = 274
 };
 
