@@ -117,36 +117,70 @@ static OrtStatus* get_int(const OrtKernelInfo* info, const char* name, int64_t d
   return NULL;
 }
 
+/* -- tensors ------------------------------------------------------------------------------------ */
+typedef struct NxTensor {
+  const float* data; /* NULL: input absent */
+  size_t count;
+  size_t rank;
+  int64_t dims[NX_MAX_RANK];
+} NxTensor;
+
+/* no tensor (an absent optional input): only these fields are read then. Not a memset of the whole
+ * struct: with its 16 dims that was a `rep stos` per tensor, ~80 % of compute's own time (perf) */
+static void nx_absent(NxTensor* t) {
+  t->data = NULL;
+  t->count = 0;
+  t->rank = 0;
+}
+
+/* the float32 tensor `v` (input `index`, for messages) into t */
+static OrtStatus* read_value(const NxKernel* k, size_t index, const OrtValue* v, NxTensor* t) {
+  OrtTensorTypeAndShapeInfo* info = NULL;
+  TRY(API(NxGetTensorTypeAndShape, NX_SLOT_GetTensorTypeAndShape)(v, &info));
+  int type = 0;
+  OrtStatus* st = API(NxGetTensorElementType, NX_SLOT_GetTensorElementType)(info, &type);
+  if (!st) st = API(NxGetDimensionsCount, NX_SLOT_GetDimensionsCount)(info, &t->rank);
+  if (!st && t->rank > NX_MAX_RANK)
+    st = nx_error("normonnx.%s: input %zu has rank %zu, at most %d is supported", k->op, index, t->rank, NX_MAX_RANK);
+  if (!st) st = API(NxGetDimensions, NX_SLOT_GetDimensions)(info, t->dims, t->rank);
+  if (!st) st = API(NxGetTensorShapeElementCount, NX_SLOT_GetTensorShapeElementCount)(info, &t->count);
+  API(NxReleaseTensorTypeAndShapeInfo, NX_SLOT_ReleaseTensorTypeAndShapeInfo)(info);
+  if (st) return st;
+  if (type != NX_TYPE_FLOAT)
+    return nx_error("normonnx.%s: input %zu has element type %d, this kernel takes float32 (1)", k->op, index, type);
+  void* data = NULL;
+  TRY(API(NxGetTensorMutableData, NX_SLOT_GetTensorMutableData)((OrtValue*)v, &data));
+  t->data = (const float*)data;
+  return NULL;
+}
+
+static OrtStatus* read_input(OrtKernelContext* ctx, const NxKernel* k, size_t index, size_t n_inputs, NxTensor* t) {
+  nx_absent(t);
+  if (index >= n_inputs) return NULL;
+  const OrtValue* v = NULL;
+  TRY(API(NxKernelContextGetInput, NX_SLOT_KernelContext_GetInput)(ctx, index, &v));
+  if (!v) return NULL; /* optional input given as "" */
+  return read_value(k, index, v, t);
+}
+
 /* input `index` when the session holds it as a constant initializer of float32 type: its data (owned by
- * the session, which outlives its kernels) and element count; anything else leaves *data NULL */
-static void constant_param(const OrtKernelInfo* info, size_t index, const float** data, size_t* count) {
+ * the session, which outlives its kernels) and element count; anything else leaves *data NULL and
+ * compute reads (and reports) it at every run */
+static void constant_param(const OrtKernelInfo* info, const NxKernel* k, size_t index, const float** data,
+                           size_t* count) {
   *data = NULL, *count = 0;
   int is_constant = 0;
   const OrtValue* v = NULL;
   OrtStatus* st = API(NxKernelInfoGetConstantInputTensor, NX_SLOT_KernelInfoGetConstantInput_tensor)(
       info, index, &is_constant, &v);
-  if (st || !is_constant || !v) {
-    if (st) nx_release(st);
-    return;
-  }
-  OrtTensorTypeAndShapeInfo* ti = NULL;
-  if ((st = API(NxGetTensorTypeAndShape, NX_SLOT_GetTensorTypeAndShape)(v, &ti))) {
-    nx_release(st);
-    return;
-  }
-  int type = 0;
-  size_t n = 0;
-  void* p = NULL;
-  st = API(NxGetTensorElementType, NX_SLOT_GetTensorElementType)(ti, &type);
-  if (!st) st = API(NxGetTensorShapeElementCount, NX_SLOT_GetTensorShapeElementCount)(ti, &n);
-  API(NxReleaseTensorTypeAndShapeInfo, NX_SLOT_ReleaseTensorTypeAndShapeInfo)(ti);
-  if (!st) st = API(NxGetTensorMutableData, NX_SLOT_GetTensorMutableData)((OrtValue*)v, &p);
+  NxTensor t;
+  nx_absent(&t);
+  if (!st && is_constant && v) st = read_value(k, index, v, &t);
   if (st) {
     nx_release(st);
     return;
   }
-  if (type != NX_TYPE_FLOAT || !p) return; /* compute reads it and reports the type */
-  *data = (const float*)p, *count = n;
+  *data = t.data, *count = t.count;
 }
 
 static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* api, const OrtKernelInfo* info,
@@ -243,53 +277,12 @@ static OrtStatus* NX_CALL create_kernel(const OrtCustomOp* base, const OrtApi* a
     return nx_error("normonnx.LayerNorm: channels_first=1 normalises axis 1 only, normalized_shape must be (C,)");
   }
   for (size_t i = 0; i < (k->kind == NX_RMS ? 1u : 2u); ++i) /* RMSNorm has no bias */
-    constant_param(info, i + 1, &k->param[i], &k->param_count[i]);
+    constant_param(info, k, i + 1, &k->param[i], &k->param_count[i]);
   *out = k;
   return NULL;
 }
 
 static void NX_CALL destroy_kernel(void* k) { free(k); }
-
-/* -- tensors ------------------------------------------------------------------------------------ */
-typedef struct NxTensor {
-  const float* data; /* NULL: input absent */
-  size_t count;
-  size_t rank;
-  int64_t dims[NX_MAX_RANK];
-} NxTensor;
-
-/* no tensor (an absent optional input): only these fields are read then. Not a memset of the whole
- * struct: with its 16 dims that was a `rep stos` per tensor, ~80 % of compute's own time (perf) */
-static void nx_absent(NxTensor* t) {
-  t->data = NULL;
-  t->count = 0;
-  t->rank = 0;
-}
-
-static OrtStatus* read_input(OrtKernelContext* ctx, const NxKernel* k, size_t index, size_t n_inputs, NxTensor* t) {
-  nx_absent(t);
-  if (index >= n_inputs) return NULL;
-  const OrtValue* v = NULL;
-  TRY(API(NxKernelContextGetInput, NX_SLOT_KernelContext_GetInput)(ctx, index, &v));
-  if (!v) return NULL; /* optional input given as "" */
-  OrtTensorTypeAndShapeInfo* info = NULL;
-  TRY(API(NxGetTensorTypeAndShape, NX_SLOT_GetTensorTypeAndShape)(v, &info));
-  int type = 0;
-  OrtStatus* st = API(NxGetTensorElementType, NX_SLOT_GetTensorElementType)(info, &type);
-  if (!st) st = API(NxGetDimensionsCount, NX_SLOT_GetDimensionsCount)(info, &t->rank);
-  if (!st && t->rank > NX_MAX_RANK)
-    st = nx_error("normonnx.%s: input %zu has rank %zu, at most %d is supported", k->op, index, t->rank, NX_MAX_RANK);
-  if (!st) st = API(NxGetDimensions, NX_SLOT_GetDimensions)(info, t->dims, t->rank);
-  if (!st) st = API(NxGetTensorShapeElementCount, NX_SLOT_GetTensorShapeElementCount)(info, &t->count);
-  API(NxReleaseTensorTypeAndShapeInfo, NX_SLOT_ReleaseTensorTypeAndShapeInfo)(info);
-  if (st) return st;
-  if (type != NX_TYPE_FLOAT)
-    return nx_error("normonnx.%s: input %zu has element type %d, this kernel takes float32 (1)", k->op, index, type);
-  void* data = NULL;
-  TRY(API(NxGetTensorMutableData, NX_SLOT_GetTensorMutableData)((OrtValue*)v, &data));
-  t->data = (const float*)data;
-  return NULL;
-}
 
 static OrtStatus* check_param(const NxKernel* k, const NxTensor* p, const char* what, size_t expected) {
   if (p->data && p->count != expected)
