@@ -10,7 +10,8 @@ Pipeline (each step returns a value; errors are :class:`~normonnx.errors.ExportE
    refused);
 3. ``torch.export`` with the requested dynamic axes;
 4. scan the aten norm calls → :class:`~normonnx.spec.NormSpec` s, and choose the opset that gives
-   the best valid lowering for the target (not blindly the newest);
+   the best valid lowering for the target (not blindly the newest; on a tie, 23 for attention
+   written out by hand, which the ``attention`` rules turn into the ``Attention`` op);
 5. capture: ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` where each aten
    norm becomes a portable ``normonnx.<Op>`` node;
 6. recognise: the passes ``normonnx optimize`` runs (:func:`normonnx.optimize.pipeline.recognise`:
@@ -52,6 +53,7 @@ from .capture import (
     _torch_export,
     input_names_of,
     normalize_dynamic,
+    scan_attention,
     scan_specs,
     training_modules,
 )
@@ -60,6 +62,7 @@ from .lowering import MAX_OPSET, MIN_OPSET, check_opset, check_provider, prefere
 from .lowering.graph import LoweringRecord
 from .opset_convert import TORCH_MIN_OPSET, convert_down
 from .optimize import Report, family_rules, pipeline
+from .optimize.fuse_attention import ATTENTION_OPSET
 from .spec import NormSpec
 
 #: torch's dynamo exporter emits opset 18+; lower opsets are reached with onnx's version converter
@@ -117,14 +120,20 @@ def choose_opset(
     max_opset: int | None = None,
     prefer: Iterable[str] | None = None,
     allow_unstable: bool = False,
+    attention: int = 0,
 ) -> tuple[int, str]:
     """The candidate opset with the best lowering of the norms for ``target``, with the reason.
 
-    Ties go to :data:`PREFERRED_OPSET` (torch's default) if it is among them, else to the lowest.
+    Ties go to :data:`ATTENTION_OPSET` when the model has ``attention`` blocks the ``attention``
+    rules can fuse (the ``Attention`` op: one node instead of ~16 per block), else to
+    :data:`PREFERRED_OPSET` (torch's default) if it is among them, else to the lowest.
     """
     hi = min(MAX_OPSET, max_opset or MAX_OPSET)
     cands = [o for o in CANDIDATE_OPSETS if o <= hi] or [hi]
+    for_attention = f"opset {ATTENTION_OPSET} for the Attention op ({attention} attention blocks)"
     if not specs:
+        if attention and ATTENTION_OPSET in cands:
+            return ATTENTION_OPSET, f"no norms found; {for_attention}"
         return (PREFERRED_OPSET if PREFERRED_OPSET in cands else cands[-1]), "no norms found; torch's default opset"
     orders = [tuple(prefer) if prefer is not None else preference(target, s.kind) for s in specs]
     width = max(len(order) for order in orders)
@@ -147,8 +156,16 @@ def choose_opset(
     top = max(s[0] for s in scored)
     ties = [s for s in scored if s[0] == top]
     best = next((s for s in ties if s[1] == PREFERRED_OPSET), ties[0])
+    if attention:
+        best = next((s for s in ties if s[1] == ATTENTION_OPSET), best)
     counts = ", ".join(f"{n}×{c}" for n, c in Counter(best[2]).items())
-    why = "torch's default opset" if best[1] == PREFERRED_OPSET else "lowest opset"
+    why = (
+        for_attention
+        if attention and best[1] == ATTENTION_OPSET
+        else "torch's default opset"
+        if best[1] == PREFERRED_OPSET
+        else "lowest opset"
+    )
     return best[1], f"{why} with the best lowering for {target} ({counts})"
 
 
@@ -173,8 +190,9 @@ def export(
     """Export ``model`` (an ``nn.Module`` or ``torch.export.ExportedProgram``) to ``path``.
 
     opset:          default-domain opset; None picks, of 18/20/21/23 (capped by the installed
-                    onnxruntime), one that gives the best valid lowering for ``target``: torch's
-                    default 20 on ties, else the lowest.
+                    onnxruntime), one that gives the best valid lowering for ``target``; on ties
+                    23 when the model has attention written out by hand (the ``Attention`` op),
+                    else torch's default 20, else the lowest.
     target:         "cpu" or "cuda": which execution provider the lowering is chosen for.
     dynamic:        ``{"x": {0: "batch", 2: "h", 3: "w"}}`` or ``"batch,h,w"``.
     prefer:         strategy order overriding the default (e.g. ``["function"]``).
@@ -285,10 +303,13 @@ def _export(
     dyn = normalize_dynamic(dynamic, names, [a.dim() for a in args])
     ep = model if is_program else _torch_export(model, args, names, dyn)
     aten_specs = scan_specs(ep)
+    attention = scan_attention(ep)
     requested = opset
     if opset is None:
         max_opset = _max_opset(target)
-        opset, why = choose_opset(aten_specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable)
+        opset, why = choose_opset(
+            aten_specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable, attention=attention
+        )
     else:
         why = "requested"
         if opset < MIN_OPSET:
@@ -296,7 +317,7 @@ def _export(
     with _staging(ep, path, external_data) as stage:
         result = _capture_lower_save(
             ep, args, opset, requested, names, output_names, dyn, target, prefer, allow_unstable, why, path,
-            external_data, stage, aten_specs, max_opset if requested is None else None,
+            external_data, stage, aten_specs, max_opset if requested is None else None, attention,
         )  # fmt: skip
     lowered, out, records, specs, opset, why, report = result
     return ExportResult(
@@ -372,6 +393,7 @@ def _capture_lower_save(
     stage: Any,
     aten_specs: Sequence[NormSpec],
     max_opset: int | None,
+    attention: int = 0,
 ) -> tuple[onnx.ModelProto, str, list[LoweringRecord], list[NormSpec], int, str, Report]:
     """Capture, recognise, lower, check and write (steps 5-7 of the module docstring)."""
     report = Report()
@@ -379,7 +401,9 @@ def _capture_lower_save(
     specs = norm_specs(recognised)
     if requested is None and sorted(s.key() for s in specs) != sorted(s.key() for s in aten_specs):
         # norms were recognised (or folded) after capture: choose the opset again for those that remain
-        best, why = choose_opset(specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable)
+        best, why = choose_opset(
+            specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable, attention=attention
+        )
         if best != opset:
             opset, report = best, Report()
             if stage is not None:

@@ -19,7 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("-o", "--output", required=True, help="output .onnx path")
     add_model_inputs(p)
-    p.add_argument("--opset", type=int, default=None, help="default-domain opset (default: best valid for the target)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="default-domain opset (default: best valid for the target; 23 for attention written by hand)",
+    )
     add_target(p)
     p.add_argument("--dynamic", default=None, metavar="AXES", help="dynamic axes, e.g. batch,h,w")
     p.add_argument(

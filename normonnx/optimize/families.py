@@ -24,7 +24,8 @@ class Family:
 
     fold:      folds norms into constants (BatchNorm into its Conv, norms of weights), before cleanup;
     canonical: makes the statistics' spellings one, followed by a cleanup;
-    fuse:      turns norm spellings into ``normonnx.<Op>`` nodes (only where normonnx can lower them).
+    fuse:      turns norm spellings into ``normonnx.<Op>`` nodes (only where normonnx can lower them);
+               ``attention`` turns attention written in primitives into the ONNX ``Attention`` op.
     """
 
     name: str
@@ -44,6 +45,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("modulated", "fuse_modulated", "fuse"),
     Family("residual", "fuse_residual", "fuse"),
     Family("sample_operands", "fuse_sample", "fuse"),  # after the fusions that make the per-sample operands
+    Family("attention", "fuse_attention", "fuse"),  # not a norm: the ONNX Attention op (opset 23+)
 )
 
 #: family names by stage, in pipeline order

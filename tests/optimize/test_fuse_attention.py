@@ -1,0 +1,279 @@
+"""Attention written out in primitives → the ONNX ``Attention`` op (normonnx/optimize/fuse_attention.py).
+
+Positive cases are real torch modules (timm's packed ``qkv``, Hugging Face's separate projections,
+a one-head spatial attention, every scale spelling) through ``normonnx.exporter.export``:
+structure (which rules fired, the op types left) and numbers against torch in float64, with
+onnxruntime and with ``onnx.reference`` running the fused file. Negative cases are ONNX graphs
+built inline, one broken premise each, with the reason the rule gives."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from optimize_helpers import assert_close, ops, optimize, refusal, rng, run
+
+from normonnx.exporter import export
+
+F = TensorProto.FLOAT
+B, S, H, D = 2, 6, 2, 8
+C = H * D
+
+
+class PackedAttention(torch.nn.Module):
+    """timm's ``Attention``: one ``qkv`` projection, ``softmax(q·scale @ kᵀ) @ v``, written out."""
+
+    def __init__(self, spelling: str = "q", heads: int = H) -> None:
+        super().__init__()
+        self.heads, self.spelling = heads, spelling
+        self.qkv = torch.nn.Linear(C, 3 * C)
+        self.proj = torch.nn.Linear(C, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        d = c // self.heads
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.spelling == "q":  # timm
+            s = (q * d**-0.5) @ k.transpose(-2, -1)
+        elif self.spelling == "scores":  # scores / sqrt(d)
+            s = (q @ k.transpose(-2, -1)) / math.sqrt(d)
+        elif self.spelling == "both":  # d**-0.25 on q and on kᵀ
+            s = (q * d**-0.25) @ (k.transpose(-2, -1) * d**-0.25)
+        else:  # no scale at all
+            s = q @ k.transpose(-2, -1)
+        y = torch.softmax(s, dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class SeparateAttention(torch.nn.Module):
+    """Hugging Face's layout: ``q_proj(x).view(b, n, h, d).transpose(1, 2)`` for each of q, k, v."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(C, C) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, H, D).transpose(1, 2) for p in (self.q, self.k, self.v))
+        w = torch.softmax(torch.matmul(q, k.transpose(2, 3)) / math.sqrt(D), dim=-1)
+        return torch.matmul(w, v).transpose(1, 2).reshape(b, n, C)
+
+
+class OneHead(torch.nn.Module):
+    """One head on ``[B, S, D]`` with ``bmm``: the 3-D form of a single head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(C, 3 * C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)) * C**-0.5, dim=-1), v)
+
+
+def _export(module: torch.nn.Module, tmp_path, x: torch.Tensor, **kw) -> tuple[onnx.ModelProto, object]:
+    torch.manual_seed(0)
+    module = module.eval()
+    res = export(module, (x,), tmp_path / "m.onnx", **kw)
+    return onnx.load(tmp_path / "m.onnx"), res
+
+
+def _torch64(module: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return copy.deepcopy(module).double()(x.double()).numpy()
+
+
+def _check_numbers(m: onnx.ModelProto, module: torch.nn.Module, x: torch.Tensor) -> None:
+    """The fused file in onnxruntime and in onnx.reference, both against torch in float64."""
+    y64 = _torch64(module, x)
+    got = run(m, x.numpy())[0]
+    assert_close(got, y64, "model", "onnxruntime vs torch float64")
+    ref = ReferenceEvaluator(m).run(None, {m.graph.input[0].name: x.numpy()})[0]
+    assert_close(ref, y64, "model", "onnx.reference vs torch float64")
+
+
+@pytest.mark.parametrize("spelling", ["q", "scores", "both", "none"])
+def test_packed_qkv_attention_becomes_split_and_one_attention_node(tmp_path, spelling: str) -> None:
+    torch.manual_seed(1)
+    module = PackedAttention(spelling).eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.opset == 23 and "Attention" in res.opset_reason
+    assert res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.heads") == 1
+    assert [o for o in ops(m) if o not in ("MatMul", "Add")] == ["Split", "Attention"]
+    att = next(n for n in m.graph.node if n.op_type == "Attention")
+    a = {x.name: helper.get_attribute_value(x) for x in att.attribute}
+    assert (a["q_num_heads"], a["kv_num_heads"]) == (H, H)
+    assert a["scale"] == pytest.approx(1.0 if spelling == "none" else D**-0.5, rel=1e-6)
+    _check_numbers(m, module, x)
+
+
+def test_separate_projections_feed_attention_directly(tmp_path) -> None:
+    torch.manual_seed(2)
+    module = SeparateAttention().eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.heads") == 1
+    assert [o for o in ops(m) if o not in ("MatMul", "Add")] == ["Attention"]
+    _check_numbers(m, module, x)
+
+
+def test_one_head_bmm_attention_takes_the_three_dimensional_form(tmp_path) -> None:
+    torch.manual_seed(3)
+    module = OneHead().eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.fired.get("attention.sdpa") == 1
+    att = next(n for n in m.graph.node if n.op_type == "Attention")
+    assert {x.name: helper.get_attribute_value(x) for x in att.attribute}["q_num_heads"] == 1
+    assert "Softmax" not in ops(m)
+    _check_numbers(m, module, x)
+
+
+def test_dynamic_batch_and_tokens_still_fuse_and_run_at_other_sizes(tmp_path) -> None:
+    torch.manual_seed(4)
+    module = PackedAttention().eval()
+    m, res = _export(module, tmp_path, torch.randn(B, S, C), dynamic={"x": {0: "batch", 1: "tokens"}})
+    assert res.fired.get("attention.heads") == 1, res.refused
+    for shape in ((3, 9, C), (1, 2, C)):
+        x = torch.randn(*shape)
+        assert_close(run(m, x.numpy())[0], _torch64(module, x), "model", f"{shape}")
+
+
+def test_an_explicit_lower_opset_keeps_the_primitives_and_says_why(tmp_path) -> None:
+    torch.manual_seed(5)
+    module = PackedAttention().eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x, opset=20)
+    assert "Attention" not in ops(m) and "Softmax" in ops(m)
+    reasons = " | ".join(r.reason for r in res.refused if r.rule == "attention.sdpa")
+    assert "needs opset 23" in reasons and "opset 20" in reasons
+    assert_close(run(m, x.numpy())[0], _torch64(module, x), "model")
+
+
+def test_masked_and_fused_attention_do_not_move_the_opset(tmp_path) -> None:
+    """A mask between the scores and the Softmax (Llama's causal ``masked_fill``) is not what the rule
+    proves, and torch's own ``scaled_dot_product_attention`` is fused by onnxruntime at opset 20:
+    neither makes normonnx leave torch's default opset."""
+
+    class Masked(PackedAttention):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, _ = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+            s = (q @ k.transpose(-2, -1)).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+            return torch.softmax(s, dim=-1) @ v
+
+    class Sdpa(PackedAttention):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, _ = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    for module in (Masked(), Sdpa()):
+        _, res = _export(module, tmp_path, torch.randn(B, S, C))
+        assert res.opset == 20, (type(module).__name__, res.opset_reason)
+
+
+# -- negative cases: ONNX graphs with one broken premise each ---------------------------------------
+def _graph(
+    *,
+    opset: int = 23,
+    axis: int = -1,
+    perm: tuple[int, ...] = (0, 1, 3, 2),
+    scale: float | np.ndarray = D**-0.5,
+    k_batch: int = B,
+    dtype: int = F,
+    probs_out: bool = False,
+) -> onnx.ModelProto:
+    """``softmax(q·c @ Transpose(k)) @ v`` on 4-D graph inputs."""
+    nodes = [
+        helper.make_node("Mul", ["q", "c"], ["qs"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=list(perm)),
+        helper.make_node("MatMul", ["qs", "kt"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["p"], axis=axis),
+        helper.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    np_dt = helper.tensor_dtype_to_np_dtype(dtype)
+    outputs = [helper.make_tensor_value_info("y", dtype, None)]
+    if probs_out:
+        outputs.append(helper.make_tensor_value_info("p", dtype, None))
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("q", dtype, [B, H, S, D]),
+            helper.make_tensor_value_info("k", dtype, [k_batch, H, S, D]),
+            helper.make_tensor_value_info("v", dtype, [k_batch, H, S, D]),
+        ],
+        outputs,
+        [numpy_helper.from_array(np.asarray(scale, np_dt), name="c")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+def _inputs(m: onnx.ModelProto) -> list[np.ndarray]:
+    out = []
+    for i in m.graph.input:
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        out.append(rng().standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)))
+    return out
+
+
+def test_the_graph_form_fuses_and_matches_the_reference() -> None:
+    """The positive twin of the negative cases below: the same graph, every premise holding."""
+    m = _graph()
+    res = optimize(m, rules=["attention"])
+    assert ops(res.model) == ["Attention"], ops(res.model)
+    xs = _inputs(m)
+    assert_close(run(res.model, *xs)[0], ReferenceEvaluator(m).run(None, dict(zip("qkv", xs)))[0], "model")
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"opset": 21}, "needs opset 23"),
+        ({"axis": 2}, "not the last"),
+        ({"scale": np.full((1, H, 1, 1), 0.5)}, "not a float32 scalar constant"),
+        ({"scale": -0.5}, "positive finite scale"),
+        ({"k_batch": 1}, "not provably equal"),
+        ({"dtype": TensorProto.FLOAT16}, "float32 only"),
+        ({"probs_out": True}, "graph output"),
+    ],
+)
+def test_a_broken_premise_refuses_with_its_reason(kw: dict, reason: str) -> None:
+    m = _graph(**kw)
+    res = optimize(m, rules=["attention"])
+    assert "Attention" not in ops(res.model) and "Softmax" in ops(res.model)
+    assert reason in refusal(res, "attention.sdpa")
+    xs = _inputs(m)
+    assert_close(run(res.model, *xs)[0], run(m, *xs)[0], "model", "unchanged graph")
+
+
+def test_a_head_view_read_elsewhere_keeps_the_four_dimensional_form(tmp_path) -> None:
+    """If a split head is also a graph output, the 3-D rewrite would drop it: it refuses, and the
+    4-D ``Attention`` stays."""
+
+    class Leaky(PackedAttention):
+        def forward(self, x: torch.Tensor):
+            b, n, c = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+            y = torch.softmax((q * D**-0.5) @ k.transpose(-2, -1), dim=-1) @ v
+            return y.transpose(1, 2).reshape(b, n, c), q
+
+    torch.manual_seed(6)
+    module = Leaky().eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.fired.get("attention.sdpa") == 1 and "attention.heads" not in res.fired
+    assert "graph output" in " | ".join(r.reason for r in res.refused if r.rule == "attention.heads")
+    got = run(m, x.numpy())
+    with torch.no_grad():
+        want = copy.deepcopy(module).double()(x.double())
+    for g_, w in zip(got, want):
+        assert_close(g_, w.numpy(), "model")
