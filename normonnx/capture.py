@@ -243,10 +243,16 @@ _SCALE_OPS = ("aten.mul.Tensor", "aten.mul.Scalar", "aten.div.Tensor", "aten.div
 _MATMUL_OPS = ("aten.matmul.default", "aten.bmm.default")
 
 
+def _huge_negative(value: Any) -> bool:
+    """A masked_fill value that ``attention.sdpa`` accepts as a mask: −∞ or ≤ −2¹⁰⁰."""
+    return isinstance(value, (int, float)) and (value == float("-inf") or value <= -(2.0**100))
+
+
 def scan_attention(exported_program: Any) -> int:
     """How many attention blocks written out by hand a ``torch.export`` program has, that the
     ``attention`` rules can turn into ONNX's ``Attention`` op: ``softmax(c·(q @ kᵀ)) @ v`` (a Softmax
-    between MatMuls, only constant scales in between, ``kᵀ`` a transpose). A count for choosing the
+    between MatMuls, only constant scales in between, ``kᵀ`` a transpose), a ``masked_fill`` with
+    −∞ (or ≤ −2¹⁰⁰) allowed before the Softmax. A count for choosing the
     opset; the rules themselves prove each match.
 
     ``scaled_dot_product_attention`` is not counted: at opset 20 onnxruntime fuses torch's own
@@ -269,6 +275,8 @@ def scan_attention(exported_program: Any) -> int:
         if node.op != "call_function" or str(node.target) not in ("aten.softmax.int", "aten._softmax.default"):
             continue
         src = unscaled(node.args[0])
+        if fx(src) and str(src.target) == "aten.masked_fill.Scalar" and _huge_negative(src.args[2]):
+            src = unscaled(src.args[0])  # a mask the rule turns into Attention's additive attn_mask
         if not (fx(src) and str(src.target) in _MATMUL_OPS and len(src.args) > 1):
             continue
         kt = str(getattr(unscaled(src.args[1]), "target", ""))

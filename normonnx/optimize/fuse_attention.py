@@ -38,6 +38,9 @@ Proof (``check``):
   the Reshape built. Slot ``i`` of a packed projection is columns ``[i·H·D, (i+1)·H·D)``, one
   output of an equal ``Split`` on the last axis. Exact: the same numbers in the same layout.
 
+- ``attention.gqa``: 4-D ``Attention`` reading ``repeat_kv`` copies of key/value heads reads the
+  heads themselves (grouped-query attention; see :class:`GroupedHeads` for the proof).
+
 Needs opset 23 (the first with ``Attention``): below it both rules refuse and say so;
 ``normonnx export`` picks 23 by itself for a model with attention written out by hand (see
 :func:`normonnx.capture.scan_attention`).
@@ -110,6 +113,20 @@ class ScaledDotProduct(Rule):
         nodes: list[onnx.NodeProto] = [node, sm]
         consts: list[tuple[str, str]] = []
         scores = _scaled(g, sm.input[0], nodes, consts)
+        mask = None
+        w = g.op(scores, "Where")
+        if w is not None:  # masked_fill: Where(cond, fill, s) or Where(cond, s, fill), fill a constant
+            cond, a, b = w.input
+            ca, cb = g.const(a), g.const(b)
+            if ca is not None and cb is None:
+                mask, scores = {"cond": cond, "fill": a, "fill_when": True}, b
+            elif cb is not None and ca is None:
+                mask, scores = {"cond": cond, "fill": b, "fill_when": False}, a
+            else:
+                return Rejection("the Where before the Softmax does not fill the scores with a constant", w.output[0])
+            mask["after"] = list(consts)  # the scales applied to the masked scores (they scale the fill too)
+            nodes.append(w)
+            scores = _scaled(g, scores, nodes, consts)
         qk = g.op(scores, "MatMul")
         if qk is None:
             return Rejection("the Softmax's input is not a (scaled) MatMul", scores)
@@ -121,7 +138,7 @@ class ScaledDotProduct(Rule):
             return Rejection("the scores' second operand is not a transposed K", kt)
         nodes.append(tr)
         k = _scaled(g, tr.input[0], nodes, consts)
-        facts = {"softmax": sm, "transpose": tr, "q": q, "k": k, "v": node.input[1], "consts": consts}
+        facts = {"softmax": sm, "transpose": tr, "q": q, "k": k, "v": node.input[1], "consts": consts, "mask": mask}
         return Match(node, nodes, node.output[0], facts)
 
     def check(self, g: GraphView, m: Match) -> CheckResult:
@@ -159,16 +176,48 @@ class ScaledDotProduct(Rule):
         ):
             if a != b:
                 return Rejection(f"the {what} are {a} and {b}, not provably equal (the MatMuls would broadcast)", a)
-        scale = 1.0
-        for name, how in m.facts["consts"]:
-            c = scalar(g.const(name))
-            arr = g.const(name)
-            if c is None or arr is None or arr.dtype != np.float32:
-                return Rejection(f"scale {name!r} is not a float32 scalar constant", arr if arr is not None else name)
-            scale = scale / c if how == "div" else scale * c
+        scale = _product(g, m.facts["consts"])
+        if isinstance(scale, Rejection):
+            return scale
         if not (math.isfinite(scale) and scale > 0):
             return Rejection(f"the scale is {scale}; Attention needs a positive finite scale", scale)
         m.facts.update(scale=scale, rank=rank, k_perm=k_perm)
+        if m.facts["mask"] is not None:
+            return self._check_mask(g, m, [dq[0], dq[1], dq[2], dk[2]], rank)
+        return OK
+
+    @staticmethod
+    def _check_mask(g: GraphView, m: Match, score_dims: list, rank: int) -> CheckResult:
+        """A ``Where`` mask is ``Attention``'s additive ``attn_mask`` ``where(cond, f, 0)``: ``s + 0 = s``,
+        and ``s + f = f`` for every finite score ``s`` when ``f`` (the fill times the scales after
+        the Where, which scale it too) is −∞, or so large that ``|s| < ulp(f)/2`` for any
+        ``|s| < 2⁷⁵`` (``f ≤ −2¹⁰⁰``; ``torch.finfo(float32).min`` is). Then a fully masked row is
+        uniform (finite ``f``) or NaN (−∞) in both. A smaller fill (−1e4, −1e9) gives a fully
+        masked row another value: refused."""
+        mask = m.facts["mask"]
+        cond = mask["cond"]
+        if g.elem_type(cond) != onnx.TensorProto.BOOL:
+            return Rejection(f"the Where's condition {cond!r} is {dtype_name(g.elem_type(cond))}, not bool", cond)
+        fill = g.const(mask["fill"])
+        f = scalar(fill)
+        if f is None or fill is None or fill.dtype != np.float32:
+            return Rejection(f"the fill {mask['fill']!r} is not a float32 scalar", fill)
+        after = _product(g, mask["after"])
+        if isinstance(after, Rejection):
+            return after
+        f = float(np.float32(f) * np.float32(after))
+        if not (f == -math.inf or f <= -(2.0**100)):
+            return Rejection(f"the mask fills {f:g}: adding it is the Where only for a fill of -inf or <= -2^100", f)
+        dc = dims_of(g, cond)
+        if dc is None or len(dc) > rank:
+            return Rejection(f"the mask's rank is {None if dc is None else len(dc)}, the scores' {rank}", cond)
+        dims = score_dims if rank == 4 else [score_dims[0], score_dims[2], score_dims[3]]
+        for c, d in zip(reversed(dc), reversed(dims)):
+            if c != 1 and c != d:
+                return Rejection(f"the mask {dc} does not broadcast to the scores {dims} without growing them", cond)
+        if rank == 3 and len(dc) == 3 and g.const(cond) is None:
+            return Rejection("a run-time [B, S, L] mask of one head would need its head axis inserted", cond)
+        mask["value"] = f
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
@@ -178,9 +227,32 @@ class ScaledDotProduct(Rule):
             k_new = g.fresh(f"{k}_keys")
             add.append(helper.make_node("Transpose", [k], [k_new], name=g.fresh(f"{k}/keys"), perm=k_perm))
             k = k_new
+        inputs = [m.facts["q"], k, m.facts["v"]]
+        inits: list[onnx.TensorProto] = []
+        mask = m.facts["mask"]
+        if mask is not None:
+            f, when = np.float32(mask["value"]), bool(mask["fill_when"])
+            cond = g.const(mask["cond"])
+            if cond is not None:  # a constant mask: its additive form is a constant too
+                bias = np.where(cond == when, f, np.float32(0)).astype(np.float32)
+                if m.facts["rank"] == 3 and bias.ndim == 3:  # [B, S, L] → [B, 1, S, L]: the head axis
+                    bias = bias[:, None]
+                t = numpy_helper.from_array(bias, name=g.fresh(f"{mask['cond']}_additive"))
+                inits.append(t)
+                inputs.append(t.name)
+            else:
+                pair = [
+                    numpy_helper.from_array(np.float32(v), name=g.fresh(f"{mask['cond']}_{n}"))
+                    for n, v in (("fill", f), ("keep", 0))
+                ]
+                inits += pair
+                out = g.fresh(f"{mask['cond']}_additive")
+                a, b = (pair[0].name, pair[1].name) if when else (pair[1].name, pair[0].name)
+                add.append(helper.make_node("Where", [mask["cond"], a, b], [out], name=g.fresh(f"{out}/where")))
+                inputs.append(out)
         att = helper.make_node(
             "Attention",
-            [m.facts["q"], k, m.facts["v"]],
+            inputs,
             [m.output],
             name=g.fresh((node.name or "attention") + "/attention"),
             scale=float(m.facts["scale"]),
@@ -188,9 +260,23 @@ class ScaledDotProduct(Rule):
         )
         att.metadata_props.add(
             key=PROOF_KEY,
-            value=f"softmax(c·Q·Kᵀ)·V with c = {m.facts['scale']:.9g}, the product of the graph's scales",
+            value=f"softmax(c·Q·Kᵀ{' + M' if mask is not None else ''})·V with c = {m.facts['scale']:.9g}, "
+            "the product of the graph's scales"
+            + (f"; M = where(mask, {mask['value']:g}, 0), the masked fill" if mask is not None else ""),
         )
-        return Rewrite(remove=m.nodes, add=[*add, att])
+        return Rewrite(remove=m.nodes, add=[*add, att], initializers=inits)
+
+
+def _product(g: GraphView, consts: list[tuple[str, str]]) -> float | Rejection:
+    """The product of the scales ``_scaled`` recorded (a Div's constant divides)."""
+    scale = 1.0
+    for name, how in consts:
+        arr = g.const(name)
+        c = scalar(arr)
+        if c is None or arr is None or arr.dtype != np.float32:
+            return Rejection(f"scale {name!r} is not a float32 scalar constant", arr if arr is not None else name)
+        scale = scale / c if how == "div" else scale * c
+    return scale
 
 
 def _split_heads(g: GraphView, x4: str) -> tuple[list[onnx.NodeProto], dict] | Rejection:
@@ -278,13 +364,13 @@ class HeadLayout(Rule):
         att = g.op(t.input[0], "Attention") if t is not None else None
         if t is None or att is None:
             return Rejection("the Reshape's input is not a transposed Attention output")
-        if len([i for i in att.input if i]) != 3 or len(att.input) != 3 or len([o for o in att.output if o]) != 1:
-            return Rejection("the Attention has a mask, a cache or extra outputs", att.output[0])
+        if len(att.input) > 4 or not all(att.input) or len([o for o in att.output if o]) != 1 or len(att.output) > 1:
+            return Rejection("the Attention has a cache or extra outputs", att.output[0])
         if any(a.name in ("q_num_heads", "kv_num_heads") for a in att.attribute):
             return Rejection("the Attention already has 3-D inputs", att.output[0])
         nodes = [node, t, att]
         sides = []
-        for x in att.input:
+        for x in att.input[:3]:  # a mask (input 3) broadcasts to [B, H, S, L] in both forms: kept as it is
             got = _split_heads(g, x)
             if isinstance(got, Rejection):
                 return got
@@ -343,7 +429,7 @@ class HeadLayout(Rule):
         keep = [a for a in att.attribute if a.name not in ("q_num_heads", "kv_num_heads")]
         node = helper.make_node(
             "Attention",
-            inputs,
+            [*inputs, *att.input[3:]],
             [m.output],
             name=g.fresh((att.name or "attention") + "/3d"),
             q_num_heads=sides[0]["heads"],
@@ -355,4 +441,57 @@ class HeadLayout(Rule):
         return Rewrite(remove=m.nodes, add=add, initializers=inits)
 
 
-RULES: list[Rule] = [ScaledDotProduct(), HeadLayout()]
+def _repeated_heads(g: GraphView, x: str) -> tuple[list[onnx.NodeProto], str, int] | Rejection:
+    """``Reshape(Expand(Unsqueeze(kv, 2), [B, Hkv, r, L, D]), [B, Hkv·r, L, D])`` (Llama's
+    ``repeat_kv``): its nodes, ``kv`` and ``r``."""
+    r = g.op(x, "Reshape")
+    e = g.op(r.input[0], "Expand") if r is not None else None
+    u = g.op(e.input[0], "Unsqueeze") if e is not None else None
+    if r is None or e is None or u is None:
+        return Rejection("not a repeat of key/value heads (Reshape(Expand(Unsqueeze)))", x)
+    axes = g.const(u.input[1]) if len(u.input) > 1 and u.input[1] else None
+    if axes is None or [int(a) for a in axes.reshape(-1)] != [2]:
+        return Rejection("the Unsqueeze of the repeated heads is not at axis 2", x)
+    src, exp, out = dims_of(g, u.input[0]), dims_of(g, e.output[0]), dims_of(g, x)
+    if src is None or exp is None or out is None or (len(src), len(exp), len(out)) != (4, 5, 4):
+        return Rejection("the repeated heads' shapes are unknown or not [B, Hkv, L, D] → [B, Hkv·r, L, D]", x)
+    b, h, ln, d = src
+    rep = exp[2]
+    if exp != [b, h, rep, ln, d] or not (isinstance(h, int) and isinstance(rep, int)) or out != [b, h * rep, ln, d]:
+        return Rejection(f"{src} expanded to {exp} and reshaped to {out} is not a repeat of heads", x)
+    return [r, e, u], u.input[0], rep
+
+
+class GroupedHeads(Rule):
+    """``attention.gqa``: 4-D ``Attention`` whose K and V are ``repeat_kv`` copies of ``Hkv`` heads →
+    the same ``Attention`` on the ``Hkv`` heads themselves (grouped-query attention). Proof: the
+    repeat makes head ``j`` a copy of head ``j // r`` (``Unsqueeze`` at axis 2, ``Expand`` of that
+    axis to ``r``, the merge of axes 1 and 2), and the spec's grouped attention has query head
+    ``j`` read key/value head ``j // (H / Hkv)``; with ``H = Hkv·r`` that is the same head. Exact."""
+
+    name = "attention.gqa"
+    anchor_ops = ("Attention",)
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        if any(a.name in ("q_num_heads", "kv_num_heads") for a in node.attribute):
+            return Rejection("3-D inputs: the repeat would be of a projection, not of heads")
+        if len(node.input) > 4 or len([o for o in node.output if o]) != 1 or len(node.output) > 1:
+            return Rejection("the Attention has a cache or extra outputs", node.output[0])
+        k, v = (_repeated_heads(g, x) for x in node.input[1:3])
+        if isinstance(k, Rejection):
+            return k
+        if isinstance(v, Rejection):
+            return v
+        if k[2] != v[2]:
+            return Rejection(f"K repeats its heads {k[2]} times, V {v[2]} times", node.input[2])
+        return Match(node, [node, *k[0], *v[0]], node.output[0], {"k": k[1], "v": v[1]})
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        node = m.anchor
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.input[1], new.input[2] = m.facts["k"], m.facts["v"]
+        return Rewrite(remove=m.nodes, add=[new])
+
+
+RULES: list[Rule] = [ScaledDotProduct(), HeadLayout(), GroupedHeads()]

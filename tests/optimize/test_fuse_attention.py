@@ -157,17 +157,75 @@ def test_an_explicit_lower_opset_keeps_the_primitives_and_says_why(tmp_path) -> 
     assert_close(run(m, x.numpy())[0], _torch64(module, x), "model")
 
 
-def test_masked_and_fused_attention_do_not_move_the_opset(tmp_path) -> None:
-    """A mask between the scores and the Softmax (Llama's causal ``masked_fill``) is not what the rule
-    proves, and torch's own ``scaled_dot_product_attention`` is fused by onnxruntime at opset 20:
-    neither makes normonnx leave torch's default opset."""
+class Masked(PackedAttention):
+    """Causal attention with ``masked_fill`` (Llama's spelling), the fill before or after the scale."""
 
-    class Masked(PackedAttention):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b, n, _ = x.shape
-            q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
-            s = (q @ k.transpose(-2, -1)).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
-            return torch.softmax(s, dim=-1) @ v
+    def __init__(self, fill: float = float("-inf"), scale_after: bool = True) -> None:
+        super().__init__()
+        self.fill, self.scale_after = fill, scale_after
+        self.register_buffer("causal", torch.ones(S, S, dtype=torch.bool).tril(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+        s = q @ k.transpose(-2, -1)
+        if self.scale_after:
+            s = s.masked_fill(~self.causal[:n, :n], self.fill) * D**-0.5
+        else:
+            s = (s * D**-0.5).masked_fill(~self.causal[:n, :n], self.fill)
+        y = torch.softmax(s, dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize(
+    ("fill", "scale_after"),
+    [(float("-inf"), False), (float("-inf"), True), (torch.finfo(torch.float32).min, False)],
+)
+def test_a_causal_masked_fill_becomes_the_additive_mask(tmp_path, fill: float, scale_after: bool) -> None:
+    torch.manual_seed(7)
+    module = Masked(fill, scale_after).eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.opset == 23 and res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.heads") == 1
+    assert [o for o in ops(m) if o not in ("MatMul", "Add")] == ["Split", "Attention"]
+    att = next(n for n in m.graph.node if n.op_type == "Attention")
+    bias = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == att.input[3]))
+    assert bias.shape == (S, S) and np.all(bias[np.tril_indices(S)] == 0)
+    assert np.all(bias[np.triu_indices(S, 1)] == np.float32(fill))
+    _check_numbers(m, module, x)
+
+
+def test_a_small_fill_is_not_a_mask_and_keeps_the_opset(tmp_path) -> None:
+    """``masked_fill(…, -1e9)``: a fully masked row would differ, so the rule would refuse; the opset stays."""
+    _, res = _export(Masked(-1e9).eval(), tmp_path, torch.randn(B, S, C))
+    assert res.opset == 20, res.opset_reason
+
+
+def test_a_small_fill_refuses_with_its_reason_at_opset_23(tmp_path) -> None:
+    torch.manual_seed(8)
+    module = Masked(-1e9).eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x, opset=23)
+    assert "Attention" not in ops(m)
+    assert "-inf or <= -2^100" in " | ".join(r.reason for r in res.refused if r.rule == "attention.sdpa")
+    assert_close(run(m, x.numpy())[0], _torch64(module, x), "model")
+
+
+def test_a_run_time_mask_becomes_a_run_time_additive_mask() -> None:
+    """A mask that is a graph input: one ``Where`` makes its additive form at run time."""
+    m = _graph(run_time_mask=True)
+    res = optimize(m, rules=["attention"])
+    assert ops(res.model) == ["Where", "Attention"], ops(res.model)
+    xs = _inputs(m)
+    xs[3] = rng().random(xs[3].shape) < 0.3  # some keys masked; never a whole row (column 0 kept)
+    xs[3][..., 0] = False
+    want = ReferenceEvaluator(m).run(None, dict(zip(["q", "k", "v", "mask"], xs)))[0]
+    assert_close(run(res.model, *xs)[0], want, "model")
+
+
+def test_fused_sdpa_does_not_move_the_opset(tmp_path) -> None:
+    """torch's own ``scaled_dot_product_attention`` is fused by onnxruntime at opset 20: it does not
+    make normonnx leave torch's default opset."""
 
     class Sdpa(PackedAttention):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,9 +233,8 @@ def test_masked_and_fused_attention_do_not_move_the_opset(tmp_path) -> None:
             q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
-    for module in (Masked(), Sdpa()):
-        _, res = _export(module, tmp_path, torch.randn(B, S, C))
-        assert res.opset == 20, (type(module).__name__, res.opset_reason)
+    _, res = _export(Sdpa(), tmp_path, torch.randn(B, S, C))
+    assert res.opset == 20, res.opset_reason
 
 
 # -- negative cases: ONNX graphs with one broken premise each ---------------------------------------
@@ -190,12 +247,17 @@ def _graph(
     k_batch: int = B,
     dtype: int = F,
     probs_out: bool = False,
+    run_time_mask: bool = False,
 ) -> onnx.ModelProto:
-    """``softmax(q·c @ Transpose(k)) @ v`` on 4-D graph inputs."""
+    """``softmax(q·c @ Transpose(k)) @ v`` on 4-D graph inputs (``run_time_mask``: the scores
+    filled with -inf where the bool input ``mask`` [S, S] is true)."""
     nodes = [
         helper.make_node("Mul", ["q", "c"], ["qs"]),
         helper.make_node("Transpose", ["k"], ["kt"], perm=list(perm)),
-        helper.make_node("MatMul", ["qs", "kt"], ["s"]),
+        helper.make_node("MatMul", ["qs", "kt"], ["s0"]),
+        helper.make_node("Where", ["mask", "ninf", "s0"], ["s"])
+        if run_time_mask
+        else helper.make_node("Identity", ["s0"], ["s"]),
         helper.make_node("Softmax", ["s"], ["p"], axis=axis),
         helper.make_node("MatMul", ["p", "v"], ["y"]),
     ]
@@ -210,9 +272,13 @@ def _graph(
             helper.make_tensor_value_info("q", dtype, [B, H, S, D]),
             helper.make_tensor_value_info("k", dtype, [k_batch, H, S, D]),
             helper.make_tensor_value_info("v", dtype, [k_batch, H, S, D]),
+            *([helper.make_tensor_value_info("mask", TensorProto.BOOL, [S, S])] if run_time_mask else []),
         ],
         outputs,
-        [numpy_helper.from_array(np.asarray(scale, np_dt), name="c")],
+        [
+            numpy_helper.from_array(np.asarray(scale, np_dt), name="c"),
+            numpy_helper.from_array(np.asarray(-np.inf, np_dt), name="ninf"),
+        ],
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
@@ -229,7 +295,7 @@ def test_the_graph_form_fuses_and_matches_the_reference() -> None:
     """The positive twin of the negative cases below: the same graph, every premise holding."""
     m = _graph()
     res = optimize(m, rules=["attention"])
-    assert ops(res.model) == ["Attention"], ops(res.model)
+    assert ops(res.model) == ["Attention"], ops(res.model)  # (the Identity the test graph has is cleaned up)
     xs = _inputs(m)
     assert_close(run(res.model, *xs)[0], ReferenceEvaluator(m).run(None, dict(zip("qkv", xs)))[0], "model")
 
@@ -277,3 +343,57 @@ def test_a_head_view_read_elsewhere_keeps_the_four_dimensional_form(tmp_path) ->
         want = copy.deepcopy(module).double()(x.double())
     for g_, w in zip(got, want):
         assert_close(g_, w.numpy(), "model")
+
+
+class Grouped(torch.nn.Module):
+    """Llama's grouped-query attention: ``KV`` key/value heads repeated for ``H`` query heads, causal.
+
+    ``repeat``: "interleave" is Llama's ``repeat_kv`` (head j reads kv head j // r); "tile" is
+    ``k.repeat(1, r, 1, 1)`` (head j reads kv head j % r), "outer" the same tiling spelt with an
+    Unsqueeze at axis 1: neither is the grouping ``Attention`` does, so they stay repeats."""
+
+    def __init__(self, repeat: str = "interleave") -> None:
+        super().__init__()
+        self.repeat = repeat
+        self.q = torch.nn.Linear(C, C)
+        self.kv = torch.nn.Linear(C, 2 * C // H)  # one key/value head (D wide) each
+        self.register_buffer("causal", torch.ones(S, S, dtype=torch.bool).tril(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, H, D).transpose(1, 2) * 1.0  # (a 4-D Q that is not a head view: RoPE's place)
+        k, v = (t.view(b, n, 1, D).transpose(1, 2) for t in self.kv(x).chunk(2, dim=-1))
+        if self.repeat == "interleave":
+            k, v = (t[:, :, None].expand(b, 1, H, n, D).reshape(b, H, n, D) for t in (k, v))
+        elif self.repeat == "outer":
+            k, v = (t[:, None].expand(b, H, 1, n, D).reshape(b, H, n, D) for t in (k, v))
+        else:
+            k, v = (t.repeat(1, H, 1, 1) for t in (k, v))
+        s = (q @ k.transpose(-2, -1) * D**-0.5).masked_fill(~self.causal[:n, :n], float("-inf"))
+        return (torch.softmax(s, dim=-1) @ v).transpose(1, 2).reshape(b, n, C)
+
+
+def test_repeated_key_value_heads_become_grouped_query_attention(tmp_path) -> None:
+    torch.manual_seed(9)
+    module = Grouped().eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.gqa") == 1, res.fired
+    assert "Expand" not in ops(m) and "Unsqueeze" not in ops(m)
+    att = next(n for n in m.graph.node if n.op_type == "Attention")
+    a = {x.name: helper.get_attribute_value(x) for x in att.attribute}
+    # the repeat gone, K and V are head views again, so attention.heads reads their projections
+    assert res.fired.get("attention.heads") == 1 and (a["q_num_heads"], a["kv_num_heads"]) == (H, 1)
+    _check_numbers(m, module, x)
+
+
+@pytest.mark.parametrize("repeat", ["tile", "outer"])
+def test_tiled_heads_are_not_grouped_attention(tmp_path, repeat: str) -> None:
+    """Tiled copies pair query head j with kv head j % Hkv: fusing them as groups would be wrong,
+    so the repeat stays (and the numbers say the file still computes the model)."""
+    torch.manual_seed(10)
+    module = Grouped(repeat).eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.fired.get("attention.sdpa") == 1 and "attention.gqa" not in res.fired
+    _check_numbers(m, module, x)
