@@ -74,7 +74,8 @@ def _needs_opset(g: GraphView) -> CheckResult:
     if g.opset < ATTENTION_OPSET:
         return Rejection(
             f"the Attention op needs opset {ATTENTION_OPSET}; this model imports opset {g.opset} "
-            f"(export with opset={ATTENTION_OPSET}, or let normonnx export choose it)",
+            f"(normonnx export chooses {ATTENTION_OPSET} for such a model; normonnx optimize --opset "
+            f"{ATTENTION_OPSET} converts a file to it)",
             g.opset,
         )
     return OK

@@ -397,3 +397,23 @@ def test_tiled_heads_are_not_grouped_attention(tmp_path, repeat: str) -> None:
     m, res = _export(module, tmp_path, x)
     assert res.fired.get("attention.sdpa") == 1 and "attention.gqa" not in res.fired
     _check_numbers(m, module, x)
+
+
+def test_optimize_converts_a_default_export_to_opset_23_and_fuses_it() -> None:
+    """``torch.onnx.export``'s own file (opset 20) through ``normonnx optimize --opset 23``: the
+    version converter, then the rules, then optimize's own verification against the original."""
+    from optimize_helpers import export as torch_export
+
+    from normonnx.optimize import optimize_model
+
+    torch.manual_seed(11)
+    module = PackedAttention().eval()
+    x = torch.randn(B, S, C)
+    proto = torch_export(module, x, "dynamo", 20)
+    kept = optimize_model(proto)
+    assert "needs opset 23" in refusal(kept, "attention.sdpa")
+    res = optimize_model(proto, opset=23)
+    assert res.passed, res.summary()
+    assert res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.heads") == 1
+    assert "Softmax" not in ops(res.model)
+    assert_close(run(res.model, x.numpy())[0], _torch64(module, x), "model")
