@@ -78,10 +78,20 @@ class OneHead(torch.nn.Module):
 
 
 def _export(module: torch.nn.Module, tmp_path, x: torch.Tensor, **kw) -> tuple[onnx.ModelProto, object]:
-    torch.manual_seed(0)
-    module = module.eval()
-    res = export(module, (x,), tmp_path / "m.onnx", **kw)
+    res = export(module.eval(), (x,), tmp_path / "m.onnx", **kw)
     return onnx.load(tmp_path / "m.onnx"), res
+
+
+def _fused(make, tmp_path, seed: int, **kw) -> tuple[torch.nn.Module, torch.Tensor, onnx.ModelProto, object]:
+    """``make()``'s module (weights from ``seed``), an input [B, S, C], its normonnx export and result."""
+    torch.manual_seed(seed)
+    module = make().eval()
+    x = torch.randn(B, S, C)
+    return (module, x, *_export(module, tmp_path, x, **kw))
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _torch64(module: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -100,38 +110,29 @@ def _check_numbers(m: onnx.ModelProto, module: torch.nn.Module, x: torch.Tensor)
 
 @pytest.mark.parametrize("spelling", ["q", "scores", "both", "none"])
 def test_packed_qkv_attention_becomes_split_and_one_attention_node(tmp_path, spelling: str) -> None:
-    torch.manual_seed(1)
-    module = PackedAttention(spelling).eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x)
+    module, x, m, res = _fused(lambda: PackedAttention(spelling), tmp_path, 1)
     assert res.opset == 23 and "Attention" in res.opset_reason
     assert res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.heads") == 1
     assert [o for o in ops(m) if o not in ("MatMul", "Add")] == ["Split", "Attention"]
     att = next(n for n in m.graph.node if n.op_type == "Attention")
-    a = {x.name: helper.get_attribute_value(x) for x in att.attribute}
+    a = _attrs(att)
     assert (a["q_num_heads"], a["kv_num_heads"]) == (H, H)
     assert a["scale"] == pytest.approx(1.0 if spelling == "none" else D**-0.5, rel=1e-6)
     _check_numbers(m, module, x)
 
 
 def test_separate_projections_feed_attention_directly(tmp_path) -> None:
-    torch.manual_seed(2)
-    module = SeparateAttention().eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x)
+    module, x, m, res = _fused(SeparateAttention, tmp_path, 2)
     assert res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.heads") == 1
     assert [o for o in ops(m) if o not in ("MatMul", "Add")] == ["Attention"]
     _check_numbers(m, module, x)
 
 
 def test_one_head_bmm_attention_takes_the_three_dimensional_form(tmp_path) -> None:
-    torch.manual_seed(3)
-    module = OneHead().eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x)
+    module, x, m, res = _fused(OneHead, tmp_path, 3)
     assert res.fired.get("attention.sdpa") == 1
     att = next(n for n in m.graph.node if n.op_type == "Attention")
-    assert {x.name: helper.get_attribute_value(x) for x in att.attribute}["q_num_heads"] == 1
+    assert _attrs(att)["q_num_heads"] == 1
     assert "Softmax" not in ops(m)
     _check_numbers(m, module, x)
 
@@ -147,10 +148,7 @@ def test_dynamic_batch_and_tokens_still_fuse_and_run_at_other_sizes(tmp_path) ->
 
 
 def test_an_explicit_lower_opset_keeps_the_primitives_and_says_why(tmp_path) -> None:
-    torch.manual_seed(5)
-    module = PackedAttention().eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x, opset=20)
+    module, x, m, res = _fused(PackedAttention, tmp_path, 5, opset=20)
     assert "Attention" not in ops(m) and "Softmax" in ops(m)
     reasons = " | ".join(r.reason for r in res.refused if r.rule == "attention.sdpa")
     assert "needs opset 23" in reasons and "opset 20" in reasons
@@ -182,10 +180,7 @@ class Masked(PackedAttention):
     [(float("-inf"), False), (float("-inf"), True), (torch.finfo(torch.float32).min, False)],
 )
 def test_a_causal_masked_fill_becomes_the_additive_mask(tmp_path, fill: float, scale_after: bool) -> None:
-    torch.manual_seed(7)
-    module = Masked(fill, scale_after).eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x)
+    module, x, m, res = _fused(lambda: Masked(fill, scale_after), tmp_path, 7)
     assert res.opset == 23 and res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.heads") == 1
     assert [o for o in ops(m) if o not in ("MatMul", "Add")] == ["Split", "Attention"]
     att = next(n for n in m.graph.node if n.op_type == "Attention")
@@ -202,10 +197,7 @@ def test_a_small_fill_is_not_a_mask_and_keeps_the_opset(tmp_path) -> None:
 
 
 def test_a_small_fill_refuses_with_its_reason_at_opset_23(tmp_path) -> None:
-    torch.manual_seed(8)
-    module = Masked(-1e9).eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x, opset=23)
+    module, x, m, res = _fused(lambda: Masked(-1e9), tmp_path, 8, opset=23)
     assert "Attention" not in ops(m)
     assert "-inf or <= -2^100" in " | ".join(r.reason for r in res.refused if r.rule == "attention.sdpa")
     assert_close(run(m, x.numpy())[0], _torch64(module, x), "model")
@@ -332,10 +324,7 @@ def test_a_head_view_read_elsewhere_keeps_the_four_dimensional_form(tmp_path) ->
             y = torch.softmax((q * D**-0.5) @ k.transpose(-2, -1), dim=-1) @ v
             return y.transpose(1, 2).reshape(b, n, c), q
 
-    torch.manual_seed(6)
-    module = Leaky().eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x)
+    module, x, m, res = _fused(Leaky, tmp_path, 6)
     assert res.fired.get("attention.sdpa") == 1 and "attention.heads" not in res.fired
     assert "graph output" in " | ".join(r.reason for r in res.refused if r.rule == "attention.heads")
     got = run(m, x.numpy())
@@ -374,14 +363,11 @@ class Grouped(torch.nn.Module):
 
 
 def test_repeated_key_value_heads_become_grouped_query_attention(tmp_path) -> None:
-    torch.manual_seed(9)
-    module = Grouped().eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x)
+    module, x, m, res = _fused(Grouped, tmp_path, 9)
     assert res.fired.get("attention.sdpa") == 1 and res.fired.get("attention.gqa") == 1, res.fired
     assert "Expand" not in ops(m) and "Unsqueeze" not in ops(m)
     att = next(n for n in m.graph.node if n.op_type == "Attention")
-    a = {x.name: helper.get_attribute_value(x) for x in att.attribute}
+    a = _attrs(att)
     # the repeat gone, K and V are head views again, so attention.heads reads their projections
     assert res.fired.get("attention.heads") == 1 and (a["q_num_heads"], a["kv_num_heads"]) == (H, 1)
     _check_numbers(m, module, x)
@@ -391,10 +377,7 @@ def test_repeated_key_value_heads_become_grouped_query_attention(tmp_path) -> No
 def test_tiled_heads_are_not_grouped_attention(tmp_path, repeat: str) -> None:
     """Tiled copies pair query head j with kv head j % Hkv: fusing them as groups would be wrong,
     so the repeat stays (and the numbers say the file still computes the model)."""
-    torch.manual_seed(10)
-    module = Grouped(repeat).eval()
-    x = torch.randn(B, S, C)
-    m, res = _export(module, tmp_path, x)
+    module, x, m, res = _fused(lambda: Grouped(repeat), tmp_path, 10)
     assert res.fired.get("attention.sdpa") == 1 and "attention.gqa" not in res.fired
     _check_numbers(m, module, x)
 
