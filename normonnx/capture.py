@@ -252,8 +252,8 @@ def scan_attention(exported_program: Any) -> int:
     """How many attention blocks written out by hand a ``torch.export`` program has, that the
     ``attention`` rules can turn into ONNX's ``Attention`` op: ``softmax(c·(q @ kᵀ)) @ v`` (a Softmax
     between MatMuls, only constant scales in between, ``kᵀ`` a transpose), a ``masked_fill`` with
-    −∞ (or ≤ −2¹⁰⁰) allowed before the Softmax. A count for choosing the
-    opset; the rules themselves prove each match.
+    −∞ (or ≤ −2¹⁰⁰) allowed before the Softmax. A count for choosing the opset; the rules
+    themselves prove each match.
 
     ``scaled_dot_product_attention`` is not counted: at opset 20 onnxruntime fuses torch's own
     decomposition of it into its contrib ``Attention`` kernel, which opset 23 would not beat

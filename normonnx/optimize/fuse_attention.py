@@ -81,22 +81,23 @@ def _needs_opset(g: GraphView) -> CheckResult:
     return OK
 
 
-def _scaled(g: GraphView, v: str, nodes: list[onnx.NodeProto], consts: list[tuple[str, float]]) -> str:
-    """Strip ``Mul(v, c)`` / ``Mul(c, v)`` / ``Div(v, c)`` by constant scalars off ``v``, recording the
-    nodes and each constant as a factor; returns the unscaled value."""
+def _scaled(g: GraphView, v: str, nodes: list[onnx.NodeProto], consts: list[tuple[str, str]]) -> str:
+    """Strip ``Mul(v, c)`` / ``Mul(c, v)`` / ``Div(v, c)`` by constant scalars (one element) off ``v``,
+    recording the nodes and each constant as a factor; returns the unscaled value. A Mul by a
+    constant of more elements (a per-head scale, RoPE's cos) stays: it is part of the operand."""
     for _ in range(4):
         n = g.producer.get(v)
         if n is None or n.domain not in _PLAIN or n.op_type not in ("Mul", "Div") or len(n.input) != 2:
             return v
         a, b = n.input
-        ca, cb = g.const(a), g.const(b)
-        if n.op_type == "Div" and cb is not None and ca is None:
+        ca, cb = (c if c is not None and c.size == 1 else None for c in (g.const(a), g.const(b)))
+        if n.op_type == "Div" and cb is not None and g.const(a) is None:
             nodes.append(n)
-            consts.append((b, "div"))  # type: ignore[arg-type]
+            consts.append((b, "div"))
             v = a
-        elif n.op_type == "Mul" and (ca is None) != (cb is None):
+        elif n.op_type == "Mul" and (ca is None) != (cb is None) and None in (g.const(a), g.const(b)):
             nodes.append(n)
-            consts.append((b if cb is not None else a, "mul"))  # type: ignore[arg-type]
+            consts.append((b if cb is not None else a, "mul"))
             v = a if cb is not None else b
         else:
             return v
@@ -276,6 +277,8 @@ def _product(g: GraphView, consts: list[tuple[str, str]]) -> float | Rejection:
         c = scalar(arr)
         if c is None or arr is None or arr.dtype != np.float32:
             return Rejection(f"scale {name!r} is not a float32 scalar constant", arr if arr is not None else name)
+        if how == "div" and c == 0:
+            return Rejection(f"the scores are divided by {name!r} = 0", c)
         scale = scale / c if how == "div" else scale * c
     return scale
 

@@ -283,11 +283,16 @@ def _inputs(m: onnx.ModelProto) -> list[np.ndarray]:
     return out
 
 
-def test_the_graph_form_fuses_and_matches_the_reference() -> None:
-    """The positive twin of the negative cases below: the same graph, every premise holding."""
-    m = _graph()
+@pytest.mark.parametrize("per_head", [False, True])
+def test_the_graph_form_fuses_and_matches_the_reference(per_head: bool) -> None:
+    """The positive twin of the negative cases below: the same graph, every premise holding. A
+    per-head scale [1, H, 1, 1] is not a scalar: it stays a Mul on Q, and Attention's scale is 1."""
+    m = _graph(scale=np.linspace(0.2, 0.4, H).reshape(1, H, 1, 1) if per_head else D**-0.5)
     res = optimize(m, rules=["attention"])
-    assert ops(res.model) == ["Attention"], ops(res.model)  # (the Identity the test graph has is cleaned up)
+    # (the Identity the test graph has is cleaned up)
+    assert ops(res.model) == (["Mul", "Attention"] if per_head else ["Attention"]), ops(res.model)
+    att = next(n for n in res.model.graph.node if n.op_type == "Attention")
+    assert _attrs(att)["scale"] == pytest.approx(1.0 if per_head else D**-0.5, rel=1e-6)
     xs = _inputs(m)
     assert_close(run(res.model, *xs)[0], ReferenceEvaluator(m).run(None, dict(zip("qkv", xs)))[0], "model")
 
@@ -297,7 +302,6 @@ def test_the_graph_form_fuses_and_matches_the_reference() -> None:
     [
         ({"opset": 21}, "needs opset 23"),
         ({"axis": 2}, "not the last"),
-        ({"scale": np.full((1, H, 1, 1), 0.5)}, "not a float32 scalar constant"),
         ({"scale": -0.5}, "positive finite scale"),
         ({"k_batch": 1}, "not provably equal"),
         ({"dtype": TensorProto.FLOAT16}, "float32 only"),
