@@ -66,10 +66,6 @@ _PLAIN = ("", "ai.onnx")
 _FLOAT = onnx.TensorProto.FLOAT
 
 
-def _plain(n: onnx.NodeProto | None, op: str) -> bool:
-    return n is not None and n.op_type == op and n.domain in _PLAIN
-
-
 def _needs_opset(g: GraphView) -> CheckResult:
     if g.opset < ATTENTION_OPSET:
         return Rejection(
@@ -90,15 +86,16 @@ def _scaled(g: GraphView, v: str, nodes: list[onnx.NodeProto], consts: list[tupl
         if n is None or n.domain not in _PLAIN or n.op_type not in ("Mul", "Div") or len(n.input) != 2:
             return v
         a, b = n.input
-        ca, cb = (c if c is not None and c.size == 1 else None for c in (g.const(a), g.const(b)))
-        if n.op_type == "Div" and cb is not None and g.const(a) is None:
+        ca, cb = g.const(a), g.const(b)
+        one_a, one_b = ca is not None and ca.size == 1, cb is not None and cb.size == 1
+        if n.op_type == "Div" and one_b and ca is None:
             nodes.append(n)
             consts.append((b, "div"))
             v = a
-        elif n.op_type == "Mul" and (ca is None) != (cb is None) and None in (g.const(a), g.const(b)):
+        elif n.op_type == "Mul" and ((one_b and ca is None) or (one_a and cb is None)):
             nodes.append(n)
-            consts.append((b if cb is not None else a, "mul"))
-            v = a if cb is not None else b
+            consts.append((b, "mul") if one_b else (a, "mul"))
+            v = a if one_b else b
         else:
             return v
     return v
@@ -298,9 +295,7 @@ def _split_heads(g: GraphView, x4: str) -> tuple[list[onnx.NodeProto], dict] | R
             return got
         return [t, r], {"x": r.input[0], "heads": got[0], "dim": got[1], "slot": 0, "of": 0}
     nodes: list[onnx.NodeProto] = []
-    n = g.producer.get(x4)
-    if _plain(n, "Squeeze"):
-        assert n is not None
+    if (n := g.op(x4, "Squeeze")) is not None:
         axes = g.const(n.input[1]) if len(n.input) > 1 and n.input[1] else None
         sl = g.op(n.input[0], "Slice")
         if axes is None or [int(a) for a in axes.reshape(-1)] != [0] or sl is None:
@@ -311,8 +306,7 @@ def _split_heads(g: GraphView, x4: str) -> tuple[list[onnx.NodeProto], dict] | R
         if axis != 0 or step != 1 or end != start + 1 or start < 0:  # type: ignore[operator]
             return Rejection(f"the Slice takes [{start}:{end}:{step}] of axis {axis}, not one slot of axis 0", x4)
         nodes, packed, slot = [n, sl], sl.input[0], start
-    elif _plain(n, "Gather"):
-        assert n is not None
+    elif (n := g.op(x4, "Gather")) is not None:
         idx = g.const(n.input[1])
         if idx is None or idx.ndim != 0 or int(attr(n, "axis", 0)) != 0:
             return Rejection("the head split is a Gather that is not of one slot of axis 0", x4)
