@@ -289,6 +289,41 @@ def scan_attention(exported_program: Any) -> int:
     return count
 
 
+def scan_rotary(exported_program: Any) -> int:
+    """How many rotary embeddings written out by hand a ``torch.export`` program has, in the
+    rotate-half form the ``rotary`` rules turn into ONNX's ``RotaryEmbedding`` op: ``cat([-x2,
+    x1], -1)`` of the two halves of one tensor (``chunk`` / ``split`` or two slices), multiplied
+    by a table. A count for choosing the opset; the rules themselves prove each match (the
+    tables' halves, the layout). Counted with or without attention written by hand: Hugging
+    Face's models rotate, then call ``scaled_dot_product_attention``."""
+
+    def base(a: Any) -> Any:  # the tensor a half was cut from (None when it is not a cut)
+        if not hasattr(a, "target"):
+            return None
+        if str(a.target) == "aten.slice.Tensor":
+            return a.args[0]
+        if "getitem" in str(a.target) and hasattr(a.args[0], "target"):
+            if str(a.args[0].target) in ("aten.split.Tensor", "aten.chunk.default", "aten.split_with_sizes.default"):
+                return a.args[0].args[0]
+        return None
+
+    count = 0
+    for node in exported_program.graph.nodes:
+        if node.op != "call_function" or str(node.target) != "aten.cat.default":
+            continue
+        parts = node.args[0] if node.args else None
+        if not isinstance(parts, (list, tuple)) or len(parts) != 2:
+            continue
+        neg, x1 = parts
+        if not (hasattr(neg, "target") and str(neg.target) == "aten.neg.default"):
+            continue
+        src = base(x1)
+        count += (
+            src is not None and base(neg.args[0]) is src and any(str(u.target) == "aten.mul.Tensor" for u in node.users)
+        )
+    return count
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__

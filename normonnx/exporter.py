@@ -11,7 +11,8 @@ Pipeline (each step returns a value; errors are :class:`~normonnx.errors.ExportE
 3. ``torch.export`` with the requested dynamic axes;
 4. scan the aten norm calls → :class:`~normonnx.spec.NormSpec` s, and choose the opset that gives
    the best valid lowering for the target (not blindly the newest; on a tie, 23 for attention
-   written out by hand, which the ``attention`` rules turn into the ``Attention`` op);
+   or rotary embeddings written out by hand, which the ``attention`` and ``rotary`` rules turn
+   into the ``Attention`` and ``RotaryEmbedding`` ops);
 5. capture: ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` where each aten
    norm becomes a portable ``normonnx.<Op>`` node;
 6. recognise: the passes ``normonnx optimize`` runs (:func:`normonnx.optimize.pipeline.recognise`:
@@ -54,6 +55,7 @@ from .capture import (
     input_names_of,
     normalize_dynamic,
     scan_attention,
+    scan_rotary,
     scan_specs,
     training_modules,
 )
@@ -121,16 +123,21 @@ def choose_opset(
     prefer: Iterable[str] | None = None,
     allow_unstable: bool = False,
     attention: int = 0,
+    rotary: int = 0,
 ) -> tuple[int, str]:
     """The candidate opset with the best lowering of the norms for ``target``, with the reason.
 
     Ties go to :data:`ATTENTION_OPSET` when the model has ``attention`` blocks the ``attention``
-    rules can fuse (the ``Attention`` op: one node instead of ~16 per block), else to
+    rules can fuse (the ``Attention`` op: one node instead of ~16 per block) or ``rotary``
+    embeddings the ``rotary`` rules can (``RotaryEmbedding``: one node instead of six), else to
     :data:`PREFERRED_OPSET` (torch's default) if it is among them, else to the lowest.
     """
     hi = min(MAX_OPSET, max_opset or MAX_OPSET)
     cands = [o for o in CANDIDATE_OPSETS if o <= hi] or [hi]
-    for_attention = f"opset {ATTENTION_OPSET} for the Attention op ({attention} attention blocks)"
+    uses = [f"the Attention op ({attention} attention blocks)"] if attention else []
+    uses += [f"the RotaryEmbedding op ({rotary} rotations)"] if rotary else []
+    for_attention = f"opset {ATTENTION_OPSET} for " + " and ".join(uses)
+    attention = attention + rotary  # from here on: whether opset 23 has ops to offer
     if not specs:
         if attention and ATTENTION_OPSET in cands:
             return ATTENTION_OPSET, f"no norms found; {for_attention}"
@@ -191,8 +198,9 @@ def export(
 
     opset:          default-domain opset; None picks, of 18/20/21/23 (capped by the installed
                     onnxruntime), one that gives the best valid lowering for ``target``; on ties
-                    23 when the model has attention written out by hand (the ``Attention`` op),
-                    else torch's default 20, else the lowest.
+                    23 when the model has attention or rotary embeddings written out by hand
+                    (the ``Attention`` and ``RotaryEmbedding`` ops), else torch's default 20,
+                    else the lowest.
     target:         "cpu" or "cuda": which execution provider the lowering is chosen for.
     dynamic:        ``{"x": {0: "batch", 2: "h", 3: "w"}}`` or ``"batch,h,w"``.
     prefer:         strategy order overriding the default (e.g. ``["function"]``).
@@ -304,11 +312,18 @@ def _export(
     ep = model if is_program else _torch_export(model, args, names, dyn)
     aten_specs = scan_specs(ep)
     attention = scan_attention(ep)
+    rotary = scan_rotary(ep)
     requested = opset
     if opset is None:
         max_opset = _max_opset(target)
         opset, why = choose_opset(
-            aten_specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable, attention=attention
+            aten_specs,
+            target,
+            max_opset=max_opset,
+            prefer=prefer,
+            allow_unstable=allow_unstable,
+            attention=attention,
+            rotary=rotary,
         )
     else:
         why = "requested"
@@ -317,7 +332,7 @@ def _export(
     with _staging(ep, path, external_data) as stage:
         result = _capture_lower_save(
             ep, args, opset, requested, names, output_names, dyn, target, prefer, allow_unstable, why, path,
-            external_data, stage, aten_specs, max_opset if requested is None else None, attention,
+            external_data, stage, aten_specs, max_opset if requested is None else None, attention, rotary,
         )  # fmt: skip
     lowered, out, records, specs, opset, why, report = result
     return ExportResult(
@@ -394,6 +409,7 @@ def _capture_lower_save(
     aten_specs: Sequence[NormSpec],
     max_opset: int | None,
     attention: int = 0,
+    rotary: int = 0,
 ) -> tuple[onnx.ModelProto, str, list[LoweringRecord], list[NormSpec], int, str, Report]:
     """Capture, recognise, lower, check and write (steps 5-7 of the module docstring)."""
     report = Report()
@@ -402,7 +418,13 @@ def _capture_lower_save(
     if requested is None and sorted(s.key() for s in specs) != sorted(s.key() for s in aten_specs):
         # norms were recognised (or folded) after capture: choose the opset again for those that remain
         best, why = choose_opset(
-            specs, target, max_opset=max_opset, prefer=prefer, allow_unstable=allow_unstable, attention=attention
+            specs,
+            target,
+            max_opset=max_opset,
+            prefer=prefer,
+            allow_unstable=allow_unstable,
+            attention=attention,
+            rotary=rotary,
         )
         if best != opset:
             opset, report = best, Report()

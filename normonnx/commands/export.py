@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--opset",
         type=int,
         default=None,
-        help="default-domain opset (default: best valid for the target; 23 for attention written by hand)",
+        help="default-domain opset (default: best valid for the target; 23 for attention or rotary embeddings written by hand)",
     )
     add_target(p)
     p.add_argument("--dynamic", default=None, metavar="AXES", help="dynamic axes, e.g. batch,h,w")

@@ -25,7 +25,8 @@ class Family:
     fold:      folds norms into constants (BatchNorm into its Conv, norms of weights), before cleanup;
     canonical: makes the statistics' spellings one, followed by a cleanup;
     fuse:      turns norm spellings into ``normonnx.<Op>`` nodes (only where normonnx can lower them);
-               ``attention`` turns attention written in primitives into the ONNX ``Attention`` op.
+               ``rotary`` and ``attention`` turn rotary embeddings and attention written in
+               primitives into the ONNX ``RotaryEmbedding`` and ``Attention`` ops.
     """
 
     name: str
@@ -45,6 +46,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("modulated", "fuse_modulated", "fuse"),
     Family("residual", "fuse_residual", "fuse"),
     Family("sample_operands", "fuse_sample", "fuse"),  # after the fusions that make the per-sample operands
+    Family("rotary", "fuse_rotary", "fuse"),  # not a norm: the ONNX RotaryEmbedding op (opset 23+)
     Family("attention", "fuse_attention", "fuse"),  # not a norm: the ONNX Attention op (opset 23+)
 )
 

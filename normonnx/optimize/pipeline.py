@@ -2,7 +2,7 @@
 
     ONNX graph ─shape facts─▶ fold_batchnorm ─▶ fold_param_norms ─cleanup─▶ canonical ─cleanup─▶
         fuse_group ─▶ fuse_channel ─▶ activation ─▶ fuse_layer ─▶ fuse_rms ─▶ modulated ─▶ residual ─▶
-        sample_operands ─▶ attention ─▶ lower (selector) ─cleanup─▶ ONNX graph
+        sample_operands ─▶ rotary ─▶ attention ─▶ lower (selector) ─cleanup─▶ ONNX graph
 
 ``export`` feeds it torch's ONNX program (aten norms already became ``normonnx.<Op>`` nodes in the
 exporter's translation table, hand-written ones are still primitives); ``optimize`` feeds it any

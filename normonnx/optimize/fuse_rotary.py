@@ -1,0 +1,364 @@
+"""Rotary position embeddings written out in primitives → the ONNX ``RotaryEmbedding`` op (opset 23).
+
+Llama-style attention rotates ``q`` and ``k`` by position before the scores: ``x·cos +
+rotate_half(x)·sin`` with ``rotate_half(x) = cat(−x₂, x₁)`` (``x₁``, ``x₂`` the two halves of the
+head dim). That reaches ONNX as six nodes per tensor (Mul, Split or two Slices, Neg, Concat, Mul,
+Add), and it sits between the head split and the attention, so ``attention.heads`` cannot read the
+3-D projections either. ``RotaryEmbedding`` does the rotation in one kernel, on CPU and CUDA.
+
+- ``rotary.half``: ``Add(Mul(x, C), Mul(Concat(Neg(x₂), x₁), S))`` (either operand order), ``x``
+  of rank 4 ``[B, H, L, D]``, ``x₁, x₂`` its halves on the last axis (one ``Split`` or two
+  ``Slice`` s), ``C`` and ``S`` constant tables → ``RotaryEmbedding(x, cos, sin)`` with
+  ``cos = C[..., :D/2]`` and ``sin = S[..., :D/2]`` laid out ``[B, L, D/2]``.
+- ``rotary.heads``: ``RotaryEmbedding`` of a 4-D head view ``Transpose(Reshape(x, [B, L, H, D]),
+  [0, 2, 1, 3])`` of a 3-D projection → ``RotaryEmbedding(x, num_heads=H)`` and the same view of
+  its output; ``attention.heads`` then gives the attention the 3-D projection itself.
+
+Proof (``check``):
+- ``rotary.half``: the ONNX spec defines the non-interleaved, full-dim op (no position ids) per
+  batch ``b``, head ``h``, position ``l`` as ``[c·x₁ − s·x₂, s·x₁ + c·x₂]`` with ``c = cos[b, l]``,
+  ``s = sin[b, l]`` (``D/2`` values each). The matched graph computes ``[x₁·C₁ + (−x₂)·S₁,
+  x₂·C₂ + x₁·S₂]`` (``C₁``, ``C₂`` the halves of ``C``'s row). Equal when ``C₁ = C₂`` and
+  ``S₁ = S₂`` elementwise (checked on the constants, exactly: a table ``cat(f, f)`` as Llama and
+  Hugging Face build it) and ``C``, ``S`` do not vary over the heads and broadcast to ``x`` without
+  growing it (their shapes are checked). The same products and sums, ``a + (−b) = a − b``
+  exactly: equal up to rounding (onnxruntime's kernel may contract them into FMAs). float32 only,
+  the dtype it is tested in.
+- The tables' layout: onnxruntime takes ``[B, L, D/2]`` without position ids, so for a static
+  ``x`` the first halves are materialised at ``B`` and ``L``. With a run-time batch or length
+  (an export with dynamic axes slices a constant table ``T`` ``[rows, D]`` to the length:
+  ``Slice(T, [0], [L], [0])``), the cache is ``T``'s first halves ``[rows, D/2]`` and the position
+  ids are ``0 … L−1`` in each of the ``B`` rows: the rows ``Slice`` took, in order. ``L`` must be
+  provably ``x``'s length (the same symbol): then the slice has exactly ``L`` rows (a one-row
+  table broadcast over the positions is not this form).
+  A length past ``rows`` fails in both (the Mul cannot broadcast; onnxruntime refuses it).
+- ``rotary.heads``: for a 3-D input the spec reshapes ``[B, L, H·D]`` to ``[B, L, H, D]``; the
+  rotation is per ``(b, l, h)`` row of ``D`` with the tables indexed by ``(b, l)``, the same rows
+  and tables the 4-D form reads through its transpose. Exact: the same numbers in another layout.
+
+Needs opset 23 (the first with ``RotaryEmbedding``): below it both rules refuse and say so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..rejection import OK, CheckResult, Rejection
+from ._shapes import dims_of, shape_value
+from .fuse_attention import ATTENTION_OPSET, _cut
+from .graph import GraphView, attr, dtype_name
+from .rewriter import PROOF_KEY, Rewrite
+from .rule import Match, Rule
+
+#: the first default-domain opset with ``RotaryEmbedding`` (the same as ``Attention``'s)
+ROTARY_OPSET = ATTENTION_OPSET
+_FLOAT = onnx.TensorProto.FLOAT
+_INT_MAX = 2**62  # a Slice end at or past this means "to the end"
+
+
+def _needs_opset(g: GraphView) -> CheckResult:
+    if g.opset < ROTARY_OPSET:
+        return Rejection(
+            f"the RotaryEmbedding op needs opset {ROTARY_OPSET}; this model imports opset {g.opset} "
+            f"(normonnx optimize --opset {ROTARY_OPSET} converts a file to it)",
+            g.opset,
+        )
+    return OK
+
+
+def _last_axis(axis: int, rank: int | None) -> bool:
+    return axis == -1 or (rank is not None and axis == rank - 1)
+
+
+def _halves(g: GraphView, h1: str, h2: str) -> tuple[str, list[onnx.NodeProto], dict] | Rejection:
+    """``x`` and the nodes when ``h1``, ``h2`` are the first and second half of ``x``'s last axis:
+    outputs 0 and 1 of one two-way Split, or two Slices of ``x``. The split point is a fact
+    (``check`` proves it is ``D/2``)."""
+    s1, s2 = g.op(h1), g.op(h2)
+    if s1 is None or s2 is None:
+        return Rejection("the rotated halves are not computed from x", h1)
+    if s1 is s2 and s1.op_type == "Split" and s1.domain in ("", "ai.onnx"):
+        if list(s1.output) != [h1, h2]:
+            return Rejection("the Concat does not take the Split's second output first", h1)
+        sizes = g.const(s1.input[1]) if len(s1.input) > 1 and s1.input[1] else None
+        return s1.input[0], [s1], {"axis": int(attr(s1, "axis", 0)), "sizes": sizes}
+    if s1.op_type == "Slice" and s2.op_type == "Slice" and s1.input[0] == s2.input[0]:
+        return s1.input[0], [s1, s2], {"slices": (s1, s2)}
+    return Rejection("the rotated halves are not one Split or two Slices of the same value", h1)
+
+
+def _slice(g: GraphView, sl: onnx.NodeProto) -> tuple[int, int, int, int] | None:
+    """(start, end, axis, step) of a one-axis Slice with constant arguments, else None."""
+    args = []
+    for i, default in ((1, None), (2, None), (3, 0), (4, 1)):
+        if len(sl.input) <= i or not sl.input[i]:
+            args.append(default)
+            continue
+        c = g.const(sl.input[i])
+        args.append(int(c.reshape(-1)[0]) if c is not None and c.size == 1 and c.dtype.kind in "iu" else None)
+    return None if None in args else tuple(args)  # type: ignore[return-value]
+
+
+def _table(g: GraphView, v: str, dx: list, static: bool) -> tuple[np.ndarray, str | None] | Rejection:
+    """A rotation table as ``[1 or B, 1, rows, D]`` and, for a table sliced to the run-time length,
+    the value holding that length. Static ``x``: any constant broadcasting to it with one row per
+    position (or one for all) shared by the heads. Run-time batch or length: ``Slice(T, [0], [L],
+    [axis of the positions])`` of a constant ``T`` ``[rows, D]``, ``L`` proven to be ``x``'s length."""
+    b, _, length, d = dx
+    t = g.const(v)
+    end = None
+    if t is None and not static:
+        sl = g.op(v, "Slice")
+        if sl is None:
+            return Rejection(f"the table {v!r} is neither a constant nor a Slice of one", v)
+        t = g.const(sl.input[0])
+        if t is None or t.ndim < 2:
+            return Rejection(f"the table {v!r} is a Slice of a run-time value", v)
+        args = [g.const(i) if i else None for i in [*sl.input[1:], "", "", ""][:4]]
+        starts, axes, steps = args[0], args[2], args[3]
+        if starts is None or starts.size != 1 or int(starts.reshape(-1)[0]) != 0:
+            return Rejection(f"the table {v!r} is not sliced from row 0", v)
+        if axes is None or axes.size != 1 or int(axes.reshape(-1)[0]) not in (t.ndim - 2, -2):
+            return Rejection(f"the table {v!r} is not sliced on its positions' axis", v)
+        if steps is not None and (steps.size != 1 or int(steps.reshape(-1)[0]) != 1):
+            return Rejection(f"the table {v!r} is sliced with a step", v)
+        end = sl.input[2]
+        if shape_value(g, end) != [length]:
+            return Rejection(f"the table {v!r} is sliced to {shape_value(g, end)}, not provably x's length {length}", v)
+    if t is None:
+        return Rejection(f"the table {v!r} is not a constant (x is {dx})", v)
+    if t.dtype != np.float32 or t.ndim > 4:
+        return Rejection(f"the table {v!r} is not a float32 constant of rank <= 4", v)
+    t4 = t.reshape((1,) * (4 - t.ndim) + t.shape)
+    rows_ok = t4.shape[2] in (1, length) if end is None else t4.shape[2] >= 1
+    if t4.shape[0] not in (1, b) or t4.shape[1] != 1 or not rows_ok or t4.shape[3] != d:
+        return Rejection(
+            f"the table {list(t.shape)} is not one row of {d} per position shared by the heads (x is {dx})", v
+        )
+    if end is not None and t4.shape[0] != 1:
+        return Rejection("a table sliced at run time must be shared by the batch", v)
+    return t4, end
+
+
+def _batch_source(g: GraphView, x: str) -> tuple[str, int] | int | None:
+    """Where ``x``'s batch size can be read at run time: a graph input and axis with the same
+    symbol (shared by every rotation, so the position ids are built once), or the static size."""
+    dx = dims_of(g, x)
+    if dx is None:
+        return None
+    b = dx[0]
+    if isinstance(b, int):
+        return b
+    for name in sorted(g.graph_inputs):
+        shape = g.shape(name)
+        if shape is not None and b in shape and not str(b).startswith("?"):
+            return name, list(shape).index(b)
+    return None
+
+
+def _positions(g: GraphView, x: str, length: str) -> tuple[str, list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Position ids ``[B, L]`` = 0 … L−1 in every row. ``B`` is read from a graph input with
+    ``x``'s batch symbol (else from ``x``): every rotation of a model then builds the same nodes
+    from the same values, and the final cleanup's CSE keeps one set."""
+    i64 = lambda hint, v: numpy_helper.from_array(np.asarray(v, np.int64), name=g.fresh(hint))
+    zero, one, axes = i64("rotary_zero", 0), i64("rotary_one", 1), i64("rotary_axes", [0])
+    consts = [zero, one, axes]
+    batch, size, last, ramp, pos = (g.fresh(f"rotary_{n}") for n in ("batch", "bl", "length", "ramp", "positions"))
+    src = _batch_source(g, x)
+    nodes = []
+    if isinstance(src, int):
+        consts.append(numpy_helper.from_array(np.asarray([src], np.int64), name=batch))
+    else:
+        name, axis = src if src is not None else (x, 0)
+        nodes.append(
+            helper.make_node("Shape", [name], [batch], name=g.fresh(f"{batch}/shape"), start=axis, end=axis + 1)
+        )
+    nodes += [
+        helper.make_node("Concat", [batch, length], [size], name=g.fresh(f"{size}/concat"), axis=0),
+        helper.make_node("Squeeze", [length, axes.name], [last], name=g.fresh(f"{last}/squeeze")),
+        helper.make_node("Range", [zero.name, last, one.name], [ramp], name=g.fresh(f"{ramp}/range")),
+        helper.make_node("Expand", [ramp, size], [pos], name=g.fresh(f"{pos}/expand")),
+    ]
+    return pos, nodes, consts
+
+
+class RotateHalf(Rule):
+    name = "rotary.half"
+    anchor_ops = ("Add",)
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        muls = [g.op(v, "Mul") for v in node.input]
+        if len(node.input) != 2 or None in muls:
+            return Rejection("the Add does not sum two products")
+        rotated = plain = None
+        for i, m in enumerate(muls):
+            cat = next((g.op(v, "Concat") for v in m.input if g.op(v, "Concat") is not None), None)
+            if cat is not None and rotated is None:
+                rotated, plain, cat_node = m, muls[1 - i], cat
+        if rotated is None:
+            return Rejection("neither product has a Concat (rotate_half) operand")
+        tables = [v for v in rotated.input if v != cat_node.output[0]]
+        if len(tables) != 1 or len(cat_node.input) != 2:
+            return Rejection("the Concat does not join two halves", cat_node.output[0])
+        neg = g.op(cat_node.input[0], "Neg")
+        if neg is None:
+            return Rejection("the Concat's first part is not a negated half (cat(-x2, x1))", cat_node.output[0])
+        got = _halves(g, cat_node.input[1], neg.input[0])
+        if isinstance(got, Rejection):
+            return got
+        x, split_nodes, split = got
+        if x not in plain.input:
+            return Rejection("the other product does not multiply the rotated value itself", plain.output[0])
+        table_c = plain.input[1] if plain.input[0] == x else plain.input[0]
+        nodes = [node, plain, rotated, cat_node, neg, *split_nodes]
+        facts = {"x": x, "cos": table_c, "sin": tables[0], "concat": cat_node, "split": split}
+        return Match(node, nodes, node.output[0], facts)
+
+    def check(self, g: GraphView, m: Match) -> CheckResult:
+        if not (ok := _needs_opset(g)):
+            return ok
+        x = m.facts["x"]
+        if g.elem_type(x) != _FLOAT:
+            return Rejection(f"{x!r} is {dtype_name(g.elem_type(x))}; the rule is proven for float32 only", x)
+        dx = dims_of(g, x)
+        if dx is None or len(dx) != 4:
+            return Rejection(f"x has rank {None if dx is None else len(dx)}; the rule needs [B, H, L, D]", x)
+        d = dx[3]
+        if not (isinstance(d, int) and d > 0):
+            return Rejection(f"x is {dx}: the head dim must be static", x)
+        if d % 2:
+            return Rejection(f"the head dim {d} is odd", d)
+        half = d // 2
+        if not _last_axis(int(attr(m.facts["concat"], "axis", 0)), 4):
+            return Rejection("the Concat is not on the last axis", m.facts["concat"].output[0])
+        split = m.facts["split"]
+        if "slices" in split:
+            a, c = (_slice(g, s) for s in split["slices"])
+            if a is None or c is None:
+                return Rejection("the halves' Slices have non-constant or multi-axis arguments", x)
+            if not (_last_axis(a[2], 4) and _last_axis(c[2], 4)) or a[3] != 1 or c[3] != 1:
+                return Rejection("the halves are not unit-step Slices of the last axis", x)
+            if a[0] != 0 or a[1] != half or c[0] != half or not (c[1] == d or c[1] >= _INT_MAX):
+                return Rejection(f"the Slices take [{a[0]}:{a[1]}] and [{c[0]}:{c[1]}], not the halves of {d}", x)
+        else:
+            sizes = split["sizes"]
+            if not _last_axis(split["axis"], 4):
+                return Rejection(f"the Split is on axis {split['axis']}, not the last", x)
+            if sizes is not None and [int(s) for s in sizes.reshape(-1)] != [half, half]:
+                return Rejection(f"the Split cuts {d} into {sizes.reshape(-1).tolist()}, not two halves", x)
+        static = all(isinstance(v, int) and v > 0 for v in dx)
+        tables = {}
+        for key in ("cos", "sin"):
+            got = _table(g, m.facts[key], dx, static)
+            if isinstance(got, Rejection):
+                return got
+            t4, end = got
+            if not np.array_equal(t4[..., :half], t4[..., half:]):
+                return Rejection(
+                    f"the {key} table's two halves differ: rotate_half pairs element i with i + {half}, "
+                    "so each pair needs one angle",
+                    m.facts[key],
+                )
+            if static:  # [B, L, D/2], as onnxruntime takes it without position ids
+                b, length = int(dx[0]), int(dx[2])  # type: ignore[arg-type]
+                tables[key] = np.ascontiguousarray(np.broadcast_to(t4[:, 0, :, :half], (b, length, half)))
+            else:  # [rows, D/2], read at positions 0 … L−1 (position ids)
+                if t4.shape[0] != 1:
+                    return Rejection(f"the {key} table varies over a run-time batch", m.facts[key])
+                if end is None and not isinstance(dx[2], int):
+                    return Rejection(f"a constant {key} table against a run-time length {dx[2]}", m.facts[key])
+                rows = t4[0, 0, :, :half] if end is not None else np.broadcast_to(t4[0, 0, :, :half], (dx[2], half))
+                tables[key] = np.ascontiguousarray(rows)
+                m.facts["length"] = end if end is not None else int(dx[2])  # type: ignore[arg-type]
+        m.facts["tables"] = tables
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        inits = [
+            numpy_helper.from_array(m.facts["tables"][key], name=g.fresh(f"{m.facts[key]}_rotary_{key}"))
+            for key in ("cos", "sin")
+        ]
+        add: list[onnx.NodeProto] = []
+        inputs = [m.facts["x"], inits[0].name, inits[1].name]
+        if "length" in m.facts:
+            length = m.facts["length"]
+            if isinstance(length, int):  # a static length (the batch is not)
+                t = numpy_helper.from_array(np.asarray([length], np.int64), name=g.fresh("rotary_length"))
+                inits.append(t)
+                length = t.name
+            pos, nodes, consts = _positions(g, m.facts["x"], length)
+            add += nodes
+            inits += consts
+            inputs.append(pos)
+        node = helper.make_node(
+            "RotaryEmbedding",
+            inputs,
+            [m.output],
+            name=g.fresh((m.anchor.name or "rotary") + "/rotary"),
+        )
+        node.metadata_props.add(
+            key=PROOF_KEY,
+            value="x·C + cat(−x₂, x₁)·S = [c·x₁ − s·x₂, s·x₁ + c·x₂] with c, s the first halves of C, S "
+            "(their halves are equal)",
+        )
+        return Rewrite(remove=m.nodes, add=[*add, node], initializers=inits)
+
+
+class RotaryHeads(Rule):
+    name = "rotary.heads"
+    anchor_ops = ("RotaryEmbedding",)
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        if any(
+            a.name in ("num_heads", "rotary_embedding_dim", "interleaved") and attr(node, a.name)
+            for a in node.attribute
+        ):
+            return Rejection("the RotaryEmbedding already has num_heads, a partial dim or interleaving")
+        t = g.op(node.input[0], "Transpose")
+        r = g.op(t.input[0], "Reshape") if t is not None else None
+        if t is None or r is None:
+            return Rejection("the rotated value is not a head view (Transpose of a Reshape)", node.input[0])
+        return Match(node, [node, t], node.output[0], {"transpose": t, "reshape": r})
+
+    def check(self, g: GraphView, m: Match) -> CheckResult:
+        if not (ok := _needs_opset(g)):
+            return ok
+        t, r = m.facts["transpose"], m.facts["reshape"]
+        if [int(p) for p in attr(t, "perm", []) or []] != [0, 2, 1, 3]:
+            return Rejection(f"heads transposed by {list(attr(t, 'perm', []) or [])}, not [0, 2, 1, 3]", t.output[0])
+        got = _cut(g, r, 2)
+        if isinstance(got, Rejection):
+            return got
+        m.facts["heads"] = got[0]
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        node, r = m.anchor, m.facts["reshape"]
+        flat = g.fresh(f"{m.output}_flat")
+        view = g.fresh(f"{m.output}_heads")
+        rot = helper.make_node(
+            "RotaryEmbedding",
+            [r.input[0], *node.input[1:]],
+            [flat],
+            name=g.fresh(f"{node.name or 'rotary'}/flat"),
+            num_heads=int(m.facts["heads"]),
+        )
+        rot.metadata_props.add(key=PROOF_KEY, value="the spec's 3-D form rotates the same [B, L, H, D] rows")
+        reshape = helper.make_node("Reshape", [flat, r.input[1]], [view], name=g.fresh(f"{flat}/view"))
+        for a in r.attribute:
+            reshape.attribute.append(a)
+        transpose = helper.make_node("Transpose", [view], [m.output], name=g.fresh(f"{view}/heads"), perm=[0, 2, 1, 3])
+        # the new values have the shapes of the values they mirror (later rules read them this pass)
+        infos = []
+        for new, like in ((flat, r.input[0]), (view, r.output[0])):
+            t = g.types.get(like)
+            if t is not None:
+                vi = onnx.ValueInfoProto(name=new)
+                vi.type.CopyFrom(t)
+                infos.append(vi)
+        return Rewrite(remove=m.nodes, add=[rot, reshape, transpose], value_info=infos)
+
+
+RULES = [RotateHalf(), RotaryHeads()]
