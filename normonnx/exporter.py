@@ -433,6 +433,7 @@ def _capture_lower_save(
             recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report, stage)
             specs = norm_specs(recognised)
     del ep  # the torch program's own tensors are the caller's; nothing here holds a copy
+    why = _fused_note(why, report, attention, rotary)
     lowered, raw_records = pipeline.lower(
         recognised, report, target=target, prefer=prefer, allow_unstable=allow_unstable
     )
@@ -454,6 +455,17 @@ def _capture_lower_save(
         stage.check(lowered, _check)
         out = nio.save(lowered, path, external_data=external_data, stage=stage)
     return lowered, out, records, specs, opset, why, report
+
+
+def _fused_note(why: str, report: Report, attention: int, rotary: int) -> str:
+    """``why`` with what the opset-23 ops the scan counted came to, when the rules fused fewer (the
+    scan only counts; a table with unequal halves, say, is refused by the rule, with its reason)."""
+    if f"opset {ATTENTION_OPSET} for the" not in why:
+        return why
+    att, rot = report.fired.get("attention.sdpa", 0), report.fired.get("rotary.half", 0)
+    if att >= attention and rot >= rotary:
+        return why
+    return f"{why}; of those, {att} attention blocks and {rot} rotations were fused (the refusals say why not)"
 
 
 def _check(model: onnx.ModelProto | str) -> None:

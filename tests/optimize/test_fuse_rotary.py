@@ -146,6 +146,8 @@ def test_halves_with_different_angles_are_not_rotary_embedding(tmp_path) -> None
     module, x, m, res = _fused(tmp_path, 3, halves_equal=False)
     assert "RotaryEmbedding" not in ops(m) and "Neg" in ops(m)
     assert "two halves differ" in " | ".join(r.reason for r in res.refused if r.rule == "rotary.half")
+    # the scan counted the rotations; the opset reason says what came of them
+    assert "(2 rotations)" in res.opset_reason and "1 attention blocks and 0 rotations were fused" in res.opset_reason
     _check_numbers(m, module, x)
 
 
