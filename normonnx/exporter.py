@@ -433,7 +433,7 @@ def _capture_lower_save(
             recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report, stage)
             specs = norm_specs(recognised)
     del ep  # the torch program's own tensors are the caller's; nothing here holds a copy
-    why = _fused_note(why, report, attention, rotary)
+    why = _fused_note(why, recognised, attention, rotary)
     lowered, raw_records = pipeline.lower(
         recognised, report, target=target, prefer=prefer, allow_unstable=allow_unstable
     )
@@ -457,15 +457,17 @@ def _capture_lower_save(
     return lowered, out, records, specs, opset, why, report
 
 
-def _fused_note(why: str, report: Report, attention: int, rotary: int) -> str:
-    """``why`` with what the opset-23 ops the scan counted came to, when the rules fused fewer (the
-    scan only counts; a table with unequal halves, say, is refused by the rule, with its reason)."""
+def _fused_note(why: str, model: onnx.ModelProto, attention: int, rotary: int) -> str:
+    """``why`` with what the opset-23 ops the scan counted came to, when the graph has fewer of
+    them (the scan only counts; a table with unequal halves, say, is refused by its rule, with the
+    reason). Counted as nodes: torch's exporter emits some of them itself at opset 23."""
     if f"opset {ATTENTION_OPSET} for the" not in why:
         return why
-    att, rot = report.fired.get("attention.sdpa", 0), report.fired.get("rotary.half", 0)
+    ops = Counter(n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx"))
+    att, rot = ops["Attention"], ops["RotaryEmbedding"]
     if att >= attention and rot >= rotary:
         return why
-    return f"{why}; of those, {att} attention blocks and {rot} rotations were fused (the refusals say why not)"
+    return f"{why}; the graph has {att} Attention and {rot} RotaryEmbedding nodes (the refusals say why not more)"
 
 
 def _check(model: onnx.ModelProto | str) -> None:

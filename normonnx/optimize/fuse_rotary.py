@@ -13,6 +13,10 @@ Add), and it sits between the head split and the attention, so ``attention.heads
 - ``rotary.heads``: ``RotaryEmbedding`` of a 4-D head view ``Transpose(Reshape(x, [B, L, H, D]),
   [0, 2, 1, 3])`` of a 3-D projection → ``RotaryEmbedding(x, num_heads=H)`` and the same view of
   its output; ``attention.heads`` then gives the attention the 3-D projection itself.
+- ``rotary.batch``: a ``RotaryEmbedding`` with caches of batch 1 against a larger batch (torch's
+  exporter emits these for Hugging Face's rotary module with dynamic axes; onnxruntime does not
+  broadcast them and fails at batch 2) → the same caches read through position ids
+  (:class:`BatchTable` has the proof).
 
 Proof (``check``):
 - ``rotary.half``: the ONNX spec defines the non-interleaved, full-dim op (no position ids) per
@@ -36,7 +40,7 @@ Proof (``check``):
   rotation is per ``(b, l, h)`` row of ``D`` with the tables indexed by ``(b, l)``, the same rows
   and tables the 4-D form reads through its transpose. Exact: the same numbers in another layout.
 
-Needs opset 23 (the first with ``RotaryEmbedding``): below it both rules refuse and say so.
+Needs opset 23 (the first with ``RotaryEmbedding``): below it the rules refuse and say so.
 """
 
 from __future__ import annotations
@@ -311,11 +315,6 @@ class RotaryHeads(Rule):
     anchor_ops = ("RotaryEmbedding",)
 
     def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
-        if any(
-            a.name in ("num_heads", "rotary_embedding_dim", "interleaved") and attr(node, a.name)
-            for a in node.attribute
-        ):
-            return Rejection("the RotaryEmbedding already has num_heads, a partial dim or interleaving")
         t = g.op(node.input[0], "Transpose")
         r = g.op(t.input[0], "Reshape") if t is not None else None
         if t is None or r is None:
@@ -331,6 +330,9 @@ class RotaryHeads(Rule):
         got = _cut(g, r, 2)
         if isinstance(got, Rejection):
             return got
+        given = int(attr(m.anchor, "num_heads", 0) or 0)
+        if given and given != got[0]:
+            return Rejection(f"num_heads is {given}, the head view has {got[0]}", m.anchor.output[0])
         m.facts["heads"] = got[0]
         return OK
 
@@ -343,8 +345,9 @@ class RotaryHeads(Rule):
             [r.input[0], *node.input[1:]],
             [flat],
             name=g.fresh(f"{node.name or 'rotary'}/flat"),
-            num_heads=int(m.facts["heads"]),
         )
+        rot.attribute.extend(a for a in node.attribute if a.name != "num_heads")  # interleaved, a partial dim
+        rot.attribute.append(helper.make_attribute("num_heads", int(m.facts["heads"])))
         rot.metadata_props.add(key=PROOF_KEY, value="the spec's 3-D form rotates the same [B, L, H, D] rows")
         reshape = helper.make_node("Reshape", [flat, r.input[1]], [view], name=g.fresh(f"{flat}/view"))
         for a in r.attribute:
@@ -361,4 +364,59 @@ class RotaryHeads(Rule):
         return Rewrite(remove=m.nodes, add=[rot, reshape, transpose], value_info=infos)
 
 
-RULES = [RotateHalf(), RotaryHeads()]
+class BatchTable(Rule):
+    """A ``RotaryEmbedding`` whose cos/sin caches are ``[1, L, D/2]`` against a batch that may be
+    larger (torch's exporter emits these at opset 23 for Hugging Face's rotary module, whose
+    position ids have one row) → the same caches read through position ids.
+
+    Proof: the spec broadcasts a one-row cache over the batch (row ``(b, l)`` reads ``cos[0, l]``);
+    with the cache ``cos[0]`` ``[L, D/2]`` and position ids ``p[b, l] = l``, row ``(b, l)`` reads
+    ``cos[0][l]``: the same values. onnxruntime's kernel does not broadcast: without this, such a
+    file fails for a batch other than 1. ``L`` must be provably ``x``'s length."""
+
+    name = "rotary.batch"
+    anchor_ops = ("RotaryEmbedding",)
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        if len([i for i in node.input if i]) != 3 or len(node.input) > 3:
+            return Rejection("the RotaryEmbedding reads position ids")
+        dx, dc = dims_of(g, node.input[0]), dims_of(g, node.input[1])
+        if dx is not None and dc is not None and len(dc) == 3 and (dc[0] == dx[0] or dx[0] == 1):
+            return Rejection("the caches have the input's batch")
+        return Match(node, [node], node.output[0], {})
+
+    def check(self, g: GraphView, m: Match) -> CheckResult:
+        node = m.anchor
+        dx, dc, ds = (dims_of(g, v) for v in node.input[:3])
+        if dx is None or len(dx) not in (3, 4) or dc is None or ds is None or len(dc) != 3 or dc != ds:
+            return Rejection("the input or cache shapes are unknown", node.input[0])
+        batch, length = dx[0], dx[2] if len(dx) == 4 else dx[1]
+        if dc[0] != 1:
+            return Rejection(f"the caches' batch {dc[0]} is neither 1 nor the input's {batch}", node.input[1])
+        if dc[1] != length:
+            return Rejection(f"the caches have {dc[1]} positions, not provably the input's {length}", node.input[1])
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        node = m.anchor
+        axes = numpy_helper.from_array(np.asarray([0], np.int64), name=g.fresh("rotary_cache_axes"))
+        add, caches = [], []
+        for v in node.input[1:3]:
+            out = g.fresh(f"{v}_rows")
+            add.append(helper.make_node("Squeeze", [v, axes.name], [out], name=g.fresh(f"{out}/squeeze")))
+            caches.append(out)
+        length = g.fresh(f"{node.input[1]}_positions")
+        add.append(
+            helper.make_node("Shape", [node.input[1]], [length], name=g.fresh(f"{length}/shape"), start=1, end=2)
+        )
+        x = node.input[0]
+        pos, nodes, consts = _positions(g, x, length)
+        rot = helper.make_node(
+            "RotaryEmbedding", [x, *caches, pos], [m.output], name=g.fresh(f"{node.name or 'rotary'}/positions")
+        )
+        rot.attribute.extend(node.attribute)
+        rot.metadata_props.add(key=PROOF_KEY, value="a one-row cache broadcast over the batch = position ids 0…L−1")
+        return Rewrite(remove=[node], add=[*add, *nodes, rot], initializers=[axes, *consts])
+
+
+RULES = [RotateHalf(), BatchTable(), RotaryHeads()]

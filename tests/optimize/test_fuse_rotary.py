@@ -147,7 +147,7 @@ def test_halves_with_different_angles_are_not_rotary_embedding(tmp_path) -> None
     assert "RotaryEmbedding" not in ops(m) and "Neg" in ops(m)
     assert "two halves differ" in " | ".join(r.reason for r in res.refused if r.rule == "rotary.half")
     # the scan counted the rotations; the opset reason says what came of them
-    assert "(2 rotations)" in res.opset_reason and "1 attention blocks and 0 rotations were fused" in res.opset_reason
+    assert "(2 rotations)" in res.opset_reason and "1 Attention and 0 RotaryEmbedding nodes" in res.opset_reason
     _check_numbers(m, module, x)
 
 
@@ -264,3 +264,60 @@ def test_rotations_before_sdpa_choose_opset_23(tmp_path) -> None:
     assert res.fired.get("rotary.half") == 2 and res.fired.get("attention.heads") == 1, res.fired
     assert ops(m) == ["MatMul", "MatMul", "MatMul", "RotaryEmbedding", "RotaryEmbedding", "Attention", "MatMul"], ops(m)
     _check_numbers(m, module, x)
+
+
+class HFRotaryAttention(torch.nn.Module):
+    """Hugging Face's Llama layout since transformers 4.38: the tables are computed in ``forward``
+    from position ids (``inv_freq @ positions``, ``cat(freqs, freqs)``, ``cos`` / ``sin``, one row
+    of positions for the whole batch), then rotate, repeat the key/value heads, SDPA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(C, n * D, bias=False) for n in (H, KV, KV))
+        self.o = torch.nn.Linear(C, C, bias=False)
+        inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        positions = torch.arange(t).unsqueeze(0)
+        inv = self.inv_freq[None, :, None].float().expand(positions.shape[0], -1, 1)
+        freqs = (inv @ positions[:, None, :].float()).transpose(1, 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().unsqueeze(1), emb.sin().unsqueeze(1)
+        q = self.q(x).view(b, t, H, D).transpose(1, 2)
+        k = self.k(x).view(b, t, KV, D).transpose(1, 2)
+        v = self.v(x).view(b, t, KV, D).transpose(1, 2)
+        q, k = q * cos + rotate_half_slice(q) * sin, k * cos + rotate_half_slice(k) * sin
+        k = k[:, :, None].expand(b, KV, H // KV, t, D).reshape(b, H, t, D)
+        v = v[:, :, None].expand(b, KV, H // KV, t, D).reshape(b, H, t, D)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(b, t, C))
+
+
+def test_hugging_face_tables_computed_in_forward_fuse_at_static_shapes(tmp_path) -> None:
+    torch.manual_seed(7)
+    module = HFRotaryAttention().eval()
+    x = torch.randn(B, L, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.opset == 23 and res.fired.get("rotary.half") == 2, (res.opset_reason, res.fired)
+    assert ops(m) == ["MatMul", "MatMul", "MatMul", "RotaryEmbedding", "RotaryEmbedding", "Attention", "MatMul"], ops(m)
+    _check_numbers(m, module, x)
+
+
+def test_a_one_row_cache_against_a_dynamic_batch_reads_it_through_position_ids(tmp_path) -> None:
+    """With dynamic axes torch's exporter emits ``RotaryEmbedding`` itself, with caches of batch 1 (the
+    position ids' one row), which onnxruntime does not broadcast: batch 2 failed ("expected to have
+    the same shape as input 'x'"). ``rotary.batch`` reads them through position ids."""
+    torch.manual_seed(8)
+    module = HFRotaryAttention().eval()
+    m, res = _export(module, tmp_path, torch.randn(B, L, C), dynamic={"x": {0: "batch", 1: "tokens"}})
+    assert res.fired.get("rotary.batch") == 2 and res.fired.get("rotary.heads") == 2, (res.fired, res.refused)
+    rot = [n for n in m.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rot) == 2 and all(len(n.input) == 4 for n in rot)
+    for shape in ((2, L, C), (3, 9, C), (1, 1, C)):
+        x = torch.randn(*shape)
+        assert_close(run(m, x.numpy())[0], _torch64(module, x), "model", f"{shape}")
+    x = torch.randn(2, 5, C)
+    ref = ReferenceEvaluator(m).run(None, {m.graph.input[0].name: x.numpy()})[0]
+    assert_close(ref, _torch64(module, x), "model", "onnx.reference")
