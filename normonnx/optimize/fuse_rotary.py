@@ -8,8 +8,9 @@ Add), and it sits between the head split and the attention, so ``attention.heads
 
 - ``rotary.half``: ``Add(Mul(x, C), Mul(Concat(Neg(x₂), x₁), S))`` (either operand order), ``x``
   of rank 4 ``[B, H, L, D]``, ``x₁, x₂`` its halves on the last axis (one ``Split`` or two
-  ``Slice`` s), ``C`` and ``S`` constant tables → ``RotaryEmbedding(x, cos, sin)`` with
-  ``cos = C[..., :D/2]`` and ``sin = S[..., :D/2]`` laid out ``[B, L, D/2]``.
+  ``Slice`` s), ``C`` and ``S`` constant tables (or computed as ``Cos`` / ``Sin`` of
+  ``cat(f, f)``) → ``RotaryEmbedding(x, cos, sin)`` with ``cos = C[..., :D/2]`` and
+  ``sin = S[..., :D/2]`` laid out ``[B, L, D/2]``.
 - ``rotary.heads``: ``RotaryEmbedding`` of a 4-D head view ``Transpose(Reshape(x, [B, L, H, D]),
   [0, 2, 1, 3])`` of a 3-D projection → ``RotaryEmbedding(x, num_heads=H)`` and the same view of
   its output; ``attention.heads`` then gives the attention the 3-D projection itself.
@@ -35,6 +36,10 @@ Proof (``check``):
   ids are ``0 … L−1`` in each of the ``B`` rows: the rows ``Slice`` took, in order. ``L`` must be
   provably ``x``'s length (the same symbol): then the slice has exactly ``L`` rows (a one-row
   table broadcast over the positions is not this form).
+- Tables computed at run time, as Hugging Face's rotary module does (``cos = Cos(cat(f, f))``,
+  ``sin = Sin(cat(f, f))``, unsqueezed at the heads' axis; ``f`` the angles ``[1 or B, L, D/2]``):
+  the halves are equal by construction, and the caches are ``Cos(f)``, ``Sin(f)``, the same
+  function of the same numbers. Caches of batch 1 then go through ``rotary.batch``.
   A length past ``rows`` fails in both (the Mul cannot broadcast; onnxruntime refuses it).
 - ``rotary.heads``: for a 3-D input the spec reshapes ``[B, L, H·D]`` to ``[B, L, H, D]``; the
   rotation is per ``(b, l, h)`` row of ``D`` with the tables indexed by ``(b, l)``, the same rows
@@ -146,6 +151,27 @@ def _table(g: GraphView, v: str, dx: list, static: bool) -> tuple[np.ndarray, st
     return t4, end
 
 
+def _computed_table(g: GraphView, v: str, dx: list) -> dict | Rejection | None:
+    """A table computed at run time as Hugging Face's rotary module does: ``Unsqueeze(U(Concat(f,
+    f)), [1])`` with ``U`` Cos or Sin, ``f`` ``[1 or B, L, D/2]`` → ``{"op": U, "source": f}``: its
+    halves are ``U(f)`` both, by construction. None when ``v`` is not of this form."""
+    u = g.op(v, "Unsqueeze")
+    axes = g.const(u.input[1]) if u is not None and len(u.input) > 1 else None
+    if u is None or axes is None or [int(a) for a in axes.reshape(-1)] != [1]:
+        return None
+    fn = g.op(u.input[0], ("Cos", "Sin"))
+    cat = g.op(fn.input[0], "Concat") if fn is not None else None
+    if fn is None or cat is None or len(cat.input) != 2 or cat.input[0] != cat.input[1]:
+        return None
+    if not _last_axis(int(attr(cat, "axis", 0)), g.rank(cat.input[0])):
+        return Rejection(f"the table {v!r} concatenates its angles on another axis than the last", v)
+    f = cat.input[0]
+    df = dims_of(g, f)
+    if df is None or len(df) != 3 or df[2] != dx[3] // 2 or df[0] not in (1, dx[0]) or df[1] != dx[2]:
+        return Rejection(f"the table {v!r} has angles {df}, not [1 or B, L, D/2] for x {dx}", v)
+    return {"op": fn.op_type, "source": f}
+
+
 def _batch_source(g: GraphView, x: str) -> tuple[str, int] | int | None:
     """Where ``x``'s batch size can be read at run time: a graph input and axis with the same
     symbol (shared by every rotation, so the position ids are built once), or the static size."""
@@ -253,7 +279,14 @@ class RotateHalf(Rule):
             if sizes is not None and [int(s) for s in sizes.reshape(-1)] != [half, half]:
                 return Rejection(f"the Split cuts {d} into {sizes.reshape(-1).tolist()}, not two halves", x)
         static = all(isinstance(v, int) and v > 0 for v in dx)
-        tables = {}
+        tables: dict = {}
+        computed = {key: _computed_table(g, m.facts[key], dx) for key in ("cos", "sin")}
+        for plan in computed.values():
+            if isinstance(plan, Rejection):
+                return plan
+        if all(computed.values()):  # both computed at run time: the caches are U(f), computed too
+            m.facts["tables"] = computed
+            return OK
         for key in ("cos", "sin"):
             got = _table(g, m.facts[key], dx, static)
             if isinstance(got, Rejection):
@@ -280,12 +313,23 @@ class RotateHalf(Rule):
         return OK
 
     def rewrite(self, g: GraphView, m: Match) -> Rewrite:
-        inits = [
-            numpy_helper.from_array(m.facts["tables"][key], name=g.fresh(f"{m.facts[key]}_rotary_{key}"))
-            for key in ("cos", "sin")
-        ]
+        inits: list[onnx.TensorProto] = []
         add: list[onnx.NodeProto] = []
-        inputs = [m.facts["x"], inits[0].name, inits[1].name]
+        infos: list[onnx.ValueInfoProto] = []
+        inputs = [m.facts["x"]]
+        for key in ("cos", "sin"):
+            t = m.facts["tables"][key]
+            if isinstance(t, dict):  # U(f), with f's shape (rotary.batch reads it)
+                out = g.fresh(f"{t['source']}_{t['op'].lower()}")
+                add.append(helper.make_node(t["op"], [t["source"]], [out], name=g.fresh(f"{out}/{t['op']}")))
+                if (ty := g.types.get(t["source"])) is not None:
+                    vi = onnx.ValueInfoProto(name=out)
+                    vi.type.CopyFrom(ty)
+                    infos.append(vi)
+                inputs.append(out)
+            else:
+                inits.append(numpy_helper.from_array(t, name=g.fresh(f"{m.facts[key]}_rotary_{key}")))
+                inputs.append(inits[-1].name)
         if "length" in m.facts:
             length = m.facts["length"]
             if isinstance(length, int):  # a static length (the batch is not)
@@ -307,7 +351,7 @@ class RotateHalf(Rule):
             value="x·C + cat(−x₂, x₁)·S = [c·x₁ − s·x₂, s·x₁ + c·x₂] with c, s the first halves of C, S "
             "(their halves are equal)",
         )
-        return Rewrite(remove=m.nodes, add=[*add, node], initializers=inits)
+        return Rewrite(remove=m.nodes, add=[*add, node], initializers=inits, value_info=infos)
 
 
 class RotaryHeads(Rule):

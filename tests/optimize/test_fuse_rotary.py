@@ -321,3 +321,26 @@ def test_a_one_row_cache_against_a_dynamic_batch_reads_it_through_position_ids(t
     x = torch.randn(2, 5, C)
     ref = ReferenceEvaluator(m).run(None, {m.graph.input[0].name: x.numpy()})[0]
     assert_close(ref, _torch64(module, x), "model", "onnx.reference")
+
+
+def test_optimize_fuses_a_default_dynamic_export_of_the_hugging_face_layout() -> None:
+    """``torch.onnx.export(dynamo=True)`` at its default opset with dynamic axes, then ``optimize
+    --opset 23``: the tables are ``Cos`` / ``Sin`` of ``cat(freqs, freqs)`` at run time, the caches
+    become ``Cos`` / ``Sin`` of ``freqs`` (batch 1, so read through position ids)."""
+    import warnings
+
+    torch.manual_seed(9)
+    module = HFRotaryAttention().eval()
+    dim = torch.export.Dim.DYNAMIC
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            module, (torch.randn(B, L, C),), dynamo=True, dynamic_shapes={"x": {0: dim, 1: dim}}, verbose=False
+        )
+    m = prog.model_proto
+    res = optimize(m, opset=23, rules=["rotary"], inputs={m.graph.input[0].name: [B, L, C]})
+    assert res.fired.get("rotary.half") == 2 and res.fired.get("rotary.batch") == 2, (res.fired, res.refused)
+    assert "Neg" not in ops(res.model)
+    for shape in ((2, L, C), (3, 9, C), (1, 1, C)):
+        x = torch.randn(*shape)
+        assert_close(run(res.model, x.numpy())[0], _torch64(module, x), "model", f"{shape}")
