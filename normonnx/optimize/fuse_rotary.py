@@ -14,6 +14,8 @@ Add), and it sits between the head split and the attention, so ``attention.heads
 - ``rotary.heads``: ``RotaryEmbedding`` of a 4-D head view ``Transpose(Reshape(x, [B, L, H, D]),
   [0, 2, 1, 3])`` of a 3-D projection → ``RotaryEmbedding(x, num_heads=H)`` and the same view of
   its output; ``attention.heads`` then gives the attention the 3-D projection itself.
+- ``rotary.partial``: ``cat(RotaryEmbedding(x[..., :r]), x[..., r:])`` (GPT-NeoX, Phi: only part
+  of the head dim rotates) → ``RotaryEmbedding(x, rotary_embedding_dim=r)``.
 - ``rotary.batch``: a ``RotaryEmbedding`` with caches of batch 1 against a larger batch (torch's
   exporter emits these for Hugging Face's rotary module with dynamic axes; onnxruntime does not
   broadcast them and fails at batch 2) → the same caches read through position ids
@@ -463,4 +465,59 @@ class BatchTable(Rule):
         return Rewrite(remove=[node], add=[*add, *nodes, rot], initializers=[axes, *consts])
 
 
-RULES = [RotateHalf(), BatchTable(), RotaryHeads()]
+class PartialRotation(Rule):
+    """GPT-NeoX / Phi's partial rotary embedding: ``cat(RotaryEmbedding(x[..., :r]), x[..., r:])``
+    → ``RotaryEmbedding(x, rotary_embedding_dim=r)``.
+
+    Proof: the spec rotates the first ``rotary_embedding_dim`` elements of each row with the
+    caches (``r/2`` wide, as they already are for the slice) and copies the rest unchanged: the
+    Concat's two parts. Exact."""
+
+    name = "rotary.partial"
+    anchor_ops = ("Concat",)
+
+    def match(self, g: GraphView, node: onnx.NodeProto) -> Match | Rejection:
+        rot = g.op(node.input[0], "RotaryEmbedding") if len(node.input) == 2 else None
+        rest = g.op(node.input[1], "Slice") if rot is not None else None
+        head = g.op(rot.input[0], "Slice") if rot is not None else None
+        if rot is None or rest is None or head is None or head.input[0] != rest.input[0]:
+            return Rejection("the Concat does not join a rotated slice and the rest of the same value")
+        return Match(node, [node, rot, head, rest], node.output[0], {"rot": rot, "head": head, "rest": rest})
+
+    def check(self, g: GraphView, m: Match) -> CheckResult:
+        rot, head, rest = m.facts["rot"], m.facts["head"], m.facts["rest"]
+        x = head.input[0]
+        dx = dims_of(g, x)
+        if dx is None or len(dx) != 4 or not isinstance(dx[3], int):
+            return Rejection(f"x is {dx}: the rule needs [B, H, L, D] with a static D", x)
+        d = dx[3]
+        if any(attr(rot, a, 0) for a in ("rotary_embedding_dim", "interleaved", "num_heads")):
+            return Rejection("the rotation already has a partial dim, interleaving or num_heads", rot.output[0])
+        if not _last_axis(int(attr(m.anchor, "axis", 0)), 4):
+            return Rejection("the Concat is not on the last axis", m.output)
+        a, b = _slice(g, head), _slice(g, rest)
+        if a is None or b is None or not (_last_axis(a[2], 4) and _last_axis(b[2], 4)) or a[3] != 1 or b[3] != 1:
+            return Rejection("the parts are not unit-step constant Slices of the last axis", x)
+        r = a[1]
+        if a[0] != 0 or b[0] != r or not (b[1] == d or b[1] >= _INT_MAX) or not (0 < r < d) or r % 2:
+            return Rejection(f"the parts are [0:{a[1]}] and [{b[0]}:{b[1]}] of {d}, not [0:r] and [r:] with r even", x)
+        dc = dims_of(g, rot.input[1])
+        if dc is None or dc[-1] != r // 2:
+            return Rejection(f"the caches are {dc} wide, not r/2 = {r // 2}", rot.input[1])
+        m.facts.update(x=x, r=r)
+        return OK
+
+    def rewrite(self, g: GraphView, m: Match) -> Rewrite:
+        rot = m.facts["rot"]
+        node = helper.make_node(
+            "RotaryEmbedding",
+            [m.facts["x"], *rot.input[1:]],
+            [m.output],
+            name=g.fresh(f"{rot.name or 'rotary'}/partial"),
+            rotary_embedding_dim=int(m.facts["r"]),
+        )
+        node.metadata_props.add(key=PROOF_KEY, value="rotates the first rotary_embedding_dim elements, copies the rest")
+        return Rewrite(remove=m.nodes, add=[node])
+
+
+RULES = [RotateHalf(), BatchTable(), PartialRotation(), RotaryHeads()]

@@ -344,3 +344,37 @@ def test_optimize_fuses_a_default_dynamic_export_of_the_hugging_face_layout() ->
     for shape in ((2, L, C), (3, 9, C), (1, 1, C)):
         x = torch.randn(*shape)
         assert_close(run(res.model, x.numpy())[0], _torch64(module, x), "model", f"{shape}")
+
+
+class PartialRope(torch.nn.Module):
+    """GPT-NeoX / Phi: only the first ``r`` of the head's ``D`` elements rotate (``rotary_pct``)."""
+
+    def __init__(self, r: int = D // 2) -> None:
+        super().__init__()
+        self.r = r
+        self.q = torch.nn.Linear(C, C, bias=False)
+        cos, sin = tables(d=r)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, H, D).transpose(1, 2)
+        q_rot, q_pass = q[..., : self.r], q[..., self.r :]
+        q_rot = q_rot * self.cos[:t] + rotate_half_slice(q_rot) * self.sin[:t]
+        return torch.cat((q_rot, q_pass), dim=-1).transpose(1, 2).reshape(b, t, C)
+
+
+def test_a_partial_rotation_keeps_the_rest_of_the_head_as_it_is(tmp_path) -> None:
+    torch.manual_seed(10)
+    module = PartialRope().eval()
+    x = torch.randn(B, L, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.fired.get("rotary.half") == 1 and res.fired.get("rotary.partial") == 1, (res.fired, res.refused)
+    rot = [n for n in m.graph.node if n.op_type == "RotaryEmbedding"]
+    assert (
+        len(rot) == 1
+        and {a.name: helper.get_attribute_value(a) for a in rot[0].attribute}.get("rotary_embedding_dim") == D // 2
+    )
+    assert not {"Concat", "Slice", "Neg"} & set(ops(m)), ops(m)
+    _check_numbers(m, module, x)
