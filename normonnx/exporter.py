@@ -38,7 +38,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -313,26 +313,31 @@ def _export(
     aten_specs = scan_specs(ep)
     attention = scan_attention(ep)
     rotary = scan_rotary(ep)
-    requested = opset
+    choose: Callable[[Sequence[NormSpec]], tuple[int, str]] | None = None
     if opset is None:
         max_opset = _max_opset(target)
-        opset, why = choose_opset(
-            aten_specs,
-            target,
-            max_opset=max_opset,
-            prefer=prefer,
-            allow_unstable=allow_unstable,
-            attention=attention,
-            rotary=rotary,
-        )
+
+        def choose_for(specs: Sequence[NormSpec]) -> tuple[int, str]:  # again after capture, if the norms differ
+            return choose_opset(
+                specs,
+                target,
+                max_opset=max_opset,
+                prefer=prefer,
+                allow_unstable=allow_unstable,
+                attention=attention,
+                rotary=rotary,
+            )
+
+        choose = choose_for
+        opset, why = choose(aten_specs)
     else:
         why = "requested"
         if opset < MIN_OPSET:
             raise ExportError(f"opset {opset} is below {MIN_OPSET}")
     with _staging(ep, path, external_data) as stage:
         result = _capture_lower_save(
-            ep, args, opset, requested, names, output_names, dyn, target, prefer, allow_unstable, why, path,
-            external_data, stage, aten_specs, max_opset if requested is None else None, attention, rotary,
+            ep, args, opset, choose, names, output_names, dyn, target, prefer, allow_unstable, why, path,
+            external_data, stage, aten_specs, (attention, rotary),
         )  # fmt: skip
     lowered, out, records, specs, opset, why, report = result
     return ExportResult(
@@ -395,7 +400,7 @@ def _capture_lower_save(
     ep: Any,
     args: tuple[Any, ...],
     opset: int,
-    requested: int | None,
+    choose: Callable[[Sequence[NormSpec]], tuple[int, str]] | None,
     names: Sequence[str],
     output_names: Sequence[str] | None,
     dyn: Mapping[str, Mapping[int, str]],
@@ -407,25 +412,17 @@ def _capture_lower_save(
     external_data: bool | None,
     stage: Any,
     aten_specs: Sequence[NormSpec],
-    max_opset: int | None,
-    attention: int = 0,
-    rotary: int = 0,
+    scanned: tuple[int, int] = (0, 0),
 ) -> tuple[onnx.ModelProto, str, list[LoweringRecord], list[NormSpec], int, str, Report]:
-    """Capture, recognise, lower, check and write (steps 5-7 of the module docstring)."""
+    """Capture, recognise, lower, check and write (steps 5-7 of the module docstring). ``choose``
+    picks the opset for a list of norms (None: it was requested); ``scanned`` is the attention
+    blocks and rotations the aten scan counted."""
     report = Report()
     recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report, stage)
     specs = norm_specs(recognised)
-    if requested is None and sorted(s.key() for s in specs) != sorted(s.key() for s in aten_specs):
+    if choose is not None and sorted(s.key() for s in specs) != sorted(s.key() for s in aten_specs):
         # norms were recognised (or folded) after capture: choose the opset again for those that remain
-        best, why = choose_opset(
-            specs,
-            target,
-            max_opset=max_opset,
-            prefer=prefer,
-            allow_unstable=allow_unstable,
-            attention=attention,
-            rotary=rotary,
-        )
+        best, why = choose(specs)
         if best != opset:
             opset, report = best, Report()
             if stage is not None:
@@ -433,7 +430,7 @@ def _capture_lower_save(
             recognised = _capture_and_recognise(ep, args, opset, names, output_names, dyn, report, stage)
             specs = norm_specs(recognised)
     del ep  # the torch program's own tensors are the caller's; nothing here holds a copy
-    why = _fused_note(why, recognised, attention, rotary)
+    why = _fused_note(why, recognised, *scanned)
     lowered, raw_records = pipeline.lower(
         recognised, report, target=target, prefer=prefer, allow_unstable=allow_unstable
     )
