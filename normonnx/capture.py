@@ -255,9 +255,16 @@ def scan_attention(exported_program: Any) -> int:
     −∞ (or ≤ −2¹⁰⁰) allowed before the Softmax. A count for choosing the opset; the rules
     themselves prove each match.
 
-    ``scaled_dot_product_attention`` is not counted: at opset 20 onnxruntime fuses torch's own
-    decomposition of it into its contrib ``Attention`` kernel, which opset 23 would not beat
-    (models/dit_block: 0.99x)."""
+    ``scaled_dot_product_attention`` counts when its ``q``, ``k``, ``v`` are head views (a
+    transpose or permute of a projection, or one slot of an unbound packed one) and its output is
+    merged back by ``transpose(1, 2)``: at opset 23 torch emits it as ``Attention`` and
+    ``attention.heads`` gives it the projections (models/dit_block: 69 → 37 nodes, 1.08–1.10× the
+    opset-20 file, where onnxruntime runs the decomposition as MatMul / Softmax / MatMul)."""
+
+    def head_view(a: Any) -> bool:
+        if fx(a) and "getitem" in str(a.target) and fx(a.args[0]) and str(a.args[0].target) == "aten.unbind.int":
+            a = a.args[0].args[0]
+        return fx(a) and str(a.target) in ("aten.transpose.int", "aten.permute.default")
 
     def fx(a: Any) -> bool:
         return hasattr(a, "target")
@@ -272,6 +279,12 @@ def scan_attention(exported_program: Any) -> int:
 
     count = 0
     for node in exported_program.graph.nodes:
+        if node.op == "call_function" and str(node.target) == "aten.scaled_dot_product_attention.default":
+            merged = any(
+                str(u.target) == "aten.transpose.int" and tuple(u.args[1:3]) in ((1, 2), (2, 1)) for u in node.users
+            )
+            count += merged and all(head_view(a) for a in node.args[:3])
+            continue
         if node.op != "call_function" or str(node.target) not in ("aten.softmax.int", "aten._softmax.default"):
             continue
         src = unscaled(node.args[0])

@@ -215,17 +215,38 @@ def test_a_run_time_mask_becomes_a_run_time_additive_mask() -> None:
     assert_close(run(res.model, *xs)[0], want, "model")
 
 
-def test_fused_sdpa_does_not_move_the_opset(tmp_path) -> None:
-    """torch's own ``scaled_dot_product_attention`` is fused by onnxruntime at opset 20: it does not
-    make normonnx leave torch's default opset."""
+class Sdpa(PackedAttention):
+    """timm's ``Attention`` with ``scaled_dot_product_attention`` (``fused_attn``); ``merge=False``
+    returns the heads unmerged."""
 
-    class Sdpa(PackedAttention):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b, n, _ = x.shape
-            q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    def __init__(self, merge: bool = True) -> None:
+        super().__init__()
+        self.merge = merge
 
-    _, res = _export(Sdpa(), tmp_path, torch.randn(B, S, C))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c)) if self.merge else y
+
+
+def test_sdpa_on_head_views_moves_the_opset_and_reads_the_projections(tmp_path) -> None:
+    """At opset 20 onnxruntime runs torch's SDPA decomposition as MatMul / Softmax / MatMul; at 23
+    torch emits ``Attention`` and ``attention.heads`` gives it the 3-D projections (models/dit_block:
+    1.08-1.10x, BENCHMARKS.md)."""
+    torch.manual_seed(11)
+    module = Sdpa().eval()
+    x = torch.randn(B, S, C)
+    m, res = _export(module, tmp_path, x)
+    assert res.opset == 23 and "(1 attention blocks)" in res.opset_reason, res.opset_reason
+    assert res.fired.get("attention.heads") == 1, res.fired
+    assert [o for o in ops(m) if o not in ("MatMul", "Add")] == ["Split", "Attention"], ops(m)
+    _check_numbers(m, module, x)
+
+
+def test_sdpa_whose_output_stays_in_heads_keeps_torchs_opset(tmp_path) -> None:
+    """No head merge after it: the 3-D form has nothing to read, so nothing counts for opset 23."""
+    _, res = _export(Sdpa(merge=False).eval(), tmp_path, torch.randn(B, S, C))
     assert res.opset == 20, res.opset_reason
 
 

@@ -253,9 +253,8 @@ class RopeSdpa(RopeAttention):
 
 
 def test_rotations_before_sdpa_choose_opset_23(tmp_path) -> None:
-    """Attention through ``scaled_dot_product_attention`` alone keeps opset 20 (onnxruntime fuses it
-    there); with rotations in front, 23 has RotaryEmbedding to offer, and torch's own 4-D
-    ``Attention`` then reads the projections too."""
+    """The SDPA reads rotated and repeated heads (not head views), so the rotations alone choose 23;
+    torch's own 4-D ``Attention`` then reads the projections too."""
     torch.manual_seed(6)
     module = RopeSdpa().eval()
     x = torch.randn(B, L, C)
