@@ -261,13 +261,13 @@ def scan_attention(exported_program: Any) -> int:
     ``attention.heads`` gives it the projections (models/dit_block: 69 → 37 nodes, 1.08–1.10× the
     opset-20 file, where onnxruntime runs the decomposition as MatMul / Softmax / MatMul)."""
 
-    def head_view(a: Any) -> bool:
+    def fx(a: Any) -> bool:
+        return hasattr(a, "target")
+
+    def head_view(a: Any) -> bool:  # a transpose / permute, or one slot of an unbound one
         if fx(a) and "getitem" in str(a.target) and fx(a.args[0]) and str(a.args[0].target) == "aten.unbind.int":
             a = a.args[0].args[0]
         return fx(a) and str(a.target) in ("aten.transpose.int", "aten.permute.default")
-
-    def fx(a: Any) -> bool:
-        return hasattr(a, "target")
 
     def unscaled(a: Any) -> Any:  # strip constant scales: a mul/div with one tensor operand
         for _ in range(3):

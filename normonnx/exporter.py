@@ -137,9 +137,9 @@ def choose_opset(
     uses = [f"the Attention op ({attention} attention blocks)"] if attention else []
     uses += [f"the RotaryEmbedding op ({rotary} rotations)"] if rotary else []
     for_attention = f"opset {ATTENTION_OPSET} for " + " and ".join(uses)
-    attention = attention + rotary  # from here on: whether opset 23 has ops to offer
+    wants_23 = bool(attention or rotary)  # opset 23 has ops to offer
     if not specs:
-        if attention and ATTENTION_OPSET in cands:
+        if wants_23 and ATTENTION_OPSET in cands:
             return ATTENTION_OPSET, f"no norms found; {for_attention}"
         return (PREFERRED_OPSET if PREFERRED_OPSET in cands else cands[-1]), "no norms found; torch's default opset"
     orders = [tuple(prefer) if prefer is not None else preference(target, s.kind) for s in specs]
@@ -163,12 +163,12 @@ def choose_opset(
     top = max(s[0] for s in scored)
     ties = [s for s in scored if s[0] == top]
     best = next((s for s in ties if s[1] == PREFERRED_OPSET), ties[0])
-    if attention:
+    if wants_23:
         best = next((s for s in ties if s[1] == ATTENTION_OPSET), best)
     counts = ", ".join(f"{n}×{c}" for n, c in Counter(best[2]).items())
     why = (
         for_attention
-        if attention and best[1] == ATTENTION_OPSET
+        if wants_23 and best[1] == ATTENTION_OPSET
         else "torch's default opset"
         if best[1] == PREFERRED_OPSET
         else "lowest opset"
