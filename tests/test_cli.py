@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 
@@ -185,7 +184,8 @@ def _strict_json(text: str):
     "command", ["verify", "optimize", "bisect", "compare", "doctor", "inspect", "export", "capabilities"]
 )
 def test_json_dash_writes_only_json_to_stdout(exported, tmp_path, command):
-    """`normonnx CMD … --json - | python -c "import json,sys; json.load(sys.stdin)"` works."""
+    """`normonnx CMD … --json - | python -c "import json,sys; json.load(sys.stdin)"` works: stdout
+    (a pipe here, as in a shell) is one strict JSON document, and the human text is on stderr."""
     argv = {
         "verify": ["verify", f"{TINY}:all_norms", str(exported), "--input", "x:2x3x8x8"],
         "optimize": ["optimize", str(exported), "-o", str(tmp_path / "o.onnx"), "--input", "x:2x3x8x8"],
@@ -201,13 +201,6 @@ def test_json_dash_writes_only_json_to_stdout(exported, tmp_path, command):
     data = _strict_json(p.stdout)  # the whole of stdout is one strict JSON document
     assert data, p.stdout
     assert p.stderr.strip().splitlines()[-1].startswith("PASSED |")  # the human text went to stderr
-    piped = subprocess.run(
-        f"{sys.executable} -m normonnx.cli {shlex.join([*argv, '--json', '-'])} 2>/dev/null"
-        f' | {sys.executable} -c "import json,sys; json.load(sys.stdin)"',
-        shell=True,
-        timeout=300,
-    )
-    assert piped.returncode == 0
     if command == "verify":
         assert data["passed"] is True and data["samples"][0]["name"] == "example"
     if command == "optimize":
