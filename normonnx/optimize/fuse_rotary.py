@@ -58,7 +58,7 @@ from onnx import helper, numpy_helper
 
 from ..rejection import OK, CheckResult, Rejection
 from ._shapes import dims_of, shape_value
-from .fuse_attention import ATTENTION_OPSET, _cut
+from .fuse_attention import ATTENTION_OPSET, _cut, _slice_arg
 from .graph import GraphView, attr, dtype_name
 from .rewriter import PROOF_KEY, Rewrite
 from .rule import Match, Rule
@@ -102,14 +102,8 @@ def _halves(g: GraphView, h1: str, h2: str) -> tuple[str, list[onnx.NodeProto], 
 
 def _slice(g: GraphView, sl: onnx.NodeProto) -> tuple[int, int, int, int] | None:
     """(start, end, axis, step) of a one-axis Slice with constant arguments, else None."""
-    args = []
-    for i, default in ((1, None), (2, None), (3, 0), (4, 1)):
-        if len(sl.input) <= i or not sl.input[i]:
-            args.append(default)
-            continue
-        c = g.const(sl.input[i])
-        args.append(int(c.reshape(-1)[0]) if c is not None and c.size == 1 and c.dtype.kind in "iu" else None)
-    return None if None in args else tuple(args)  # type: ignore[return-value]
+    args = tuple(_slice_arg(g, sl, i, d) for i, d in ((1, None), (2, None), (3, 0), (4, 1)))
+    return None if None in args else args  # type: ignore[return-value]
 
 
 def _table(g: GraphView, v: str, dx: list, static: bool) -> tuple[np.ndarray, str | None] | Rejection:
@@ -127,13 +121,12 @@ def _table(g: GraphView, v: str, dx: list, static: bool) -> tuple[np.ndarray, st
         t = g.const(sl.input[0])
         if t is None or t.ndim < 2:
             return Rejection(f"the table {v!r} is a Slice of a run-time value", v)
-        args = [g.const(i) if i else None for i in [*sl.input[1:], "", "", ""][:4]]
-        starts, axes, steps = args[0], args[2], args[3]
-        if starts is None or starts.size != 1 or int(starts.reshape(-1)[0]) != 0:
+        start, axis, step = (_slice_arg(g, sl, i, d) for i, d in ((1, None), (3, None), (4, 1)))
+        if start != 0:
             return Rejection(f"the table {v!r} is not sliced from row 0", v)
-        if axes is None or axes.size != 1 or int(axes.reshape(-1)[0]) not in (t.ndim - 2, -2):
+        if axis not in (t.ndim - 2, -2):
             return Rejection(f"the table {v!r} is not sliced on its positions' axis", v)
-        if steps is not None and (steps.size != 1 or int(steps.reshape(-1)[0]) != 1):
+        if step != 1:
             return Rejection(f"the table {v!r} is sliced with a step", v)
         end = sl.input[2]
         if shape_value(g, end) != [length]:
